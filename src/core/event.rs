@@ -1,0 +1,147 @@
+//! The events of the dispatcher's log: the only source of durable truth.
+//!
+//! **API boundary:** these types are a disk format. Changing a variant's
+//! fields means a new `FORMAT_VERSION` and a decoder for the old one in
+//! `store::format`; adding a variant at the end is compatible.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{CommitId, JobId, JobRef, RunnerName};
+
+/// How a job ended. `pending` and `running` exist only in views, never here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The test command exited 0.
+    Pass,
+    /// The test command exited non-zero.
+    Fail,
+    /// The test command ran past its time limit and was killed.
+    Timeout,
+    /// The tests could not be run (unknown commit, bad config, runners lost
+    /// too often); see the message.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Test counts parsed from the test command's summary, when it has one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TestCounts {
+    pub total: u32,
+    pub passed: u32,
+    pub failed: u32,
+    pub errors: u32,
+    pub skipped: u32,
+}
+
+/// What a runner reports for one attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobReport {
+    pub outcome: Outcome,
+    /// `None` when the process was killed by a signal or never started.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub tests: Option<TestCounts>,
+    /// One line for a person: why an `error`, or the summary line of the tests.
+    pub message: String,
+}
+
+/// Why a runner's hold on a job was declared lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostReason {
+    /// Nothing heard for the heartbeat timeout.
+    HeartbeatTimeout,
+    /// The runner came back after a restart and said it had lost the job.
+    RunnerRestarted,
+    /// The runner stopped (SIGTERM) and handed the job back.
+    HandedBack,
+}
+
+/// One fact in the dispatcher's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The dispatcher process started; marks restarts in the history.
+    DispatcherStarted { pid: u32 },
+    /// A commit was accepted and queued as job `job`.
+    CommitSeen {
+        job: JobId,
+        commit: CommitId,
+        /// `None` for commits submitted without a branch.
+        branch: Option<String>,
+    },
+    /// A branch's tip moved to a commit that was already known (force-push
+    /// back, or the observer's first look at a branch whose tip was submitted).
+    BranchMoved { branch: String, tip: CommitId },
+    /// The job was handed to `runner` as attempt `attempt` (1-based).
+    JobAssigned {
+        job: JobId,
+        commit: CommitId,
+        runner: RunnerName,
+        attempt: u32,
+    },
+    /// `runner` lost its hold on the job; the job is queued again at the front
+    /// unless a `Result` follows for it.
+    HeartbeatLost {
+        runner: RunnerName,
+        job: JobId,
+        attempt: u32,
+        reason: LostReason,
+    },
+    /// The job's final outcome. Exactly one per job.
+    Result {
+        job: JobId,
+        commit: CommitId,
+        /// `None` when the dispatcher itself gave up (attempts exhausted).
+        runner: Option<RunnerName>,
+        attempt: u32,
+        report: JobReport,
+        /// Bytes of output stored under (job, attempt) in the output store.
+        output_bytes: u64,
+    },
+}
+
+impl Event {
+    /// The `type` tag used in JSON and tables.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::DispatcherStarted { .. } => "dispatcher_started",
+            Event::CommitSeen { .. } => "commit_seen",
+            Event::BranchMoved { .. } => "branch_moved",
+            Event::JobAssigned { .. } => "job_assigned",
+            Event::HeartbeatLost { .. } => "heartbeat_lost",
+            Event::Result { .. } => "result",
+        }
+    }
+
+    pub fn job_ref(&self) -> Option<JobRef> {
+        match self {
+            Event::JobAssigned { job, attempt, .. }
+            | Event::HeartbeatLost { job, attempt, .. }
+            | Event::Result { job, attempt, .. } => Some(JobRef {
+                job: *job,
+                attempt: *attempt,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// An event as stored: its place in the log and when it was appended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub event: Event,
+}

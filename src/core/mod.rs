@@ -1,0 +1,16 @@
+//! The dispatcher's pure core: events, the state folded from them, and the
+//! decisions that turn inputs into new events.
+//!
+//! **Architecture invariant:** nothing in here does IO, spawns, reads a clock
+//! or knows of tokio or sled. Time comes in as `now_ms` with each input.
+
+pub mod event;
+pub mod ids;
+
+pub use event::{Event, JobReport, LostReason, Outcome, Record, TestCounts};
+pub use ids::{CommitId, JobId, JobRef, RunnerName};
+pub mod decide;
+pub mod state;
+
+pub use decide::{Core, CoreConfig, Input, Reply, RunnerState, Step, ToRunner};
+pub use state::{Job, JobStatus, State};

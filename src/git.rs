@@ -1,0 +1,1 @@
+//! Every use of git2: mirrors, fetching, checkouts and history walks.

@@ -1,0 +1,5 @@
+//! The runner: checks out exactly the commit it is given and runs its tests.
+
+pub mod config;
+pub mod exec;
+pub mod unittest;
