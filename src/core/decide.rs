@@ -310,11 +310,7 @@ impl Core {
             }
             Input::RunnerReady { runner } => {
                 self.hear(&runner, now_ms, false);
-                let connected = self.sessions.get(&runner).is_some_and(|s| s.connected);
-                if connected && self.state.holder(&runner).is_none() && !self.idle.contains(&runner)
-                {
-                    self.idle.push_back(runner);
-                }
+                self.make_idle(&runner);
             }
             Input::ResultReported {
                 runner,
@@ -377,6 +373,7 @@ impl Core {
         match &j.status {
             JobStatus::Done(f) if f.attempt == job.attempt && f.runner.as_ref() == Some(runner) => {
                 // A resend of a result we already recorded (the ack was lost).
+                self.make_idle(runner);
                 Reply::ResultAck {
                     job,
                     accepted: true,
@@ -397,11 +394,7 @@ impl Core {
                     },
                     now_ms,
                 );
-                if self.sessions.get(runner).is_some_and(|s| s.connected)
-                    && !self.idle.contains(runner)
-                {
-                    self.idle.push_back(runner.clone());
-                }
+                self.make_idle(runner);
                 Reply::ResultAck {
                     job,
                     accepted: true,
@@ -438,6 +431,19 @@ impl Core {
                     j.attempts
                 ),
             },
+        }
+    }
+
+    /// Queues a connected runner that holds nothing as waiting for work.
+    fn make_idle(&mut self, runner: &RunnerName) {
+        if self
+            .sessions
+            .get(runner)
+            .is_some_and(|s| s.connected && !s.lost)
+            && self.state.holder(runner).is_none()
+            && !self.idle.contains(runner)
+        {
+            self.idle.push_back(runner.clone());
         }
     }
 

@@ -70,7 +70,7 @@ pub enum LostReason {
 
 /// One fact in the dispatcher's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// The dispatcher process started; marks restarts in the history.
     DispatcherStarted { pid: u32 },

@@ -1,5 +1,6 @@
 //! The runner: checks out exactly the commit it is given and runs its tests.
 
+pub mod agent;
 pub mod config;
 pub mod exec;
 pub mod unittest;

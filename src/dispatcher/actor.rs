@@ -1,0 +1,493 @@
+//! The log writer: one thread that owns the core and the log.
+//!
+//! It takes every command waiting in its channel as one batch, lets the core
+//! decide on each, appends all resulting events, flushes once (group
+//! commit), and only then delivers the replies and assignments. So nothing
+//! leaves the process before the events it depends on are durable, and one
+//! fsync serves a whole burst of requests.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::core::{Core, Event, Input, JobRef, Reply, RunnerName, ToRunner};
+use crate::proto::{ClientMsg, REPLAY_PAGE, ResultView, ServerMsg, StatusView};
+use crate::store::{EventLog, StoreError};
+use crate::util::now_ms;
+
+pub(crate) type ConnId = u64;
+
+/// Most commands taken into one batch.
+const MAX_BATCH: usize = 4096;
+
+/// Most results one `Results` answer lists (newest first are kept).
+const MAX_RESULTS: usize = 20_000;
+
+/// A message from a runner connection.
+pub(crate) enum RunnerCmd {
+    Heartbeat {
+        holding: Option<JobRef>,
+    },
+    Ready,
+    Result {
+        job: JobRef,
+        report: crate::core::JobReport,
+        output: Vec<u8>,
+    },
+    HandBack {
+        job: JobRef,
+    },
+}
+
+pub(crate) enum Cmd {
+    RunnerHello {
+        conn: ConnId,
+        name: RunnerName,
+        holding: Option<JobRef>,
+        crashed: Option<JobRef>,
+        tx: mpsc::UnboundedSender<ServerMsg>,
+    },
+    Runner {
+        conn: ConnId,
+        name: RunnerName,
+        cmd: RunnerCmd,
+    },
+    RunnerGone {
+        conn: ConnId,
+        name: RunnerName,
+    },
+    /// An observer's or tool's request; answered after the batch is durable.
+    Request {
+        msg: ClientMsg,
+        reply: oneshot::Sender<ServerMsg>,
+    },
+    Shutdown,
+}
+
+enum Delivery {
+    Runner(RunnerName, ServerMsg),
+    Reply(oneshot::Sender<ServerMsg>, ServerMsg),
+}
+
+#[derive(Default)]
+struct Batch {
+    events: Vec<Event>,
+    outputs: Vec<(JobRef, Vec<u8>)>,
+    deliveries: Vec<Delivery>,
+}
+
+pub(crate) struct Actor {
+    pub core: Core,
+    pub log: Box<dyn EventLog>,
+    runners: HashMap<RunnerName, (ConnId, mpsc::UnboundedSender<ServerMsg>)>,
+    snapshot_every: u64,
+    last_snapshot_seq: u64,
+    tick: Duration,
+}
+
+impl Actor {
+    pub fn new(core: Core, log: Box<dyn EventLog>, snapshot_every: u64) -> Actor {
+        let timeout_ms = core.config().heartbeat_timeout_ms;
+        let tick = Duration::from_millis((timeout_ms / 4).clamp(20, 1000));
+        let last_snapshot_seq = core.state.last_seq;
+        Actor {
+            core,
+            log,
+            runners: HashMap::new(),
+            snapshot_every,
+            last_snapshot_seq,
+            tick,
+        }
+    }
+
+    /// Records the start and makes it durable.
+    pub fn start(&mut self) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        let now = now_ms();
+        let step = self.core.handle(
+            Input::Started {
+                pid: std::process::id(),
+            },
+            now,
+        );
+        batch.events.extend(step.events);
+        self.commit(&mut batch, now)
+    }
+
+    /// Runs until `Shutdown` or until every sender is gone; an error means
+    /// the log could not be written and the process must stop.
+    pub fn run(mut self, rx: Receiver<Cmd>) -> Result<(), StoreError> {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let now = now_ms();
+            let mut batch = Batch::default();
+            let mut stop = false;
+            if let Some(cmd) = first {
+                stop |= self.process(cmd, now, &mut batch);
+                let mut taken = 1;
+                while taken < MAX_BATCH && !stop {
+                    match rx.try_recv() {
+                        Ok(cmd) => {
+                            stop |= self.process(cmd, now, &mut batch);
+                            taken += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            if Instant::now() >= next_tick {
+                let step = self.core.handle(Input::Tick, now);
+                self.absorb(step, None, &mut batch);
+                next_tick = Instant::now() + self.tick;
+            }
+            self.commit(&mut batch, now)?;
+            self.deliver(batch);
+            if self.log.last_seq() >= self.last_snapshot_seq + self.snapshot_every {
+                self.snapshot()?;
+            }
+            if stop {
+                break;
+            }
+        }
+        self.log.flush()?;
+        info!(
+            last_seq = self.log.last_seq(),
+            "log flushed; dispatcher core stopped"
+        );
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.log.save_snapshot(&self.core.state)?;
+        self.last_snapshot_seq = self.core.state.last_seq;
+        debug!(
+            seq = self.last_snapshot_seq,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot saved"
+        );
+        Ok(())
+    }
+
+    /// Appends and flushes the batch's events, stamped with the `now` the
+    /// core decided them at (so replay rebuilds identical state); a failure
+    /// is fatal.
+    fn commit(&mut self, batch: &mut Batch, now: u64) -> Result<(), StoreError> {
+        if batch.events.is_empty() && batch.outputs.is_empty() {
+            return Ok(());
+        }
+        for (job, output) in &batch.outputs {
+            self.log.put_output(*job, output)?;
+        }
+        let last = self.log.append(now, &batch.events)?;
+        self.log.flush()?;
+        // The core folds events as it decides; sequence numbers are
+        // assigned here, by the log.
+        self.core.state.last_seq = last;
+        Ok(())
+    }
+
+    fn deliver(&mut self, batch: Batch) {
+        for d in batch.deliveries {
+            match d {
+                Delivery::Reply(tx, msg) => {
+                    let _ = tx.send(msg);
+                }
+                Delivery::Runner(name, msg) => {
+                    if let Some((_, tx)) = self.runners.get(&name) {
+                        let _ = tx.send(msg);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves a core step's effects into the batch.
+    fn absorb(
+        &mut self,
+        step: crate::core::Step,
+        reply_to: Option<oneshot::Sender<ServerMsg>>,
+        batch: &mut Batch,
+    ) {
+        for ev in &step.events {
+            match ev {
+                Event::HeartbeatLost {
+                    runner,
+                    job,
+                    attempt,
+                    reason,
+                } => {
+                    warn!(%runner, %job, attempt, ?reason, "runner lost its job; re-queued")
+                }
+                Event::Result {
+                    job,
+                    commit,
+                    runner: None,
+                    ..
+                } => {
+                    warn!(%job, %commit, "giving up on job: too many lost runners")
+                }
+                _ => {}
+            }
+        }
+        batch.events.extend(step.events);
+        if let (Some(reply), Some(tx)) = (step.reply, reply_to) {
+            batch.deliveries.push(Delivery::Reply(tx, reply_msg(reply)));
+        }
+        for (runner, msg) in step.sends {
+            let msg = match msg {
+                ToRunner::Assign {
+                    job,
+                    commit,
+                    branch,
+                } => ServerMsg::Assign {
+                    job,
+                    commit,
+                    branch,
+                },
+                ToRunner::Abandon { job, reason } => {
+                    info!(%runner, %job, %reason, "told runner to abandon a stale job");
+                    ServerMsg::Abandon { job, reason }
+                }
+            };
+            batch.deliveries.push(Delivery::Runner(runner, msg));
+        }
+    }
+
+    /// Handles one command; true means stop after this batch.
+    fn process(&mut self, cmd: Cmd, now: u64, batch: &mut Batch) -> bool {
+        match cmd {
+            Cmd::Shutdown => return true,
+            Cmd::RunnerHello {
+                conn,
+                name,
+                holding,
+                crashed,
+                tx,
+            } => {
+                if let Some((old, _)) = self.runners.insert(name.clone(), (conn, tx)) {
+                    info!(runner = %name, old_conn = old, conn, "runner reconnected; older connection fenced");
+                }
+                let step = self.core.handle(
+                    Input::RunnerConnected {
+                        runner: name.clone(),
+                        holding,
+                        crashed,
+                    },
+                    now,
+                );
+                if let Some(Reply::Welcome { keep }) = &step.reply {
+                    batch.deliveries.push(Delivery::Runner(
+                        name.clone(),
+                        ServerMsg::Welcome { keep: *keep },
+                    ));
+                }
+                let step = crate::core::Step {
+                    reply: None,
+                    ..step
+                };
+                self.absorb(step, None, batch);
+            }
+            Cmd::RunnerGone { conn, name } => {
+                if self.runners.get(&name).is_some_and(|(c, _)| *c == conn) {
+                    self.runners.remove(&name);
+                    let step = self
+                        .core
+                        .handle(Input::RunnerDisconnected { runner: name }, now);
+                    self.absorb(step, None, batch);
+                }
+            }
+            Cmd::Runner { conn, name, cmd } => {
+                if !self.runners.get(&name).is_some_and(|(c, _)| *c == conn) {
+                    debug!(runner = %name, conn, "message from a fenced connection ignored");
+                    return false;
+                }
+                match cmd {
+                    RunnerCmd::Heartbeat { holding } => {
+                        let step = self.core.handle(
+                            Input::Heartbeat {
+                                runner: name,
+                                holding,
+                            },
+                            now,
+                        );
+                        self.absorb(step, None, batch);
+                    }
+                    RunnerCmd::Ready => {
+                        let step = self.core.handle(Input::RunnerReady { runner: name }, now);
+                        self.absorb(step, None, batch);
+                    }
+                    RunnerCmd::HandBack { job } => {
+                        let step = self.core.handle(Input::HandBack { runner: name, job }, now);
+                        self.absorb(step, None, batch);
+                    }
+                    RunnerCmd::Result {
+                        job,
+                        report,
+                        output,
+                    } => {
+                        let output_bytes = output.len() as u64;
+                        let step = self.core.handle(
+                            Input::ResultReported {
+                                runner: name.clone(),
+                                job,
+                                report,
+                                output_bytes,
+                            },
+                            now,
+                        );
+                        let recorded = step.events.iter().any(|e| {
+                            matches!(e, Event::Result { job: j, attempt, .. } if *j == job.job && *attempt == job.attempt)
+                        });
+                        if recorded && !output.is_empty() {
+                            batch.outputs.push((job, output));
+                        }
+                        if let Some(Reply::ResultAck {
+                            accepted: false,
+                            reason,
+                            ..
+                        }) = &step.reply
+                        {
+                            warn!(runner = %name, %job, %reason, "stale result rejected");
+                        }
+                        if let Some(reply) = step.reply.clone() {
+                            batch
+                                .deliveries
+                                .push(Delivery::Runner(name, reply_msg(reply)));
+                        }
+                        let step = crate::core::Step {
+                            reply: None,
+                            ..step
+                        };
+                        self.absorb(step, None, batch);
+                    }
+                }
+            }
+            Cmd::Request { msg, reply } => self.request(msg, reply, now, batch),
+        }
+        false
+    }
+
+    fn request(
+        &mut self,
+        msg: ClientMsg,
+        reply: oneshot::Sender<ServerMsg>,
+        now: u64,
+        batch: &mut Batch,
+    ) {
+        let answer = match msg {
+            ClientMsg::Commits {
+                branch,
+                commits,
+                tip,
+            } => {
+                let step = self.core.handle(
+                    Input::CommitsReported {
+                        branch,
+                        commits,
+                        tip,
+                    },
+                    now,
+                );
+                self.absorb(step, Some(reply), batch);
+                return;
+            }
+            ClientMsg::GetTips => ServerMsg::Tips(
+                self.core
+                    .state
+                    .branch_tips()
+                    .iter()
+                    .map(|(b, c)| (b.clone(), *c))
+                    .collect(),
+            ),
+            ClientMsg::Status => ServerMsg::Status(StatusView::of(&self.core)),
+            ClientMsg::Results { commit } => {
+                let views = match commit {
+                    Some(c) => self
+                        .core
+                        .state
+                        .job_for_commit(&c)
+                        .map(ResultView::of)
+                        .into_iter()
+                        .collect(),
+                    None => {
+                        let jobs = self.core.state.jobs();
+                        let skip = jobs.len().saturating_sub(MAX_RESULTS);
+                        jobs[skip..].iter().map(ResultView::of).collect()
+                    }
+                };
+                ServerMsg::Results(views)
+            }
+            ClientMsg::Replay { from_seq, limit } => {
+                // Only what is durable: the log itself, not this batch.
+                let limit = (limit as usize).clamp(1, REPLAY_PAGE);
+                match self.log.read(from_seq, limit) {
+                    Ok(records) => ServerMsg::Events {
+                        records,
+                        last_seq: self.log.last_seq(),
+                    },
+                    Err(e) => ServerMsg::Error {
+                        message: e.to_string(),
+                        fatal: false,
+                    },
+                }
+            }
+            ClientMsg::Output { job } => {
+                let attempt = self.core.state.job(job).and_then(|j| match &j.status {
+                    crate::core::JobStatus::Done(f) => Some(f.attempt),
+                    _ => None,
+                });
+                match attempt {
+                    Some(attempt) => match self.log.output(JobRef { job, attempt }) {
+                        Ok(o) => ServerMsg::Output(Some(o.unwrap_or_default())),
+                        Err(e) => ServerMsg::Error {
+                            message: e.to_string(),
+                            fatal: false,
+                        },
+                    },
+                    None => ServerMsg::Output(None),
+                }
+            }
+            other => ServerMsg::Error {
+                message: format!("{} is not a request", other.kind()),
+                fatal: false,
+            },
+        };
+        batch.deliveries.push(Delivery::Reply(reply, answer));
+    }
+}
+
+fn reply_msg(reply: Reply) -> ServerMsg {
+    match reply {
+        Reply::None => ServerMsg::Error {
+            message: "no reply".into(),
+            fatal: false,
+        },
+        Reply::Commits {
+            accepted,
+            duplicates,
+        } => ServerMsg::CommitsAck {
+            accepted,
+            duplicates,
+        },
+        Reply::ResultAck {
+            job,
+            accepted,
+            reason,
+        } => ServerMsg::ResultAck {
+            job,
+            accepted,
+            reason,
+        },
+        Reply::Welcome { keep } => ServerMsg::Welcome { keep },
+    }
+}

@@ -1,0 +1,243 @@
+//! The embedded default log on sled: one tree of events, one of outputs, one
+//! of snapshots, in one database under the data directory.
+
+use std::path::{Path, PathBuf};
+
+use crate::core::{Event, JobRef, Record, State};
+use crate::encoding;
+
+use super::format;
+use super::{EventLog, StoreError};
+
+pub struct SledLog {
+    db: sled::Db,
+    events: sled::Tree,
+    outputs: sled::Tree,
+    snapshots: sled::Tree,
+    last_seq: u64,
+    dir: PathBuf,
+}
+
+impl SledLog {
+    /// Opens (or creates) the log; fails with `Locked` if another process
+    /// holds it.
+    pub fn open(dir: &Path) -> Result<SledLog, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            dir: dir.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| classify_open_error(dir, e))?;
+        let events = db.open_tree("events")?;
+        let outputs = db.open_tree("outputs")?;
+        let snapshots = db.open_tree("snapshots")?;
+        let last_seq = match events.last()? {
+            Some((k, _)) => format::seq_of(&k).ok_or_else(|| StoreError::Corrupt {
+                seq: 0,
+                detail: "a key in the events tree is not 8 bytes".into(),
+            })?,
+            None => 0,
+        };
+        Ok(SledLog {
+            db,
+            events,
+            outputs,
+            snapshots,
+            last_seq,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a raw value at `seq`, for tests of damaged and old records.
+    #[doc(hidden)]
+    pub fn put_raw(&mut self, seq: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.events.insert(format::key(seq), value)?;
+        self.last_seq = self.last_seq.max(seq);
+        Ok(())
+    }
+
+    /// Disk space used, for benchmarks.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn classify_open_error(dir: &Path, e: sled::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("lock")
+        || text.contains("WouldBlock")
+        || text.contains("temporarily unavailable")
+    {
+        StoreError::Locked {
+            dir: dir.to_path_buf(),
+        }
+    } else {
+        StoreError::Open {
+            dir: dir.to_path_buf(),
+            detail: text,
+        }
+    }
+}
+
+fn output_key(job: JobRef) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&job.job.0.to_be_bytes());
+    k[8..].copy_from_slice(&job.attempt.to_be_bytes());
+    k
+}
+
+impl EventLog for SledLog {
+    fn append(&mut self, at_ms: u64, events: &[Event]) -> Result<u64, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut seq = self.last_seq;
+        for ev in events {
+            seq += 1;
+            let value = format::encode_value(at_ms, ev).map_err(|e| StoreError::Corrupt {
+                seq,
+                detail: e.to_string(),
+            })?;
+            batch.insert(&format::key(seq), value);
+        }
+        self.events.apply_batch(batch)?;
+        self.last_seq = seq;
+        Ok(seq)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(8192));
+        for item in self
+            .events
+            .range(format::key(from_seq.max(1))..)
+            .take(limit)
+        {
+            let (k, v) = item?;
+            let seq = format::seq_of(&k).ok_or_else(|| StoreError::Corrupt {
+                seq: 0,
+                detail: "a key in the events tree is not 8 bytes".into(),
+            })?;
+            let rec = format::decode_value(seq, &v)
+                .map_err(|detail| StoreError::Corrupt { seq, detail })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError> {
+        self.outputs.insert(output_key(job), output)?;
+        Ok(())
+    }
+
+    fn output(&self, job: JobRef) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.outputs.get(output_key(job))?.map(|v| v.to_vec()))
+    }
+
+    fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError> {
+        let mut value = vec![format::FORMAT_VERSION];
+        encoding::encode_into(state, &mut value).map_err(|e| StoreError::BadSnapshot {
+            seq: state.last_seq,
+            detail: e.to_string(),
+        })?;
+        self.snapshots.insert(format::key(state.last_seq), value)?;
+        // Keep the newest two: one spare in case the newest is damaged.
+        let keys: Vec<sled::IVec> = self
+            .snapshots
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        if keys.len() > 2 {
+            for k in &keys[..keys.len() - 2] {
+                self.snapshots.remove(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<State>, StoreError> {
+        let Some((k, v)) = self.snapshots.last()? else {
+            return Ok(None);
+        };
+        let seq = format::seq_of(&k).unwrap_or(0);
+        let bad = |detail: String| StoreError::BadSnapshot { seq, detail };
+        let (&version, body) = v.split_first().ok_or_else(|| bad("empty".into()))?;
+        if version != format::FORMAT_VERSION {
+            // Snapshots are a cache: an old format is simply not used.
+            return Ok(None);
+        }
+        let state: State = encoding::decode(body).map_err(|e| bad(e.to_string()))?;
+        if state.last_seq > self.last_seq {
+            return Err(bad(format!(
+                "it covers event {} but the log ends at {}",
+                state.last_seq, self.last_seq
+            )));
+        }
+        Ok(Some(state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{CommitId, JobId};
+
+    fn commit(n: u8) -> CommitId {
+        CommitId::from_bytes(&[n; 20]).unwrap()
+    }
+
+    #[test]
+    fn appended_events_read_back_in_order_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = SledLog::open(dir.path()).unwrap();
+            let evs: Vec<Event> = (1..=3)
+                .map(|i| Event::CommitSeen {
+                    job: JobId(i),
+                    commit: commit(i as u8),
+                    branch: Some("main".into()),
+                })
+                .collect();
+            assert_eq!(log.append(7, &evs).unwrap(), 3);
+            log.flush().unwrap();
+        }
+        let log = SledLog::open(dir.path()).unwrap();
+        assert_eq!(log.last_seq(), 3);
+        let recs = log.read(2, 10).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].seq, 2);
+        assert_eq!(recs[0].at_ms, 7);
+        let state = super::super::load_state(&log, true).unwrap();
+        assert_eq!(state.jobs().len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_record_names_its_sequence_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SledLog::open(dir.path()).unwrap();
+        log.append(1, &[Event::DispatcherStarted { pid: 1 }])
+            .unwrap();
+        log.put_raw(2, &[1, 0xff, 0xff, 0xff]).unwrap();
+        log.put_raw(3, &[9, 0]).unwrap();
+        let err = super::super::load_state(&log, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("record 2"), "{err}");
+        let err = log.read(3, 1).unwrap_err().to_string();
+        assert!(err.contains("newer than this build"), "{err}");
+    }
+}

@@ -1,0 +1,127 @@
+//! Events as people and scripts read them: a table row, or one flat JSON
+//! object per event (`replay --json`).
+
+use serde_json::{Map, Value, json};
+
+use crate::core::{Event, Record};
+
+use super::table::format_ms;
+
+/// `{"seq", "at_ms", "type", ...fields}`, with a result's report fields
+/// (`outcome`, `exit_code`, ...) at the top level.
+pub fn to_json(rec: &Record) -> Value {
+    let mut obj = Map::new();
+    obj.insert("seq".into(), json!(rec.seq));
+    obj.insert("at_ms".into(), json!(rec.at_ms));
+    obj.insert("type".into(), json!(rec.event.kind()));
+    if let Ok(Value::Object(outer)) = serde_json::to_value(&rec.event) {
+        for (_, inner) in outer {
+            if let Value::Object(fields) = inner {
+                for (k, v) in fields {
+                    if k == "report" {
+                        if let Value::Object(r) = v {
+                            obj.extend(r);
+                        }
+                    } else {
+                        obj.insert(k, v);
+                    }
+                }
+            }
+        }
+    }
+    Value::Object(obj)
+}
+
+pub const HEADER: [&str; 8] = [
+    "SEQ",
+    "TIME (UTC)",
+    "TYPE",
+    "JOB",
+    "COMMIT",
+    "RUNNER",
+    "ATTEMPT",
+    "DETAIL",
+];
+
+pub fn to_row(rec: &Record) -> Vec<String> {
+    let dash = || "-".to_string();
+    let (job, commit, runner, attempt, detail) = match &rec.event {
+        Event::DispatcherStarted { pid } => (dash(), dash(), dash(), dash(), format!("pid {pid}")),
+        Event::CommitSeen {
+            job,
+            commit,
+            branch,
+        } => (
+            job.to_string(),
+            commit.short(),
+            dash(),
+            dash(),
+            format!("branch {}", branch.as_deref().unwrap_or("-")),
+        ),
+        Event::BranchMoved { branch, tip } => (
+            dash(),
+            tip.short(),
+            dash(),
+            dash(),
+            format!("branch {branch} moved"),
+        ),
+        Event::JobAssigned {
+            job,
+            commit,
+            runner,
+            attempt,
+        } => (
+            job.to_string(),
+            commit.short(),
+            runner.clone(),
+            attempt.to_string(),
+            String::new(),
+        ),
+        Event::HeartbeatLost {
+            runner,
+            job,
+            attempt,
+            reason,
+        } => (
+            job.to_string(),
+            dash(),
+            runner.clone(),
+            attempt.to_string(),
+            format!("{reason:?}").to_lowercase(),
+        ),
+        Event::Result {
+            job,
+            commit,
+            runner,
+            attempt,
+            report,
+            ..
+        } => (
+            job.to_string(),
+            commit.short(),
+            runner.clone().unwrap_or_else(dash),
+            attempt.to_string(),
+            format!(
+                "{}{} {}",
+                report.outcome.as_str(),
+                report
+                    .exit_code
+                    .map(|c| format!(" (exit {c})"))
+                    .unwrap_or_default(),
+                report.message
+            )
+            .trim_end()
+            .to_string(),
+        ),
+    };
+    vec![
+        rec.seq.to_string(),
+        format_ms(rec.at_ms),
+        rec.event.kind().to_string(),
+        job,
+        commit,
+        runner,
+        attempt,
+        detail,
+    ]
+}

@@ -1,0 +1,46 @@
+//! Small shared helpers: wall-clock milliseconds, duration flags, tracing setup.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch; the shell's only clock for the core.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Parses a SECS flag: a non-negative number of seconds, fractions allowed
+/// (`0.5`), at most a day.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
+        return Err(format!(
+            "{s:?} must be more than 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Logs go to stderr through tracing; `RUST_LOG` wins over `-v`. Daemons
+/// log at info by default; tools only warn, so their output stays readable.
+pub fn init_tracing(verbose: u8, daemon: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 if !daemon => "warn",
+        0 => "warn,ci=info",
+        1 => "info,ci=debug",
+        _ => "debug,ci=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
