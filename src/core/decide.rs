@@ -221,10 +221,10 @@ impl Core {
                     );
                     accepted.push(commit);
                 }
-                if let (Some(branch), Some(tip)) = (branch, tip) {
-                    if self.state.branch_tips().get(&branch) != Some(&tip) {
-                        self.emit(&mut step, Event::BranchMoved { branch, tip }, now_ms);
-                    }
+                if let (Some(branch), Some(tip)) = (branch, tip)
+                    && self.state.branch_tips().get(&branch) != Some(&tip)
+                {
+                    self.emit(&mut step, Event::BranchMoved { branch, tip }, now_ms);
                 }
                 step.reply = Some(Reply::Commits {
                     accepted,
@@ -275,15 +275,9 @@ impl Core {
                         keep = Some(h);
                     }
                     Some(_) => {}
-                    None => {
-                        if holding.is_none() || keep.is_none() {
-                            // Runners that were told to abandon say Ready
-                            // once they have stopped it.
-                            if holding.is_none() {
-                                self.idle.push_back(runner.clone());
-                            }
-                        }
-                    }
+                    // A runner told to abandon says Ready once it stopped.
+                    None if holding.is_none() => self.idle.push_back(runner.clone()),
+                    None => {}
                 }
                 step.reply = Some(Reply::Welcome { keep });
             }
@@ -295,17 +289,17 @@ impl Core {
             }
             Input::Heartbeat { runner, holding } => {
                 self.hear(&runner, now_ms, false);
-                if let Some(h) = holding {
-                    if self.state.holder(&runner) != Some(h) {
-                        self.stale_rejections += 1;
-                        step.sends.push((
-                            runner.clone(),
-                            ToRunner::Abandon {
-                                job: h,
-                                reason: self.why_not_held(h),
-                            },
-                        ));
-                    }
+                if let Some(h) = holding
+                    && self.state.holder(&runner) != Some(h)
+                {
+                    self.stale_rejections += 1;
+                    step.sends.push((
+                        runner.clone(),
+                        ToRunner::Abandon {
+                            job: h,
+                            reason: self.why_not_held(h),
+                        },
+                    ));
                 }
             }
             Input::RunnerReady { runner } => {

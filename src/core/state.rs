@@ -199,10 +199,10 @@ impl State {
                     output_bytes: *output_bytes,
                     at_ms,
                 }));
-                if let Some(r) = runner {
-                    if self.holders.get(r).map(|h| h.job) == Some(*job) {
-                        self.holders.remove(r);
-                    }
+                if let Some(r) = runner
+                    && self.holders.get(r).map(|h| h.job) == Some(*job)
+                {
+                    self.holders.remove(r);
                 }
                 if was_queued {
                     remove_from_queue(&mut self.queue, *job);

@@ -307,7 +307,7 @@ impl Actor {
                 }
             }
             Cmd::Runner { conn, name, cmd } => {
-                if !self.runners.get(&name).is_some_and(|(c, _)| *c == conn) {
+                if self.runners.get(&name).is_none_or(|(c, _)| *c != conn) {
                     debug!(runner = %name, conn, "message from a fenced connection ignored");
                     return false;
                 }
