@@ -13,7 +13,9 @@
 //! Environment knobs (all optional):
 //! - `CI_TEST_RUST_LOG`: `RUST_LOG` given to the long-running programs
 //!   (default `info`, so a failure report shows their logs);
-//! - `CI_TEST_KEEP`: keep every test's temp dir and print its path.
+//! - `CI_TEST_KEEP`: keep every test's temp dir and print its path;
+//! - `CI_TEST_BIN_DIR`: run the programs from this directory instead of the
+//!   ones cargo built for the test (e.g. `target/release`).
 #![allow(dead_code)]
 
 use std::cell::Cell;
@@ -58,7 +60,11 @@ const REPORT_TAIL_BYTES: usize = 16 * 1024;
 /// `CARGO_BIN_EXE_<name>` is read with `option_env!` so that the tests compile
 /// even before the binaries exist; the fallback is the directory cargo puts
 /// binaries in (`target/<profile>/`, the parent of this test's `deps/`).
+/// `CI_TEST_BIN_DIR` overrides both (e.g. `target/release`).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CI_TEST_BIN_DIR") {
+        return Path::new(&dir).join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    }
     let built = match name {
         "ci-dispatcher" => option_env!("CARGO_BIN_EXE_ci-dispatcher"),
         "ci-runner" => option_env!("CARGO_BIN_EXE_ci-runner"),
