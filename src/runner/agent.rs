@@ -393,7 +393,10 @@ impl Runner {
                 )
                 .await;
                 let mut report = report;
-                report.duration_ms = started.elapsed().as_millis() as u64;
+                if report.duration_ms == 0 {
+                    // Never ran: the time went to fetching and checking out.
+                    report.duration_ms = started.elapsed().as_millis() as u64;
+                }
                 if !cancel.is_cancelled() {
                     let _ = done.send(Finished {
                         job,

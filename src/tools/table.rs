@@ -20,6 +20,8 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
                 out.extend(std::iter::repeat_n(' ', pad));
             }
         }
+        let trimmed = out.trim_end_matches(' ').len();
+        out.truncate(trimmed);
         out.push('\n');
     };
     line(header.to_vec(), &mut out);
