@@ -287,15 +287,19 @@ fn sigterm_to_a_runner_hands_its_job_back() {
         "{}",
         pretty(&results)
     );
-    // No test process survives its runner.
-    let leftovers = std::process::Command::new("pgrep")
-        .args(["-f", "test_slow"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
+    // No test process survives its runner: none has its working directory
+    // in the runner's work dir.
+    let work_dir = repo.dir("runner-r1");
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path().join("cwd")).ok())
+        .filter(|cwd| cwd.starts_with(&work_dir))
+        .map(|cwd| cwd.display().to_string())
+        .collect();
     assert!(
-        leftovers.trim().is_empty(),
-        "test processes survived: {leftovers}"
+        leftovers.is_empty(),
+        "test processes survived: {leftovers:?}"
     );
 }
 

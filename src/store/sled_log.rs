@@ -39,7 +39,13 @@ impl SledLog {
         let events = db.open_tree("events")?;
         let outputs = db.open_tree("outputs")?;
         let snapshots = db.open_tree("snapshots")?;
-        let data_file = std::fs::File::open(dir.join("db").join("db")).ok();
+        let data_path = dir.join("db").join("db");
+        let data_file = Some(
+            std::fs::File::open(&data_path).map_err(|e| StoreError::Open {
+                dir: data_path.clone(),
+                detail: format!("cannot open sled's data file to sync it: {e}"),
+            })?,
+        );
         let last_seq = match events.last()? {
             Some((k, _)) => format::seq_of(&k).ok_or_else(|| StoreError::Corrupt {
                 seq: 0,
