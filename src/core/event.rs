@@ -68,6 +68,16 @@ pub enum LostReason {
     HandedBack,
 }
 
+impl LostReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostReason::HeartbeatTimeout => "heartbeat_timeout",
+            LostReason::RunnerRestarted => "runner_restarted",
+            LostReason::HandedBack => "handed_back",
+        }
+    }
+}
+
 /// One fact in the dispatcher's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -87,7 +87,7 @@ pub fn to_row(rec: &Record) -> Vec<String> {
             dash(),
             runner.clone(),
             attempt.to_string(),
-            format!("{reason:?}").to_lowercase(),
+            reason.as_str().to_string(),
         ),
         Event::Result {
             job,
