@@ -289,6 +289,12 @@ impl Core {
             }
             Input::Heartbeat { runner, holding } => {
                 self.hear(&runner, now_ms, false);
+                // A runner declared lost while idle is dropped from `idle`;
+                // it never says Ready again, so hearing it hold nothing is
+                // what makes it idle again.
+                if holding.is_none() {
+                    self.make_idle(&runner);
+                }
                 if let Some(h) = holding
                     && self.state.holder(&runner) != Some(h)
                 {
