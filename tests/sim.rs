@@ -36,8 +36,10 @@ const TICK_MS: u64 = HEARTBEAT_TIMEOUT_MS / 4;
 const MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_SEEDS: std::ops::Range<u64> = 0..200;
 const DEFAULT_STEPS: u64 = 2_000;
-/// Most events the quiet period may take to finish every job.
-const QUIET_STEPS_MAX: u64 = 100_000;
+/// The quiet period fails when nothing finishes for this long (virtual).
+const QUIET_STALL_MS: u64 = 20 * HEARTBEAT_TIMEOUT_MS + 6 * 15_000;
+/// A backstop on the quiet period's length, per step of the active one.
+const QUIET_STEPS_PER_STEP: u64 = 100;
 const BRANCH: &str = "main";
 
 // ---------------------------------------------------------------------------
@@ -335,6 +337,8 @@ struct World {
     dispatcher: Dispatcher,
     /// No more faults, no new commits: let everything finish.
     quiet: bool,
+    /// When a job last finished or a commit was last acked.
+    progress_ms: u64,
     trace: bool,
     // Facts learned from the durable log, for the invariants.
     results_per_job: HashMap<JobId, u32>,
@@ -392,6 +396,7 @@ impl World {
                 replica: State::new(),
             },
             quiet: false,
+            progress_ms: 0,
             trace,
             results_per_job: HashMap::new(),
             real_losses: HashMap::new(),
@@ -709,6 +714,9 @@ impl World {
         for event in events {
             self.say(|| format!("  durable: {event:?}"));
             self.check_record(&event);
+            if matches!(event, Event::Result { .. }) {
+                self.progress_ms = self.now_ms;
+            }
             let rec = Record {
                 seq: self.dispatcher.log.len() as u64 + 1,
                 at_ms: self.now_ms,
@@ -1037,7 +1045,9 @@ impl World {
             if self.dispatcher.replica.job_for_commit(&commit).is_none() {
                 self.fail(format!("commit {n} acked but not durable"));
             }
-            self.observer.unacked.remove(&n);
+            if self.observer.unacked.remove(&n) {
+                self.progress_ms = self.now_ms;
+            }
         }
     }
 
@@ -1244,8 +1254,11 @@ impl World {
         self.quiet = true;
         self.say(|| "quiet period".into());
         let start = self.steps;
+        self.progress_ms = self.now_ms;
         while !self.settled() {
-            if self.steps - start > QUIET_STEPS_MAX || !self.step() {
+            let stalled = self.now_ms - self.progress_ms > QUIET_STALL_MS;
+            let too_long = self.steps - start > QUIET_STEPS_PER_STEP * start.max(1_000);
+            if stalled || too_long || !self.step() {
                 let core = self.dispatcher.core.as_ref();
                 let stuck: Vec<String> = self
                     .runners
