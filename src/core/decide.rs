@@ -263,15 +263,7 @@ impl Core {
                         // The assignment was made durable but never reached
                         // the runner (or it restarted before starting it):
                         // hand the same attempt out again.
-                        let job = self.state.job(h.job).expect("held job exists");
-                        step.sends.push((
-                            runner.clone(),
-                            ToRunner::Assign {
-                                job: h,
-                                commit: job.commit,
-                                branch: job.branch.clone(),
-                            },
-                        ));
+                        self.resend_assign(&mut step, &runner, h);
                         keep = Some(h);
                     }
                     Some(_) => {}
@@ -289,6 +281,18 @@ impl Core {
             }
             Input::Heartbeat { runner, holding } => {
                 self.hear(&runner, now_ms, false);
+                match (holding, self.state.holder(&runner)) {
+                    // A runner declared lost while idle was dropped from
+                    // `idle` and never says Ready again: hearing it hold
+                    // nothing makes it idle again.
+                    (None, None) => self.make_idle(&runner),
+                    // It holds nothing but was given `h`: the Assign was
+                    // lost or ignored (it arrived while the runner still
+                    // held a stale job). Hand the same attempt out again;
+                    // a runner already holding `h` ignores the repeat.
+                    (None, Some(h)) => self.resend_assign(&mut step, &runner, h),
+                    (Some(_), _) => {}
+                }
                 if let Some(h) = holding
                     && self.state.holder(&runner) != Some(h)
                 {
@@ -404,6 +408,19 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Sends `runner` the assignment it already holds in the state.
+    fn resend_assign(&self, step: &mut Step, runner: &RunnerName, h: JobRef) {
+        let job = self.state.job(h.job).expect("held job exists");
+        step.sends.push((
+            runner.clone(),
+            ToRunner::Assign {
+                job: h,
+                commit: job.commit,
+                branch: job.branch.clone(),
+            },
+        ));
     }
 
     /// Why `job` is not (or no longer) this attempt's to run.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::event::{Event, JobReport, Record};
+use super::event::{Event, JobReport, LostReason, Record};
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 
 /// Where one job stands.
@@ -37,7 +37,8 @@ pub struct Job {
     pub branch: Option<String>,
     /// How many times it was handed to a runner (the current attempt number).
     pub attempts: u32,
-    /// How many of those hand-outs were lost.
+    /// How many of those hand-outs were lost. A hand-back (the runner was
+    /// stopped cleanly) is not a loss: it must never make the job give up.
     pub lost: u32,
     pub status: JobStatus,
     pub seen_at_ms: u64,
@@ -158,7 +159,7 @@ impl State {
                 runner,
                 job,
                 attempt,
-                ..
+                reason,
             } => {
                 let held = JobRef {
                     job: *job,
@@ -169,7 +170,9 @@ impl State {
                 }
                 self.holders.remove(runner);
                 let j = self.job_mut(*job)?;
-                j.lost += 1;
+                if *reason != LostReason::HandedBack {
+                    j.lost += 1;
+                }
                 j.status = JobStatus::Queued;
                 self.queue.push_front(*job);
             }

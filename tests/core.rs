@@ -1,0 +1,454 @@
+//! Unit tests of the pure core: the fold (`State::apply`) and the decisions
+//! (`Core::handle`), all through one small helper, [`Sim`], that keeps the
+//! events every step produced so each test can also check that replaying
+//! them rebuilds the live state exactly.
+
+use ci::core::{
+    CommitId, Core, CoreConfig, Event, Input, JobId, JobRef, JobReport, JobStatus, LostReason,
+    Outcome, Reply, State, Step, ToRunner,
+};
+
+const TIMEOUT_MS: u64 = 10_000;
+
+/// A core on virtual time plus everything it ever emitted.
+struct Sim {
+    core: Core,
+    now_ms: u64,
+    /// Every event of every step, with the time it was decided at.
+    log: Vec<(u64, Event)>,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        let config = CoreConfig {
+            heartbeat_timeout_ms: TIMEOUT_MS,
+            max_attempts: 3,
+        };
+        let mut sim = Sim {
+            core: Core::new(State::new(), config),
+            now_ms: 1_000,
+            log: Vec::new(),
+        };
+        sim.input(Input::Started { pid: 1 });
+        sim
+    }
+
+    /// Feeds one input at the current virtual time; checks replay after it.
+    fn input(&mut self, input: Input) -> Step {
+        let step = self.core.handle(input, self.now_ms);
+        self.log
+            .extend(step.events.iter().map(|e| (self.now_ms, e.clone())));
+        assert_eq!(
+            self.replayed(),
+            self.live(),
+            "replay differs from live state"
+        );
+        step
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now_ms += ms;
+    }
+
+    fn replayed(&self) -> State {
+        let mut s = State::new();
+        for (at, e) in &self.log {
+            s.apply(e, *at).expect("logged event applies");
+        }
+        s
+    }
+
+    /// The live state with `last_seq` cleared (the shell sets it).
+    fn live(&self) -> State {
+        let mut s = self.core.state.clone();
+        s.last_seq = 0;
+        s
+    }
+
+    fn commits(&mut self, commits: &[CommitId]) -> Step {
+        self.input(Input::CommitsReported {
+            branch: Some("main".into()),
+            commits: commits.to_vec(),
+            tip: commits.last().copied(),
+        })
+    }
+
+    fn connect(&mut self, runner: &str) -> Step {
+        self.connect_with(runner, None, None)
+    }
+
+    fn connect_with(
+        &mut self,
+        runner: &str,
+        holding: Option<JobRef>,
+        crashed: Option<JobRef>,
+    ) -> Step {
+        self.input(Input::RunnerConnected {
+            runner: runner.into(),
+            holding,
+            crashed,
+        })
+    }
+
+    fn heartbeat(&mut self, runner: &str, holding: Option<JobRef>) -> Step {
+        self.input(Input::Heartbeat {
+            runner: runner.into(),
+            holding,
+        })
+    }
+
+    fn result(&mut self, runner: &str, job: JobRef, outcome: Outcome) -> Step {
+        self.input(Input::ResultReported {
+            runner: runner.into(),
+            job,
+            report: report(outcome),
+            output_bytes: 3,
+        })
+    }
+
+    fn tick(&mut self) -> Step {
+        self.input(Input::Tick)
+    }
+
+    fn job(&self, n: u64) -> &ci::core::Job {
+        self.core.state.job(JobId(n)).expect("job exists")
+    }
+}
+
+fn commit(n: u8) -> CommitId {
+    CommitId::from_bytes(&[n; 20]).unwrap()
+}
+
+fn jr(job: u64, attempt: u32) -> JobRef {
+    JobRef {
+        job: JobId(job),
+        attempt,
+    }
+}
+
+fn report(outcome: Outcome) -> JobReport {
+    JobReport {
+        outcome,
+        exit_code: Some(0),
+        duration_ms: 5,
+        tests: None,
+        message: String::new(),
+    }
+}
+
+/// The (runner, job) pairs of every `Assign` in a step.
+fn assigns(step: &Step) -> Vec<(String, JobRef)> {
+    step.sends
+        .iter()
+        .filter_map(|(r, m)| match m {
+            ToRunner::Assign { job, .. } => Some((r.clone(), *job)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn abandons(step: &Step) -> Vec<(String, JobRef)> {
+    step.sends
+        .iter()
+        .filter_map(|(r, m)| match m {
+            ToRunner::Abandon { job, .. } => Some((r.clone(), *job)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kinds(step: &Step) -> Vec<&'static str> {
+    step.events.iter().map(Event::kind).collect()
+}
+
+#[test]
+fn the_same_commit_twice_is_one_commit() {
+    let mut sim = Sim::new();
+    let step = sim.commits(&[commit(1)]);
+    assert_eq!(kinds(&step), ["commit_seen"]);
+    let step = sim.commits(&[commit(1)]);
+    assert!(step.events.is_empty());
+    assert_eq!(
+        step.reply,
+        Some(Reply::Commits {
+            accepted: vec![],
+            duplicates: 1
+        })
+    );
+    // Twice in the same report, too.
+    let step = sim.commits(&[commit(2), commit(2)]);
+    assert_eq!(kinds(&step), ["commit_seen"]);
+    assert_eq!(
+        step.reply,
+        Some(Reply::Commits {
+            accepted: vec![commit(2)],
+            duplicates: 1
+        })
+    );
+    assert_eq!(sim.core.state.jobs().len(), 2);
+}
+
+#[test]
+fn jobs_go_to_idle_runners_oldest_first() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.connect("b");
+    let step = sim.commits(&[commit(1), commit(2), commit(3)]);
+    assert_eq!(
+        assigns(&step),
+        [("a".to_string(), jr(1, 1)), ("b".to_string(), jr(2, 1))]
+    );
+    assert_eq!(sim.core.state.queue_front(), Some(JobId(3)));
+    let step = sim.result("b", jr(2, 1), Outcome::Pass);
+    assert_eq!(assigns(&step), [("b".to_string(), jr(3, 1))]);
+}
+
+#[test]
+fn a_result_for_a_reassigned_attempt_changes_nothing() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    sim.advance(TIMEOUT_MS);
+    let step = sim.tick();
+    assert_eq!(kinds(&step), ["heartbeat_lost"]);
+    let step = sim.connect("b");
+    assert_eq!(assigns(&step), [("b".to_string(), jr(1, 2))]);
+    let before = sim.core.state.clone();
+    let step = sim.result("a", jr(1, 1), Outcome::Fail);
+    assert!(step.events.is_empty());
+    assert!(matches!(
+        step.reply,
+        Some(Reply::ResultAck {
+            accepted: false,
+            ..
+        })
+    ));
+    assert_eq!(sim.core.state, before);
+}
+
+#[test]
+fn a_resent_result_is_acked_without_a_new_event() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    let step = sim.result("a", jr(1, 1), Outcome::Pass);
+    assert_eq!(kinds(&step), ["result"]);
+    let before = sim.core.state.clone();
+    let step = sim.result("a", jr(1, 1), Outcome::Pass);
+    assert!(step.events.is_empty());
+    assert!(matches!(
+        step.reply,
+        Some(Reply::ResultAck { accepted: true, .. })
+    ));
+    assert_eq!(sim.core.state, before);
+    assert_eq!(sim.core.state.results, 1);
+}
+
+#[test]
+fn a_silent_runner_loses_its_job_to_the_front_of_the_queue() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1), commit(2)]);
+    sim.advance(TIMEOUT_MS - 1);
+    assert!(sim.tick().events.is_empty(), "not yet");
+    sim.advance(1);
+    let step = sim.tick();
+    assert_eq!(
+        step.events,
+        [Event::HeartbeatLost {
+            runner: "a".into(),
+            job: JobId(1),
+            attempt: 1,
+            reason: LostReason::HeartbeatTimeout
+        }]
+    );
+    assert_eq!(sim.core.state.queue_front(), Some(JobId(1)));
+    let step = sim.connect("b");
+    assert_eq!(assigns(&step), [("b".to_string(), jr(1, 2))]);
+}
+
+#[test]
+fn a_job_lost_three_times_ends_as_error() {
+    let mut sim = Sim::new();
+    sim.commits(&[commit(1)]);
+    for attempt in 1..=3u32 {
+        let name = format!("r{attempt}");
+        let step = sim.connect(&name);
+        assert_eq!(assigns(&step), [(name, jr(1, attempt))]);
+        sim.advance(TIMEOUT_MS);
+        let step = sim.tick();
+        let expect: &[&str] = if attempt < 3 {
+            &["heartbeat_lost"]
+        } else {
+            &["heartbeat_lost", "result"]
+        };
+        assert_eq!(kinds(&step), expect);
+    }
+    let j = sim.job(1);
+    let JobStatus::Done(f) = &j.status else {
+        panic!("job not done: {j:?}")
+    };
+    assert_eq!(f.report.outcome, Outcome::Error);
+    assert_eq!(f.runner, None);
+    assert_eq!(f.attempt, 3);
+    assert_eq!(sim.core.state.queue_len(), 0);
+}
+
+#[test]
+fn a_restart_gives_every_holder_a_full_timeout() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    // The dispatcher was down for a long time; the state is replayed.
+    sim.advance(10 * TIMEOUT_MS);
+    let state = sim.core.state.clone();
+    sim.core = Core::new(state, sim.core.config().clone());
+    sim.input(Input::Started { pid: 2 });
+    assert!(sim.tick().events.is_empty(), "old timestamps condemned a");
+    sim.advance(TIMEOUT_MS - 1);
+    assert!(sim.tick().events.is_empty());
+    sim.advance(1);
+    assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
+}
+
+#[test]
+fn a_runner_reconnecting_with_its_job_keeps_it() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    let step = sim.connect_with("a", Some(jr(1, 1)), None);
+    assert!(step.events.is_empty() && step.sends.is_empty());
+    assert_eq!(
+        step.reply,
+        Some(Reply::Welcome {
+            keep: Some(jr(1, 1))
+        })
+    );
+    assert_eq!(sim.core.state.holder("a"), Some(jr(1, 1)));
+}
+
+#[test]
+fn a_runner_that_never_got_its_assignment_gets_it_again() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    let step = sim.connect_with("a", None, None);
+    assert!(step.events.is_empty());
+    assert_eq!(assigns(&step), [("a".to_string(), jr(1, 1))]);
+    assert_eq!(sim.core.state.holder("a"), Some(jr(1, 1)));
+}
+
+#[test]
+fn a_runner_that_crashed_loses_its_job_at_once() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    let step = sim.connect_with("a", None, Some(jr(1, 1)));
+    assert_eq!(
+        step.events[0],
+        Event::HeartbeatLost {
+            runner: "a".into(),
+            job: JobId(1),
+            attempt: 1,
+            reason: LostReason::RunnerRestarted
+        }
+    );
+    // It is idle again, so the job comes straight back as attempt 2.
+    assert_eq!(assigns(&step), [("a".to_string(), jr(1, 2))]);
+    assert_eq!(sim.job(1).lost, 1);
+}
+
+#[test]
+fn hand_back_requeues_and_never_gives_up() {
+    let mut sim = Sim::new();
+    sim.commits(&[commit(1), commit(2)]);
+    for attempt in 1..=5u32 {
+        sim.connect("a");
+        let step = sim.input(Input::HandBack {
+            runner: "a".into(),
+            job: jr(1, attempt),
+        });
+        assert_eq!(kinds(&step), ["heartbeat_lost"], "attempt {attempt}");
+        assert_eq!(sim.core.state.queue_front(), Some(JobId(1)));
+    }
+    assert_eq!(sim.core.state.results, 0);
+    // Hand-backs are not losses: the job still has all its attempts.
+    for attempt in 6..=7u32 {
+        let step = sim.connect("b");
+        assert_eq!(assigns(&step), [("b".to_string(), jr(1, attempt))]);
+        sim.advance(TIMEOUT_MS);
+        assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
+    }
+    assert_eq!(sim.core.state.results, 0, "gave up after 2 real losses");
+}
+
+#[test]
+fn a_heartbeat_for_a_job_no_longer_held_gets_abandon() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    sim.advance(TIMEOUT_MS);
+    sim.tick();
+    let step = sim.heartbeat("a", Some(jr(1, 1)));
+    assert_eq!(abandons(&step), [("a".to_string(), jr(1, 1))]);
+    assert!(step.events.is_empty());
+    // Holding the job it was given: nothing to say.
+    sim.input(Input::RunnerReady { runner: "a".into() });
+    let step = sim.heartbeat("a", Some(jr(1, 2)));
+    assert!(step.sends.is_empty(), "{:?}", step.sends);
+}
+
+#[test]
+fn an_idle_runner_heard_again_after_a_timeout_gets_work() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    // a stalls while idle and is declared lost ...
+    sim.advance(TIMEOUT_MS);
+    sim.tick();
+    // ... then heartbeats again, holding nothing; the runner never says
+    // Ready in that case, so the heartbeat alone must make it idle again.
+    sim.heartbeat("a", None);
+    let step = sim.commits(&[commit(1)]);
+    assert_eq!(assigns(&step), [("a".to_string(), jr(1, 1))]);
+}
+
+#[test]
+fn a_heartbeat_holding_nothing_gets_the_held_assignment_again() {
+    // Regression (sim seed 62): the runner ignored its Assign because it
+    // still held a stale result; once it dropped that, it heartbeated
+    // holding nothing forever while the state said it held the job.
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    let step = sim.heartbeat("a", None);
+    assert!(step.events.is_empty());
+    assert_eq!(assigns(&step), [("a".to_string(), jr(1, 1))]);
+    let step = sim.heartbeat("a", Some(jr(1, 1)));
+    assert!(step.sends.is_empty());
+}
+
+#[test]
+fn replaying_every_event_rebuilds_the_live_state() {
+    // Sim::input checks this after every step; here a longer mixed history.
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.connect("b");
+    sim.commits(&[commit(1), commit(2), commit(3), commit(4)]);
+    sim.result("a", jr(1, 1), Outcome::Pass);
+    sim.advance(TIMEOUT_MS / 2);
+    sim.heartbeat("a", Some(jr(3, 1)));
+    sim.advance(TIMEOUT_MS / 2);
+    sim.tick();
+    sim.connect_with("b", None, Some(jr(2, 2)));
+    sim.result("a", jr(3, 1), Outcome::Fail);
+    sim.input(Input::HandBack {
+        runner: "a".into(),
+        job: jr(2, 2),
+    });
+    sim.commits(&[commit(4), commit(5)]);
+    let mut replayed = State::new();
+    for (at, e) in &sim.log {
+        replayed.apply(e, *at).unwrap();
+    }
+    assert_eq!(replayed, sim.live());
+}
