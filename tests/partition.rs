@@ -61,11 +61,29 @@ impl Hosts {
         for (i, ns) in [(1, &h.r1), (2, &h.r2)] {
             let d_end = format!("cd{i}-{tag}");
             let r_end = format!("cr{i}-{tag}");
-            ip(&["link", "add", &d_end, "type", "veth", "peer", "name", &r_end]);
+            ip(&[
+                "link", "add", &d_end, "type", "veth", "peer", "name", &r_end,
+            ]);
             ip(&["link", "set", &d_end, "netns", &h.d]);
             ip(&["link", "set", &r_end, "netns", ns]);
-            ip(&["-n", &h.d, "addr", "add", &format!("10.{net}.{i}.1/24"), "dev", &d_end]);
-            ip(&["-n", ns, "addr", "add", &format!("10.{net}.{i}.2/24"), "dev", &r_end]);
+            ip(&[
+                "-n",
+                &h.d,
+                "addr",
+                "add",
+                &format!("10.{net}.{i}.1/24"),
+                "dev",
+                &d_end,
+            ]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.{net}.{i}.2/24"),
+                "dev",
+                &r_end,
+            ]);
             ip(&["-n", &h.d, "link", "set", &d_end, "up"]);
             ip(&["-n", ns, "link", "set", &r_end, "up"]);
         }
@@ -73,7 +91,14 @@ impl Hosts {
     }
 
     fn cut_r1(&self, down: bool) {
-        ip(&["-n", &self.d, "link", "set", &self.d_to_r1, if down { "down" } else { "up" }]);
+        ip(&[
+            "-n",
+            &self.d,
+            "link",
+            "set",
+            &self.d_to_r1,
+            if down { "down" } else { "up" },
+        ]);
     }
 
     /// Runs one of the package's binaries inside namespace `ns`.
@@ -86,8 +111,11 @@ impl Hosts {
 
     fn tools(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.d]).arg(bin("ci-tools")).args(args);
-        cmd.output().expect("run ci-tools in the dispatcher's namespace")
+        cmd.args(["netns", "exec", &self.d])
+            .arg(bin("ci-tools"))
+            .args(args);
+        cmd.output()
+            .expect("run ci-tools in the dispatcher's namespace")
     }
 }
 
@@ -152,9 +180,19 @@ fn a_partitioned_runner_loses_its_job_and_its_late_result_is_rejected() {
             "--insecure",
         ])
     };
-    let mut r1 = hosts.spawn(&hosts.r1.clone(), "ci-runner", &runner_args(1), repo.root(), "runner-r1");
+    let mut r1 = hosts.spawn(
+        &hosts.r1.clone(),
+        "ci-runner",
+        &runner_args(1),
+        repo.root(),
+        "runner-r1",
+    );
     let out = hosts.tools(&["submit", "--dispatcher", &local, &sha]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("r1 running the job", SHORT, || {
         let s = json_of(&hosts.tools(&["status", "--dispatcher", &local, "--json"]))?;
         match s["running"][0]["runner"].as_str() {
@@ -162,7 +200,13 @@ fn a_partitioned_runner_loses_its_job_and_its_late_result_is_rejected() {
             _ => Err(pretty(&s)),
         }
     });
-    let _r2 = hosts.spawn(&hosts.r2.clone(), "ci-runner", &runner_args(2), repo.root(), "runner-r2");
+    let _r2 = hosts.spawn(
+        &hosts.r2.clone(),
+        "ci-runner",
+        &runner_args(2),
+        repo.root(),
+        "runner-r2",
+    );
 
     // Cut r1 off mid-job, for longer than its job and the timeout.
     hosts.cut_r1(true);
@@ -199,7 +243,10 @@ fn a_partitioned_runner_loses_its_job_and_its_late_result_is_rejected() {
     });
     let replay = hosts.tools(&["replay", "--dispatcher", &local, "--json"]);
     let events = parse_json_lines(&String::from_utf8_lossy(&replay.stdout)).unwrap();
-    let lost: Vec<_> = events.iter().filter(|e| e["type"] == "heartbeat_lost").collect();
+    let lost: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "heartbeat_lost")
+        .collect();
     assert_eq!(lost.len(), 1, "{}", pretty(&events));
     assert_eq!(lost[0]["runner"], "r1");
     let res: Vec<_> = events.iter().filter(|e| e["type"] == "result").collect();
