@@ -262,7 +262,17 @@ fn permitted(role: Role, grant: super::auth::Grant, msg: &ClientMsg) -> Result<(
             msg = msg.kind(),
             "refused: not permitted for this role"
         );
-        Err(format!("a {} may not send {}", role.as_str(), msg.kind()))
+        let hint = if role == Role::Tool && matches!(msg, ClientMsg::Commits { .. }) {
+            " (this tool's token is read-only; submitting needs the tool-write secret)"
+        } else {
+            ""
+        };
+        let article = if role == Role::Observer { "an" } else { "a" };
+        Err(format!(
+            "{article} {} may not send {}{hint}",
+            role.as_str(),
+            msg.kind()
+        ))
     }
 }
 
