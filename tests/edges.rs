@@ -33,7 +33,10 @@ fn one_line_error(name: &str, o: &Output, want: &[&str]) {
     for w in want {
         assert!(lines[0].contains(w), "{name}: wanted {w:?} in {err}");
     }
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
 }
 
 fn closed_port() -> String {
@@ -56,7 +59,11 @@ fn tools_against_an_unreachable_dispatcher() {
         one_line_error(
             "ci-tools",
             &o,
-            &["cannot reach the dispatcher", &addr, "check that ci-dispatcher runs"],
+            &[
+                "cannot reach the dispatcher",
+                &addr,
+                "check that ci-dispatcher runs",
+            ],
         );
     }
 }
@@ -71,9 +78,17 @@ fn a_locked_data_dir() {
         "ci-dispatcher",
         &["--listen", "127.0.0.1:0", "--data-dir", data_s],
     );
-    one_line_error("ci-dispatcher", &o, &["in use by another dispatcher", data_s]);
+    one_line_error(
+        "ci-dispatcher",
+        &o,
+        &["in use by another dispatcher", data_s],
+    );
     let o = run("ci-tools", &["replay", "--data-dir", data_s]);
-    one_line_error("ci-tools", &o, &["in use by another dispatcher", "--dispatcher"]);
+    one_line_error(
+        "ci-tools",
+        &o,
+        &["in use by another dispatcher", "--dispatcher"],
+    );
 }
 
 #[test]
@@ -89,7 +104,14 @@ fn unreadable_token_files() {
     let want = ["cannot read the token file", m];
     let o = run(
         "ci-dispatcher",
-        &["--listen", "127.0.0.1:0", "--data-dir", data, "--token-file", m],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--token-file",
+            m,
+        ],
     );
     one_line_error("ci-dispatcher", &o, &want);
     let o = run(
@@ -98,7 +120,14 @@ fn unreadable_token_files() {
     );
     one_line_error("ci-tools", &o, &want);
     // The token is read before the repository or the dispatcher is touched.
-    let common = ["--dispatcher", "127.0.0.1:1", "--repo", "/no/such/repo", "--work-dir", work];
+    let common = [
+        "--dispatcher",
+        "127.0.0.1:1",
+        "--repo",
+        "/no/such/repo",
+        "--work-dir",
+        work,
+    ];
     let mut args = common.to_vec();
     args.extend(["--token-file", m]);
     one_line_error("ci-runner", &run("ci-runner", &args), &want);
@@ -109,7 +138,14 @@ fn unreadable_token_files() {
     write_secret(&bad, "runner: short\n");
     let o = run(
         "ci-dispatcher",
-        &["--listen", "127.0.0.1:0", "--data-dir", data, "--token-file", bad.to_str().unwrap()],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--token-file",
+            bad.to_str().unwrap(),
+        ],
     );
     one_line_error("ci-dispatcher", &o, &["line 1", "shorter than 16"]);
     assert!(!stderr(&o).contains("short\n"));
@@ -122,7 +158,14 @@ fn unreadable_token_files() {
         let u = unreadable.to_str().unwrap();
         let o = run(
             "ci-dispatcher",
-            &["--listen", "127.0.0.1:0", "--data-dir", data, "--token-file", u],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--token-file",
+                u,
+            ],
         );
         one_line_error("ci-dispatcher", &o, &["cannot read the token file", u]);
     }
@@ -134,28 +177,76 @@ fn bad_flag_values() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let cases: [(&str, Vec<&str>, &str); 6] = [
-        ("ci-dispatcher", vec!["--data-dir", data, "--heartbeat-timeout", "-1"], "--heartbeat-timeout"),
-        ("ci-dispatcher", vec!["--data-dir", data, "--heartbeat-timeout", "0"], "--heartbeat-timeout"),
+        (
+            "ci-dispatcher",
+            vec!["--data-dir", data, "--heartbeat-timeout", "-1"],
+            "--heartbeat-timeout",
+        ),
+        (
+            "ci-dispatcher",
+            vec!["--data-dir", data, "--heartbeat-timeout", "0"],
+            "--heartbeat-timeout",
+        ),
         (
             "ci-observer",
-            vec!["--dispatcher", "127.0.0.1:1", "--repo", ".", "--work-dir", data, "--interval", "abc"],
+            vec![
+                "--dispatcher",
+                "127.0.0.1:1",
+                "--repo",
+                ".",
+                "--work-dir",
+                data,
+                "--interval",
+                "abc",
+            ],
             "--interval",
         ),
         (
             "ci-runner",
-            vec!["--dispatcher", "127.0.0.1:1", "--repo", ".", "--work-dir", data, "--job-timeout", "-5"],
+            vec![
+                "--dispatcher",
+                "127.0.0.1:1",
+                "--repo",
+                ".",
+                "--work-dir",
+                data,
+                "--job-timeout",
+                "-5",
+            ],
             "--job-timeout",
         ),
-        ("ci-tools", vec!["wait", "--dispatcher", "127.0.0.1:1", "--timeout", "abc", "x"], "--timeout"),
-        ("ci-tools", vec!["status", "--no-such-flag"], "--no-such-flag"),
+        (
+            "ci-tools",
+            vec![
+                "wait",
+                "--dispatcher",
+                "127.0.0.1:1",
+                "--timeout",
+                "abc",
+                "x",
+            ],
+            "--timeout",
+        ),
+        (
+            "ci-tools",
+            vec!["status", "--no-such-flag"],
+            "--no-such-flag",
+        ),
     ];
     for (name, args, flag) in cases {
         let o = run(name, &args);
         one_line_error(name, &o, &[flag, "--help"]);
     }
     // Not a usage error: listening beyond loopback without tokens.
-    let o = run("ci-dispatcher", &["--listen", "0.0.0.0:0", "--data-dir", data]);
-    one_line_error("ci-dispatcher", &o, &["--token-file", "--insecure", "0.0.0.0:0"]);
+    let o = run(
+        "ci-dispatcher",
+        &["--listen", "0.0.0.0:0", "--data-dir", data],
+    );
+    one_line_error(
+        "ci-dispatcher",
+        &o,
+        &["--token-file", "--insecure", "0.0.0.0:0"],
+    );
     assert!(stderr(&o).contains("warning: no --token-file"));
     // Help is not an error.
     let o = run("ci-tools", &["--help"]);
@@ -171,29 +262,69 @@ fn a_repository_that_does_not_exist() {
     for name in ["ci-runner", "ci-observer"] {
         let o = run(
             name,
-            &["--dispatcher", &addr, "--repo", "/no/such/repo", "--work-dir", work],
+            &[
+                "--dispatcher",
+                &addr,
+                "--repo",
+                "/no/such/repo",
+                "--work-dir",
+                work,
+            ],
         );
         one_line_error(name, &o, &["/no/such/repo", "no such file", "give --repo"]);
         let o = run(
             name,
-            &["--dispatcher", &addr, "--repo", "https://example.com/r.git", "--work-dir", work],
+            &[
+                "--dispatcher",
+                &addr,
+                "--repo",
+                "https://example.com/r.git",
+                "--work-dir",
+                work,
+            ],
         );
-        one_line_error(name, &o, &["https://example.com/r.git", ci::git::SOURCE_RULE]);
+        one_line_error(
+            name,
+            &o,
+            &["https://example.com/r.git", ci::git::SOURCE_RULE],
+        );
         let o = run(
             name,
-            &["--dispatcher", &addr, "--repo", dir.path().to_str().unwrap(), "--work-dir", work],
+            &[
+                "--dispatcher",
+                &addr,
+                "--repo",
+                dir.path().to_str().unwrap(),
+                "--work-dir",
+                work,
+            ],
         );
         one_line_error(name, &o, &["cannot read repository", "--repo"]);
     }
     // A bad branch name names the value and the rule.
     let o = run(
         "ci-observer",
-        &["--dispatcher", &addr, "--repo", "/no/such", "--work-dir", work, "--branch", "a..b"],
+        &[
+            "--dispatcher",
+            &addr,
+            "--repo",
+            "/no/such",
+            "--work-dir",
+            work,
+            "--branch",
+            "a..b",
+        ],
     );
     one_line_error("ci-observer", &o, &["\"a..b\"", "branch name"]);
     let o = run(
         "ci-tools",
-        &["submit", "--dispatcher", &addr, "--branch=-x", &"a".repeat(40)],
+        &[
+            "submit",
+            "--dispatcher",
+            &addr,
+            "--branch=-x",
+            &"a".repeat(40),
+        ],
     );
     one_line_error("ci-tools", &o, &["\"-x\"", "cannot begin with -"]);
     let o = run("ci-tools", &["submit", "--dispatcher", &addr, "HEAD~1"]);
@@ -211,7 +342,10 @@ fn a_wrong_token_is_fatal_for_every_client() {
     let wrong = dir.path().join("wrong.token");
     write_secret(&wrong, "not-the-right-secret-at-all\n");
     let w = wrong.to_str().unwrap();
-    let o = run("ci-tools", &["--token-file", w, "status", "--dispatcher", &d.addr]);
+    let o = run(
+        "ci-tools",
+        &["--token-file", w, "status", "--dispatcher", &d.addr],
+    );
     one_line_error("ci-tools", &o, &["wrong token for role tool"]);
     let o = run("ci-tools", &["status", "--dispatcher", &d.addr]);
     one_line_error("ci-tools", &o, &["requires a token"]);
