@@ -42,15 +42,47 @@ pub async fn terminated() {
     }
 }
 
-/// Reads a token file: its content without surrounding whitespace; an
-/// empty or unreadable file is an error naming the file.
-pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let raw = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", path.display()))?;
-    let text = String::from_utf8_lossy(&raw);
-    let token = text.trim();
-    if token.is_empty() {
-        anyhow::bail!("the token file {} is empty", path.display());
+/// Parses the command line; a usage error becomes one line on stderr
+/// (`NAME: error: ...; see NAME --help`) and exit 2. `--help` and
+/// `--version` print as usual and exit 0.
+pub fn parse_args<T: clap::Parser>(name: &str) -> Result<T, ExitCode> {
+    match T::try_parse() {
+        Ok(args) => Ok(args),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return Err(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::SUCCESS
+                    },
+                );
+            }
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("{name}: error: {first}; see {name} --help");
+            Err(ExitCode::from(2))
+        }
     }
-    Ok(token.as_bytes().to_vec())
+}
+
+/// A client's secret for `role`: `--token-file` (or `CI_TOKEN_FILE`), else
+/// `CI_TOKEN`, else none.
+pub fn client_token(
+    file: Option<&std::path::Path>,
+    role: crate::proto::Role,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    crate::dispatcher::auth::client_token(file, role).map_err(anyhow::Error::msg)
 }

@@ -15,11 +15,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the dispatcher at {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    /// Not `#[source]`: the message already says it, once.
+    #[error(
+        "cannot reach the dispatcher at {addr}: {err}; check that ci-dispatcher runs there and that --dispatcher names its address"
+    )]
+    Connect { addr: String, err: std::io::Error },
     #[error("the dispatcher at {addr} did not answer within {secs} s")]
     Timeout { addr: String, secs: u64 },
     #[error("the dispatcher refused: {0}")]
@@ -68,9 +68,9 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|err| ClientError::Connect {
                 addr: addr.to_string(),
-                source,
+                err,
             })?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();

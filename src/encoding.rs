@@ -10,8 +10,17 @@ use serde::de::DeserializeOwned;
 /// Upper bound on what one decode may allocate, in bytes.
 pub const DECODE_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Upper bound on what decoding one wire frame may allocate: the largest
+/// frame (`proto::MAX_FRAME_BYTES`), so a frame can never claim more memory
+/// than a frame may be long.
+pub const WIRE_DECODE_LIMIT: usize = 8 * 1024 * 1024;
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+fn wire_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<WIRE_DECODE_LIMIT>()
 }
 
 /// The value could not be encoded or decoded.
@@ -39,7 +48,19 @@ pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), Cod
 /// Decodes exactly one value; trailing bytes are an error (a damaged record
 /// or frame, not something to ignore).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())?;
+    decode_with(bytes, config())
+}
+
+/// As [`decode`], with the tighter limit for one network frame.
+pub fn decode_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_with(bytes, wire_config())
+}
+
+fn decode_with<T: DeserializeOwned>(
+    bytes: &[u8],
+    config: impl bincode::config::Config,
+) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config)?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }

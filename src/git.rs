@@ -63,11 +63,15 @@ impl fmt::Display for GitError {
             GitError::SourceMissing { source } => {
                 write!(
                     f,
-                    "cannot read repository {source}: no such file or directory"
+                    "cannot read repository {source}: no such file or directory; give --repo an existing repository path or a file:// or git:// URL"
                 )
             }
             GitError::CannotRead { source, err } => {
-                write!(f, "cannot read repository {source}: {}", err.message())
+                write!(
+                    f,
+                    "cannot read repository {source}: {}; check that --repo names a git repository",
+                    err.message()
+                )
             }
             GitError::Mirror { dir, err } => write!(
                 f,

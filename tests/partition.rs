@@ -177,7 +177,6 @@ fn a_partitioned_runner_loses_its_job_and_its_late_result_is_rejected() {
             &format!("r{n}"),
             "--heartbeat-interval",
             "0.3",
-            "--insecure",
         ])
     };
     let mut r1 = hosts.spawn(

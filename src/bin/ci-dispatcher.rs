@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use ci::dispatcher::{self, Auth, DispatcherConfig};
+use ci::dispatcher::{self, Auth, DispatcherConfig, Tokens};
 use ci::util::parse_secs;
 
 #[derive(Parser, Debug)]
@@ -25,18 +25,32 @@ struct Args {
     #[arg(long)]
     data_dir: PathBuf,
     /// Seconds without a heartbeat before a runner's job is re-queued.
-    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    #[arg(long, default_value = "10", value_parser = parse_secs, allow_negative_numbers = true)]
     heartbeat_timeout: Duration,
     /// Store a state snapshot every this many events (restart replays only the tail).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
+    /// The role secrets, one `ROLE: SECRET` line each for runner, observer,
+    /// tool and tool-write (see SECURITY.md). Without it every client is
+    /// trusted and only loopback addresses are allowed.
+    #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Without --token-file, listen on a non-loopback address anyway.
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds a new connection has to say hello (for tests).
+    #[arg(long, default_value = "10", value_parser = parse_secs, hide = true)]
+    hello_timeout: Duration,
     /// More logs on stderr (-v, -vv); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = match ci::cli::parse_args("ci-dispatcher") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     ci::util::init_tracing(args.verbose, true);
     ci::cli::run("ci-dispatcher", run(args))
 }
@@ -45,7 +59,25 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = DispatcherConfig::new(args.listen.clone(), args.data_dir.clone());
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.snapshot_every = args.snapshot_every;
-    let d = dispatcher::start(config, Auth::open())
+    config.hello_timeout = args.hello_timeout;
+    config.insecure = args.insecure;
+    let auth = match &args.token_file {
+        Some(path) => Auth::with_tokens(Tokens::from_file(path).map_err(anyhow::Error::msg)?),
+        None => {
+            if args.insecure {
+                eprintln!(
+                    "ci-dispatcher: warning: no --token-file and --insecure: every client that can reach {} is trusted",
+                    args.listen
+                );
+            } else {
+                eprintln!(
+                    "ci-dispatcher: warning: no --token-file: every client is trusted, so only loopback addresses are allowed"
+                );
+            }
+            Auth::open()
+        }
+    };
+    let d = dispatcher::start(config, auth)
         .await
         .with_context(|| format!("cannot start on {}", args.data_dir.display()))?;
     {

@@ -30,18 +30,25 @@ struct Args {
     #[arg(long = "branch")]
     branches: Vec<String>,
     /// Seconds between polls.
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
+    #[arg(long, default_value = "5", value_parser = parse_secs, allow_negative_numbers = true)]
     interval: Duration,
     /// Report what is new once, then exit.
     #[arg(long)]
     once: bool,
+    /// A file holding this program's secret (see SECURITY.md); else the
+    /// CI_TOKEN environment variable, if set.
+    #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// More logs on stderr (-v, -vv); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = match ci::cli::parse_args("ci-observer") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     ci::util::init_tracing(args.verbose, true);
     ci::cli::run("ci-observer", run(args))
 }
@@ -57,7 +64,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         branches: args.branches,
         interval: args.interval,
         once: args.once,
-        token: None,
+        token: ci::cli::client_token(args.token_file.as_deref(), ci::proto::Role::Observer)?,
     };
     let observer = Observer::prepare(cfg).await?;
     let stop = CancellationToken::new();

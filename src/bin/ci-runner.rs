@@ -30,19 +30,31 @@ struct Args {
     #[arg(long)]
     name: Option<String>,
     /// Seconds between heartbeats.
-    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    #[arg(long, default_value = "2", value_parser = parse_secs, allow_negative_numbers = true)]
     heartbeat_interval: Duration,
     /// Longest a test run may take before its process group is killed.
-    #[arg(long, default_value = "1800", value_parser = parse_secs)]
+    #[arg(long, default_value = "1800", value_parser = parse_secs, allow_negative_numbers = true)]
     job_timeout: Duration,
+    /// A file holding this program's secret (see SECURITY.md); else the
+    /// CI_TOKEN environment variable, if set.
+    #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// More logs on stderr (-v, -vv); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = match ci::cli::parse_args("ci-runner") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     ci::util::init_tracing(args.verbose, true);
+    // Tested code runs as this user: make this process non-dumpable so it
+    // cannot read our environment or memory through /proc/PID.
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and has no
+    // memory-safety preconditions.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     ci::cli::run("ci-runner", run(args))
 }
 
@@ -59,7 +71,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         name,
         heartbeat_interval: args.heartbeat_interval,
         job_timeout: args.job_timeout,
-        token: None,
+        token: ci::cli::client_token(args.token_file.as_deref(), ci::proto::Role::Runner)?,
     };
     let runner = Runner::prepare(cfg).await?;
     let stop = CancellationToken::new();

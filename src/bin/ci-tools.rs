@@ -18,6 +18,10 @@ struct Args {
     /// More logs on stderr (-v, -vv); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// A file holding the tool's secret (see SECURITY.md); else the CI_TOKEN
+    /// environment variable, if set.
+    #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,7 +77,7 @@ enum Cmd {
     Wait {
         #[arg(long)]
         dispatcher: String,
-        #[arg(long, default_value = "600", value_parser = parse_secs)]
+        #[arg(long, default_value = "600", value_parser = parse_secs, allow_negative_numbers = true)]
         timeout: Duration,
         #[arg(long)]
         json: bool,
@@ -98,7 +102,7 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8765")]
         listen: String,
         /// Seconds between observer polls.
-        #[arg(long, default_value = "2", value_parser = parse_secs)]
+        #[arg(long, default_value = "2", value_parser = parse_secs, allow_negative_numbers = true)]
         interval: Duration,
         /// Branch to watch (repeatable) [default: every branch].
         #[arg(long = "branch")]
@@ -109,13 +113,17 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = match ci::cli::parse_args("ci-tools") {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     ci::util::init_tracing(args.verbose, false);
-    ci::cli::run("ci-tools", run(args.cmd))
+    ci::cli::run("ci-tools", run(args.cmd, args.token_file))
 }
 
-async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
-    let token = None;
+async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // Read lazily: offline replay, up and demo need no token.
+    let token = || ci::cli::client_token(token_file.as_deref(), ci::proto::Role::Tool);
     match cmd {
         Cmd::Replay {
             data_dir,
@@ -127,27 +135,27 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 tokio::task::spawn_blocking(move || tools::replay_offline(&dir, json, verify))
                     .await?
             }
-            (None, Some(addr)) => tools::replay_online(&addr, token, json).await,
+            (None, Some(addr)) => tools::replay_online(&addr, token()?, json).await,
             _ => bail!("give either --data-dir DIR or --dispatcher ADDR"),
         },
-        Cmd::Status { dispatcher, json } => tools::status(&dispatcher, token, json).await,
+        Cmd::Status { dispatcher, json } => tools::status(&dispatcher, token()?, json).await,
         Cmd::Results {
             dispatcher,
             commit,
             json,
-        } => tools::results(&dispatcher, token, commit, json).await,
+        } => tools::results(&dispatcher, token()?, commit, json).await,
         Cmd::Submit {
             dispatcher,
             branch,
             shas,
-        } => tools::submit(&dispatcher, token, branch, &shas).await,
+        } => tools::submit(&dispatcher, token()?, branch, &shas).await,
         Cmd::Wait {
             dispatcher,
             timeout,
             json,
             shas,
-        } => tools::wait(&dispatcher, token, timeout, &shas, json).await,
-        Cmd::Output { dispatcher, sha } => tools::output(&dispatcher, token, &sha).await,
+        } => tools::wait(&dispatcher, token()?, timeout, &shas, json).await,
+        Cmd::Output { dispatcher, sha } => tools::output(&dispatcher, token()?, &sha).await,
         Cmd::Up {
             repo,
             runners,

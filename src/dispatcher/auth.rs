@@ -1,10 +1,38 @@
 //! Who may connect, and what they may do.
 //!
-//! Without tokens every client is trusted (the dispatcher then listens only
-//! on loopback unless told otherwise). Token checking is added here without
-//! touching the connection code: `check` turns a hello into a [`Grant`].
+//! Each role (runner, observer, tool, and tool with write access) has its own
+//! shared secret. The secret never crosses the wire: the dispatcher's
+//! greeting carries a fresh random 16-byte nonce, and the client's hello
+//! carries `proof = HMAC-SHA256(secret, nonce || role || name)`, which the
+//! dispatcher recomputes and compares in constant time. A captured hello is
+//! worthless on another connection (another nonce), and a proof made for
+//! one role or name does not verify for another.
+//!
+//! Without tokens ([`Auth::open`]) every client is trusted; the dispatcher
+//! then listens only on loopback unless told otherwise (see `start`).
+//!
+//! The dispatcher's token file has one `ROLE: SECRET` line per role
+//! (`runner`, `observer`, `tool`, `tool-write`); blank lines and lines
+//! starting with `#` are ignored. A role without a line is refused. A
+//! client's token file holds just its own secret (or, for convenience, the
+//! dispatcher's format: the client then uses its role's line).
 
-use crate::proto::Hello;
+use std::path::Path;
+
+use hmac::{KeyInit, Mac};
+
+use crate::proto::{Hello, Role};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Shortest secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Largest token file read (a token file is a few lines).
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// The roles a dispatcher token file names, in file order.
+pub const TOKEN_ROLES: [&str; 4] = ["runner", "observer", "tool", "tool-write"];
 
 /// What an authenticated client may do beyond its role's reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,9 +41,223 @@ pub struct Grant {
     pub write: bool,
 }
 
+/// The dispatcher's secrets, one per role; a role without one is refused.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub runner: Option<Vec<u8>>,
+    pub observer: Option<Vec<u8>>,
+    /// Tools that may only read.
+    pub tool: Option<Vec<u8>>,
+    /// Tools that may also submit commits.
+    pub tool_write: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a secret, not even in a debug log.
+        let set = |t: &Option<Vec<u8>>| if t.is_some() { "set" } else { "-" };
+        f.debug_struct("Tokens")
+            .field("runner", &set(&self.runner))
+            .field("observer", &set(&self.observer))
+            .field("tool", &set(&self.tool))
+            .field("tool_write", &set(&self.tool_write))
+            .finish()
+    }
+}
+
+impl Tokens {
+    /// Parses the dispatcher's token file format. Errors name the line and
+    /// the rule, never the secret.
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let mut t = Tokens::default();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((role, secret)) = line.split_once(':') else {
+                return Err(format!(
+                    "line {n} is not `ROLE: SECRET` (roles: {})",
+                    TOKEN_ROLES.join(", ")
+                ));
+            };
+            let role = role.trim();
+            let secret = secret.trim();
+            let slot = match role {
+                "runner" => &mut t.runner,
+                "observer" => &mut t.observer,
+                "tool" => &mut t.tool,
+                "tool-write" => &mut t.tool_write,
+                other => {
+                    return Err(format!(
+                        "line {n}: unknown role {:?} (roles: {})",
+                        other.chars().take(40).collect::<String>(),
+                        TOKEN_ROLES.join(", ")
+                    ));
+                }
+            };
+            if slot.is_some() {
+                return Err(format!("line {n}: a second secret for role {role}"));
+            }
+            check_secret(secret).map_err(|e| format!("line {n} ({role}): {e}"))?;
+            *slot = Some(secret.as_bytes().to_vec());
+        }
+        let all = [&t.runner, &t.observer, &t.tool, &t.tool_write];
+        if all.iter().all(|s| s.is_none()) {
+            return Err(format!(
+                "no secrets: give one `ROLE: SECRET` line per role ({})",
+                TOKEN_ROLES.join(", ")
+            ));
+        }
+        for (i, a) in all.iter().enumerate() {
+            for (j, b) in all.iter().enumerate().skip(i + 1) {
+                if a.is_some() && a == b {
+                    return Err(format!(
+                        "roles {} and {} have the same secret; each role needs its own, or roles cannot be told apart",
+                        TOKEN_ROLES[i], TOKEN_ROLES[j]
+                    ));
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Reads and parses a dispatcher token file.
+    pub fn from_file(path: &Path) -> Result<Tokens, String> {
+        let text = read_text(path)?;
+        Tokens::parse(&text).map_err(|e| format!("the token file {}: {e}", path.display()))
+    }
+
+    /// The secret a client of `role` uses (tools prefer write access).
+    pub fn for_role(&self, role: Role) -> Option<&[u8]> {
+        match role {
+            Role::Runner => self.runner.as_deref(),
+            Role::Observer => self.observer.as_deref(),
+            Role::Tool => self.tool_write.as_deref().or(self.tool.as_deref()),
+        }
+    }
+}
+
+fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "the secret is shorter than {MIN_SECRET_BYTES} characters (make one with `openssl rand -hex 32`)"
+        ));
+    }
+    if secret.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("the secret contains spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// A token file's text; unreadable, oversized, non-UTF-8 or empty files
+/// are errors naming the file and what to do.
+fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| {
+        format!(
+            "cannot read the token file {}: {e}; check the path and that this user may read it",
+            path.display()
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(format!(
+            "the token file {} is not a regular file",
+            path.display()
+        ));
+    }
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES + 1).read_to_end(&mut raw))
+        .map_err(unreadable)?;
+    if raw.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "the token file {} is larger than {MAX_TOKEN_FILE_BYTES} bytes; it should hold a few lines",
+            path.display()
+        ));
+    }
+    let text = String::from_utf8(raw)
+        .map_err(|_| format!("the token file {} is not UTF-8 text", path.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the token file is readable by other users; `chmod 600` it"
+            );
+        }
+    }
+    Ok(text)
+}
+
+/// A client's secret from its token file: the whole file trimmed, or, if
+/// the file is in the dispatcher's `ROLE: SECRET` format, `role`'s line.
+pub fn client_token_from_file(path: &Path, role: Role) -> Result<Vec<u8>, String> {
+    let text = read_text(path)?;
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    let role_file = first
+        .split_once(':')
+        .is_some_and(|(r, _)| TOKEN_ROLES.contains(&r.trim()));
+    if role_file {
+        let tokens =
+            Tokens::parse(&text).map_err(|e| format!("the token file {}: {e}", path.display()))?;
+        return tokens.for_role(role).map(<[u8]>::to_vec).ok_or_else(|| {
+            format!(
+                "the token file {} has no line for role {}",
+                path.display(),
+                role.as_str()
+            )
+        });
+    }
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if lines.len() != 1 {
+        return Err(format!(
+            "the token file {} must hold exactly one secret (one line)",
+            path.display()
+        ));
+    }
+    check_secret(lines[0]).map_err(|e| format!("the token file {}: {e}", path.display()))?;
+    Ok(lines[0].as_bytes().to_vec())
+}
+
+/// The environment variable a client's secret may come from instead of a file.
+pub const TOKEN_ENV: &str = "CI_TOKEN";
+
+/// A client's secret: from `--token-file` if given, else from `CI_TOKEN`,
+/// else none.
+pub fn client_token(file: Option<&Path>, role: Role) -> Result<Option<Vec<u8>>, String> {
+    if let Some(path) = file {
+        return client_token_from_file(path, role).map(Some);
+    }
+    match std::env::var(TOKEN_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            let v = v.trim();
+            check_secret(v).map_err(|e| format!("{TOKEN_ENV}: {e}"))?;
+            Ok(Some(v.as_bytes().to_vec()))
+        }
+        Ok(_) => Ok(None),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{TOKEN_ENV} is not UTF-8")),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Auth {
-    _private: (),
+    tokens: Option<Tokens>,
 }
 
 impl Auth {
@@ -24,21 +266,243 @@ impl Auth {
         Auth::default()
     }
 
-    pub fn nonce(&self) -> [u8; 16] {
-        let mut n = [0u8; 16];
-        let t = crate::util::now_ms().to_le_bytes();
-        n[..8].copy_from_slice(&t);
-        n
+    /// Every client must prove its role's token.
+    pub fn with_tokens(tokens: Tokens) -> Auth {
+        Auth {
+            tokens: Some(tokens),
+        }
     }
 
-    pub fn check(&self, _hello: &Hello, _nonce: &[u8; 16]) -> Result<Grant, String> {
-        Ok(Grant { write: true })
+    /// True when no tokens are checked.
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_none()
+    }
+
+    /// 16 bytes from the operating system's random source.
+    pub fn nonce(&self) -> Result<[u8; 16], String> {
+        let mut n = [0u8; 16];
+        match getrandom::fill(&mut n) {
+            Ok(()) => Ok(n),
+            Err(e) => {
+                use std::io::Read;
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| f.read_exact(&mut n))
+                    .map_err(|e2| format!("no randomness available ({e}; /dev/urandom: {e2})"))?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Checks a hello's proof against its role's token. The error is the
+    /// message sent to the client; it never says which part was wrong.
+    pub fn check(&self, hello: &Hello, nonce: &[u8; 16]) -> Result<Grant, String> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Grant { write: true });
+        };
+        let role = hello.role.as_str();
+        let Some(proof) = &hello.proof else {
+            return Err(format!(
+                "this dispatcher requires a token: give this {role} its secret with --token-file FILE or {TOKEN_ENV}"
+            ));
+        };
+        let verifies = |secret: &Option<Vec<u8>>| {
+            secret
+                .as_deref()
+                .is_some_and(|s| verify(s, nonce, hello, proof))
+        };
+        let (grant, configured) = match hello.role {
+            Role::Runner => (
+                verifies(&tokens.runner).then_some(Grant { write: false }),
+                tokens.runner.is_some(),
+            ),
+            Role::Observer => (
+                verifies(&tokens.observer).then_some(Grant { write: false }),
+                tokens.observer.is_some(),
+            ),
+            Role::Tool => {
+                let g = if verifies(&tokens.tool_write) {
+                    Some(Grant { write: true })
+                } else if verifies(&tokens.tool) {
+                    Some(Grant { write: false })
+                } else {
+                    None
+                };
+                (g, tokens.tool.is_some() || tokens.tool_write.is_some())
+            }
+        };
+        match grant {
+            Some(g) => Ok(g),
+            None if !configured => Err(format!(
+                "this dispatcher accepts no {role} (its token file has no {role} line)"
+            )),
+            None => Err(format!(
+                "wrong token for role {role}: check this {role}'s --token-file (or {TOKEN_ENV}) against the dispatcher's token file"
+            )),
+        }
     }
 }
 
-/// A client's proof of its token for one connection.
-pub fn proof(token: &[u8], nonce: &[u8; 16], role: crate::proto::Role, name: &str) -> Vec<u8> {
-    // Placeholder until tokens are enforced: binds nothing secret.
-    let _ = (token, nonce, role, name);
-    Vec::new()
+fn mac(token: &[u8], nonce: &[u8; 16], role: Role, name: &str) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(token).expect("HMAC takes keys of any length");
+    // Role names are prefix-free, so nonce || role || name is unambiguous.
+    m.update(nonce);
+    m.update(role.as_str().as_bytes());
+    m.update(name.as_bytes());
+    m
+}
+
+fn verify(token: &[u8], nonce: &[u8; 16], hello: &Hello, proof: &[u8]) -> bool {
+    // Constant-time comparison.
+    mac(token, nonce, hello.role, &hello.name)
+        .verify_slice(proof)
+        .is_ok()
+}
+
+/// A client's proof of its token for one connection:
+/// HMAC-SHA256(token, nonce || role || name).
+pub fn proof(token: &[u8], nonce: &[u8; 16], role: Role, name: &str) -> Vec<u8> {
+    mac(token, nonce, role, name)
+        .finalize()
+        .into_bytes()
+        .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: &str = "runner-secret-0123456789";
+    const O: &str = "observer-secret-0123456789";
+    const T: &str = "tool-secret-0123456789";
+    const W: &str = "tool-write-secret-0123456789";
+
+    fn tokens() -> Tokens {
+        Tokens::parse(&format!(
+            "# comment\nrunner: {R}\nobserver: {O}\n\ntool: {T}\ntool-write: {W}\n"
+        ))
+        .unwrap()
+    }
+
+    fn hello(role: Role, name: &str, proof: Option<Vec<u8>>) -> Hello {
+        Hello {
+            version: crate::proto::PROTOCOL_VERSION,
+            role,
+            name: name.into(),
+            proof,
+            holding: None,
+            crashed: None,
+        }
+    }
+
+    #[test]
+    fn proofs_verify_only_for_their_role_name_and_nonce() {
+        let auth = Auth::with_tokens(tokens());
+        let n = auth.nonce().unwrap();
+        let ok = |role, secret: &str, name: &str| {
+            auth.check(
+                &hello(role, name, Some(proof(secret.as_bytes(), &n, role, name))),
+                &n,
+            )
+        };
+        assert_eq!(ok(Role::Runner, R, "r1"), Ok(Grant { write: false }));
+        assert_eq!(ok(Role::Observer, O, "o"), Ok(Grant { write: false }));
+        assert_eq!(ok(Role::Tool, T, "t"), Ok(Grant { write: false }));
+        assert_eq!(ok(Role::Tool, W, "t"), Ok(Grant { write: true }));
+        // Another role's secret.
+        assert!(
+            ok(Role::Runner, O, "r1")
+                .unwrap_err()
+                .contains("wrong token")
+        );
+        assert!(ok(Role::Observer, R, "o").is_err());
+        assert!(ok(Role::Tool, R, "t").is_err());
+        // A proof made for another name or nonce.
+        let p = proof(R.as_bytes(), &n, Role::Runner, "r1");
+        assert!(
+            auth.check(&hello(Role::Runner, "r2", Some(p.clone())), &n)
+                .is_err()
+        );
+        let other = auth.nonce().unwrap();
+        assert_ne!(other, n, "nonces are random");
+        assert!(
+            auth.check(&hello(Role::Runner, "r1", Some(p)), &other)
+                .is_err()
+        );
+        // Missing or garbage proofs.
+        let e = auth
+            .check(&hello(Role::Runner, "r1", None), &n)
+            .unwrap_err();
+        assert!(e.contains("requires a token"), "{e}");
+        assert!(
+            auth.check(&hello(Role::Runner, "r1", Some(vec![])), &n)
+                .is_err()
+        );
+        assert!(
+            auth.check(&hello(Role::Runner, "r1", Some(vec![0; 1000])), &n)
+                .is_err()
+        );
+        // Open: anything goes.
+        assert_eq!(
+            Auth::open().check(&hello(Role::Tool, "t", None), &n),
+            Ok(Grant { write: true })
+        );
+    }
+
+    #[test]
+    fn a_role_without_a_line_is_refused() {
+        let auth = Auth::with_tokens(Tokens::parse(&format!("runner: {R}\n")).unwrap());
+        let n = auth.nonce().unwrap();
+        let p = proof(T.as_bytes(), &n, Role::Tool, "t");
+        let e = auth
+            .check(&hello(Role::Tool, "t", Some(p)), &n)
+            .unwrap_err();
+        assert!(e.contains("accepts no tool"), "{e}");
+    }
+
+    #[test]
+    fn token_file_errors_are_clear_and_never_show_secrets() {
+        for (text, want) in [
+            ("runner {R}", "not `ROLE: SECRET`"),
+            ("admin: aaaaaaaaaaaaaaaaaaaaaaa", "unknown role"),
+            ("runner: xyzzy", "shorter than"),
+            (
+                "runner: aaaaaaaaaaaaaaaaaaaa\nrunner: bbbbbbbbbbbbbbbbbbbbbbbb",
+                "second secret",
+            ),
+            (
+                "runner: aaaaaaaaaaaaaaaaaaaa\ntool: aaaaaaaaaaaaaaaaaaaa",
+                "same secret",
+            ),
+            ("# nothing\n", "no secrets"),
+        ] {
+            let e = Tokens::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains("aaaaaaaa") && !e.contains("xyzzy"), "{e}");
+        }
+        assert!(!format!("{:?}", tokens()).contains("secret-"));
+    }
+
+    #[test]
+    fn client_files_hold_one_secret_or_the_role_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one");
+        std::fs::write(&one, format!("{R}\n")).unwrap();
+        assert_eq!(
+            client_token_from_file(&one, Role::Runner).unwrap(),
+            R.as_bytes()
+        );
+        let all = dir.path().join("all");
+        std::fs::write(&all, format!("runner: {R}\ntool: {T}\ntool-write: {W}\n")).unwrap();
+        assert_eq!(
+            client_token_from_file(&all, Role::Tool).unwrap(),
+            W.as_bytes()
+        );
+        let e = client_token_from_file(&all, Role::Observer).unwrap_err();
+        assert!(e.contains("no line for role observer"), "{e}");
+        let two = dir.path().join("two");
+        std::fs::write(&two, format!("{R}\n{T}\n")).unwrap();
+        assert!(client_token_from_file(&two, Role::Runner).is_err());
+        let e = client_token_from_file(&dir.path().join("missing"), Role::Runner).unwrap_err();
+        assert!(e.contains("cannot read the token file"), "{e}");
+    }
 }

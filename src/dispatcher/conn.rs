@@ -19,7 +19,8 @@ use crate::proto::{
     ClientMsg, Greeting, Hello, MAX_OUTPUT_BYTES, PROTOCOL_VERSION, Role, ServerMsg,
 };
 
-/// A connection that has not said hello by then is closed.
+/// A connection that has not said hello by then is closed (the default of
+/// `DispatcherConfig::hello_timeout`).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most commits one report may carry.
@@ -33,6 +34,7 @@ pub(crate) async fn serve(
     conn: ConnId,
     cmds: Sender<Cmd>,
     auth: Arc<Auth>,
+    hello_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let peer = stream
@@ -46,7 +48,7 @@ pub(crate) async fn serve(
         let mut reader: Rd = Reader::new(r);
         let mut writer: Wr = Writer::new(w);
         let result = tokio::select! {
-            r = handshake_and_serve(&mut reader, &mut writer, conn, &cmds, &auth) => r,
+            r = handshake_and_serve(&mut reader, &mut writer, conn, &cmds, &auth, hello_timeout) => r,
             _ = shutdown.cancelled() => Ok(()),
         };
         match result {
@@ -73,17 +75,18 @@ async fn handshake_and_serve(
     conn: ConnId,
     cmds: &Sender<Cmd>,
     auth: &Auth,
+    hello_timeout: Duration,
 ) -> Result<(), ProtoError> {
-    let nonce = auth.nonce();
+    let nonce = auth.nonce().map_err(ProtoError::Refused)?;
     writer
         .send(&ServerMsg::Greeting(Greeting {
             version: PROTOCOL_VERSION,
             nonce,
         }))
         .await?;
-    let first = tokio::time::timeout(HELLO_TIMEOUT, reader.recv())
+    let first = tokio::time::timeout(hello_timeout, reader.recv())
         .await
-        .map_err(|_| ProtoError::Timeout("no hello within 10 s"))?;
+        .map_err(|_| ProtoError::Timeout("no hello in time"))?;
     let hello = match first {
         Ok(Some(ClientMsg::Hello(h))) => h,
         Ok(Some(other)) => {
@@ -106,7 +109,11 @@ async fn handshake_and_serve(
             hello.version
         )));
     }
-    let grant = auth.check(&hello, &nonce).map_err(ProtoError::Refused)?;
+    // Nothing a client sent reaches the log writer before this check.
+    let grant = auth.check(&hello, &nonce).map_err(|why| {
+        warn!(role = hello.role.as_str(), "refused: {why}");
+        ProtoError::Refused(why)
+    })?;
     tracing::Span::current().record("role", hello.role.as_str());
     match hello.role {
         Role::Runner => serve_runner(reader, writer, conn, cmds, hello).await,
@@ -255,7 +262,17 @@ fn permitted(role: Role, grant: super::auth::Grant, msg: &ClientMsg) -> Result<(
             msg = msg.kind(),
             "refused: not permitted for this role"
         );
-        Err(format!("a {} may not send {}", role.as_str(), msg.kind()))
+        let hint = if role == Role::Tool && matches!(msg, ClientMsg::Commits { .. }) {
+            " (this tool's token is read-only; submitting needs the tool-write secret)"
+        } else {
+            ""
+        };
+        let article = if role == Role::Observer { "an" } else { "a" };
+        Err(format!(
+            "{article} {} may not send {}{hint}",
+            role.as_str(),
+            msg.kind()
+        ))
     }
 }
 

@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::core::{Core, CoreConfig};
 use crate::store::{self, EventLog, SledLog, StoreError};
 
-pub use auth::Auth;
+pub use auth::{Auth, Tokens};
 
 /// Most connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -35,6 +35,10 @@ pub struct DispatcherConfig {
     /// Store a snapshot of the state every this many events.
     pub snapshot_every: u64,
     pub max_attempts: u32,
+    /// A connection that has not said hello by then is closed.
+    pub hello_timeout: Duration,
+    /// Without tokens, listen on a non-loopback address anyway.
+    pub insecure: bool,
 }
 
 impl DispatcherConfig {
@@ -45,6 +49,8 @@ impl DispatcherConfig {
             heartbeat_timeout: Duration::from_secs(10),
             snapshot_every: 100_000,
             max_attempts: 3,
+            hello_timeout: conn::HELLO_TIMEOUT,
+            insecure: false,
         }
     }
 }
@@ -58,6 +64,10 @@ pub enum DispatcherError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to listen on {addr} without tokens: anyone who can reach it could submit commits and post results; give --token-file FILE, or --insecure if this network is trusted"
+    )]
+    NotLoopback { addr: String },
     #[error("the log writer stopped: {0}")]
     Writer(String),
 }
@@ -95,8 +105,34 @@ impl Dispatcher {
     }
 }
 
+/// Whether every address `listen` names is a loopback address.
+async fn is_loopback(listen: &str) -> Result<bool, std::io::Error> {
+    let mut any = false;
+    for a in tokio::net::lookup_host(listen).await? {
+        if !a.ip().is_loopback() {
+            return Ok(false);
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
 pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, DispatcherError> {
     let started = Instant::now();
+    if auth.is_open() && !config.insecure {
+        let loopback =
+            is_loopback(&config.listen)
+                .await
+                .map_err(|source| DispatcherError::Bind {
+                    addr: config.listen.clone(),
+                    source,
+                })?;
+        if !loopback {
+            return Err(DispatcherError::NotLoopback {
+                addr: config.listen.clone(),
+            });
+        }
+    }
     let data_dir = config.data_dir.clone();
     let (log, state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let log = SledLog::open(&data_dir)?;
@@ -144,6 +180,7 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let auth = Arc::new(auth);
+    let hello_timeout = config.hello_timeout;
     let done = tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let next_conn = AtomicU64::new(1);
@@ -168,7 +205,7 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
                     let auth = auth.clone();
                     let stop = conn_shutdown.clone();
                     conns.spawn(async move {
-                        conn::serve(stream, id, cmds, auth, stop).await;
+                        conn::serve(stream, id, cmds, auth, hello_timeout, stop).await;
                         drop(permit);
                     });
                 }

@@ -30,6 +30,9 @@ pub enum ProtoError {
     Timeout(&'static str),
 }
 
+// A frame may never claim more memory in decoding than it may be long.
+const _: () = assert!(encoding::WIRE_DECODE_LIMIT == MAX_FRAME_BYTES);
+
 pub fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_type::<u32>()
@@ -56,7 +59,7 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> Reader<R, T> {
         match self.inner.next().await {
             None => Ok(None),
             Some(Err(e)) => Err(ProtoError::Io(e)),
-            Some(Ok(frame)) => Ok(Some(encoding::decode(&frame)?)),
+            Some(Ok(frame)) => Ok(Some(encoding::decode_wire(&frame)?)),
         }
     }
 

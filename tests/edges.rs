@@ -1,0 +1,362 @@
+//! Errors at the edges of every binary: one line on stderr naming what is
+//! wrong and what to do, exit 2, no panic or backtrace.
+
+/// Helpers for tests that run with tokens (shared with edges, containment).
+#[path = "sec_common/mod.rs"]
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn run(name: &str, args: &[&str]) -> Output {
+    let started = Instant::now();
+    let o = Command::new(bin(name))
+        .args(args)
+        .env_remove("CI_TOKEN_FILE")
+        .env_remove("CI_TOKEN")
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    o
+}
+
+/// Exit 2 and exactly one stderr line, which starts with the program's
+/// name and contains every `want`.
+fn one_line_error(name: &str, o: &Output, want: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.contains("warning:")).collect();
+    assert_eq!(lines.len(), 1, "{name}: {err}");
+    assert!(lines[0].starts_with(&format!("{name}: error: ")), "{err}");
+    for w in want {
+        assert!(lines[0].contains(w), "{name}: wanted {w:?} in {err}");
+    }
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    addr
+}
+
+#[test]
+fn tools_against_an_unreachable_dispatcher() {
+    let addr = closed_port();
+    for sub in [
+        &["status", "--dispatcher", &addr][..],
+        &["results", "--dispatcher", &addr, "--json"],
+        &["replay", "--dispatcher", &addr],
+        &["submit", "--dispatcher", &addr, &"a".repeat(40)],
+    ] {
+        let o = run("ci-tools", sub);
+        one_line_error(
+            "ci-tools",
+            &o,
+            &[
+                "cannot reach the dispatcher",
+                &addr,
+                "check that ci-dispatcher runs",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_locked_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _d = Dispatcher::start(&data, &[]);
+    let data_s = data.to_str().unwrap();
+    let o = run(
+        "ci-dispatcher",
+        &["--listen", "127.0.0.1:0", "--data-dir", data_s],
+    );
+    one_line_error(
+        "ci-dispatcher",
+        &o,
+        &["in use by another dispatcher", data_s],
+    );
+    let o = run("ci-tools", &["replay", "--data-dir", data_s]);
+    one_line_error(
+        "ci-tools",
+        &o,
+        &["in use by another dispatcher", "--dispatcher"],
+    );
+}
+
+#[test]
+fn unreadable_token_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.token");
+    let m = missing.to_str().unwrap();
+    let unreadable = dir.path().join("unreadable.token");
+    write_secret(&unreadable, "runner: abcdefghijklmnopqrstuvwxyz\n");
+    let data = dir.path().join("data");
+    let work = dir.path().join("work");
+    let (data, work) = (data.to_str().unwrap(), work.to_str().unwrap());
+    let want = ["cannot read the token file", m];
+    let o = run(
+        "ci-dispatcher",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--token-file",
+            m,
+        ],
+    );
+    one_line_error("ci-dispatcher", &o, &want);
+    let o = run(
+        "ci-tools",
+        &["--token-file", m, "status", "--dispatcher", "127.0.0.1:1"],
+    );
+    one_line_error("ci-tools", &o, &want);
+    // The token is read before the repository or the dispatcher is touched.
+    let common = [
+        "--dispatcher",
+        "127.0.0.1:1",
+        "--repo",
+        "/no/such/repo",
+        "--work-dir",
+        work,
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--token-file", m]);
+    one_line_error("ci-runner", &run("ci-runner", &args), &want);
+    one_line_error("ci-observer", &run("ci-observer", &args), &want);
+
+    // Malformed dispatcher token files name the line and the rule.
+    let bad = dir.path().join("bad.tokens");
+    write_secret(&bad, "runner: short\n");
+    let o = run(
+        "ci-dispatcher",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--token-file",
+            bad.to_str().unwrap(),
+        ],
+    );
+    one_line_error("ci-dispatcher", &o, &["line 1", "shorter than 16"]);
+    assert!(!stderr(&o).contains("short\n"));
+
+    // Permission denied (meaningless as root, who reads anything).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let u = unreadable.to_str().unwrap();
+        let o = run(
+            "ci-dispatcher",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--token-file",
+                u,
+            ],
+        );
+        one_line_error("ci-dispatcher", &o, &["cannot read the token file", u]);
+    }
+}
+
+#[test]
+fn bad_flag_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let cases: [(&str, Vec<&str>, &str); 6] = [
+        (
+            "ci-dispatcher",
+            vec!["--data-dir", data, "--heartbeat-timeout", "-1"],
+            "--heartbeat-timeout",
+        ),
+        (
+            "ci-dispatcher",
+            vec!["--data-dir", data, "--heartbeat-timeout", "0"],
+            "--heartbeat-timeout",
+        ),
+        (
+            "ci-observer",
+            vec![
+                "--dispatcher",
+                "127.0.0.1:1",
+                "--repo",
+                ".",
+                "--work-dir",
+                data,
+                "--interval",
+                "abc",
+            ],
+            "--interval",
+        ),
+        (
+            "ci-runner",
+            vec![
+                "--dispatcher",
+                "127.0.0.1:1",
+                "--repo",
+                ".",
+                "--work-dir",
+                data,
+                "--job-timeout",
+                "-5",
+            ],
+            "--job-timeout",
+        ),
+        (
+            "ci-tools",
+            vec![
+                "wait",
+                "--dispatcher",
+                "127.0.0.1:1",
+                "--timeout",
+                "abc",
+                "x",
+            ],
+            "--timeout",
+        ),
+        (
+            "ci-tools",
+            vec!["status", "--no-such-flag"],
+            "--no-such-flag",
+        ),
+    ];
+    for (name, args, flag) in cases {
+        let o = run(name, &args);
+        one_line_error(name, &o, &[flag, "--help"]);
+    }
+    // Not a usage error: listening beyond loopback without tokens.
+    let o = run(
+        "ci-dispatcher",
+        &["--listen", "0.0.0.0:0", "--data-dir", data],
+    );
+    one_line_error(
+        "ci-dispatcher",
+        &o,
+        &["--token-file", "--insecure", "0.0.0.0:0"],
+    );
+    assert!(stderr(&o).contains("warning: no --token-file"));
+    // Help is not an error.
+    let o = run("ci-tools", &["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn a_repository_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let work = work.to_str().unwrap();
+    let addr = closed_port();
+    for name in ["ci-runner", "ci-observer"] {
+        let o = run(
+            name,
+            &[
+                "--dispatcher",
+                &addr,
+                "--repo",
+                "/no/such/repo",
+                "--work-dir",
+                work,
+            ],
+        );
+        one_line_error(name, &o, &["/no/such/repo", "no such file", "give --repo"]);
+        let o = run(
+            name,
+            &[
+                "--dispatcher",
+                &addr,
+                "--repo",
+                "https://example.com/r.git",
+                "--work-dir",
+                work,
+            ],
+        );
+        one_line_error(
+            name,
+            &o,
+            &["https://example.com/r.git", ci::git::SOURCE_RULE],
+        );
+        let o = run(
+            name,
+            &[
+                "--dispatcher",
+                &addr,
+                "--repo",
+                dir.path().to_str().unwrap(),
+                "--work-dir",
+                work,
+            ],
+        );
+        one_line_error(name, &o, &["cannot read repository", "--repo"]);
+    }
+    // A bad branch name names the value and the rule.
+    let o = run(
+        "ci-observer",
+        &[
+            "--dispatcher",
+            &addr,
+            "--repo",
+            "/no/such",
+            "--work-dir",
+            work,
+            "--branch",
+            "a..b",
+        ],
+    );
+    one_line_error("ci-observer", &o, &["\"a..b\"", "branch name"]);
+    let o = run(
+        "ci-tools",
+        &[
+            "submit",
+            "--dispatcher",
+            &addr,
+            "--branch=-x",
+            &"a".repeat(40),
+        ],
+    );
+    one_line_error("ci-tools", &o, &["\"-x\"", "cannot begin with -"]);
+    let o = run("ci-tools", &["submit", "--dispatcher", &addr, "HEAD~1"]);
+    one_line_error("ci-tools", &o, &["\"HEAD~1\"", "hexadecimal"]);
+}
+
+#[test]
+fn a_wrong_token_is_fatal_for_every_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secrets(dir.path());
+    let d = Dispatcher::start(
+        &dir.path().join("data"),
+        &["--token-file", s.dispatcher.to_str().unwrap()],
+    );
+    let wrong = dir.path().join("wrong.token");
+    write_secret(&wrong, "not-the-right-secret-at-all\n");
+    let w = wrong.to_str().unwrap();
+    let o = run(
+        "ci-tools",
+        &["--token-file", w, "status", "--dispatcher", &d.addr],
+    );
+    one_line_error("ci-tools", &o, &["wrong token for role tool"]);
+    let o = run("ci-tools", &["status", "--dispatcher", &d.addr]);
+    one_line_error("ci-tools", &o, &["requires a token"]);
+    // CI_TOKEN works in place of a file.
+    let o = Command::new(bin("ci-tools"))
+        .args(["status", "--dispatcher", &d.addr, "--json"])
+        .env_remove("CI_TOKEN_FILE")
+        .env("CI_TOKEN", TOOL)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
