@@ -138,6 +138,9 @@ enum Cmd {
         /// Events of history for restart, replay and memory.
         #[arg(long, default_value_t = 1_000_000)]
         history: u64,
+        /// Events per group commit in the generated history.
+        #[arg(long, default_value_t = 64)]
+        history_batch: usize,
         /// Connected idle runners for the CPU figure.
         #[arg(long, default_value_t = 1000)]
         idle_runners: usize,
@@ -230,6 +233,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             append_events,
             append_batch,
             history,
+            history_batch,
             idle_runners,
             idle_window,
             growth,
@@ -242,6 +246,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 append_events,
                 append_batch: append_batch.max(1),
                 history,
+                history_batch,
                 idle_runners,
                 idle_window,
                 reps,

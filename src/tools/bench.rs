@@ -49,6 +49,8 @@ pub struct BenchOptions {
     pub append_batch: usize,
     /// Events of history for restart, replay and RSS.
     pub history: u64,
+    /// Events per appended batch (one group commit) in the generated history.
+    pub history_batch: usize,
     /// Connected idle runners for the CPU figure.
     pub idle_runners: usize,
     /// Length of one CPU measurement window.
@@ -72,6 +74,7 @@ impl Default for BenchOptions {
             append_events: 100_000,
             append_batch: 1,
             history: 1_000_000,
+            history_batch: 64,
             idle_runners: 1000,
             idle_window: Duration::from_secs(3),
             reps: 3,
@@ -300,7 +303,8 @@ fn identity(role: Role, name: String) -> Identity {
 /// Writes `events` events of history (commit seen, assigned, result per job,
 /// a dispatcher start now and then) straight into a new log under `dir`.
 /// Returns the folded state, for a snapshot.
-pub fn generate_history(dir: &Path, events: u64) -> anyhow::Result<State> {
+pub fn generate_history(dir: &Path, events: u64, per_batch: usize) -> anyhow::Result<State> {
+    let per_batch = per_batch.max(1);
     let mut log = SledLog::open(dir)?;
     let mut state = State::default();
     let mut batch: Vec<Event> = Vec::with_capacity(30_000);
@@ -355,9 +359,11 @@ pub fn generate_history(dir: &Path, events: u64) -> anyhow::Result<State> {
             )?;
             written += 3;
         }
-        if batch.len() >= 30_000 {
+        // Append in commit-sized batches, as a dispatcher does; flush once.
+        while batch.len() >= per_batch {
+            let rest = batch.split_off(per_batch);
             log.append(at, &batch)?;
-            batch.clear();
+            batch = rest;
         }
     }
     if !batch.is_empty() {
@@ -570,13 +576,15 @@ struct HistoryFigures {
 async fn history_figures(
     tmp: &Path,
     events: u64,
+    per_batch: usize,
     reps: usize,
     want_replay: bool,
 ) -> anyhow::Result<HistoryFigures> {
     let dir = tmp.join(format!("history-{events}"));
     let t = Instant::now();
     let d2 = dir.clone();
-    let state = tokio::task::spawn_blocking(move || generate_history(&d2, events)).await??;
+    let state =
+        tokio::task::spawn_blocking(move || generate_history(&d2, events, per_batch)).await??;
     let generate_s = t.elapsed().as_secs_f64();
     let mut out = HistoryFigures {
         restart_snapshot_ms: Vec::new(),
@@ -896,7 +904,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
                 opts.history
             ),
         );
-        let h = history_figures(&tmp_path, opts.history, reps, wants(&opts, "replay")).await?;
+        let h = history_figures(
+            &tmp_path,
+            opts.history,
+            opts.history_batch,
+            reps,
+            wants(&opts, "replay"),
+        )
+        .await?;
         extra.insert("history_generate_s".into(), round3(h.generate_s));
         if wants(&opts, "restart") {
             figs.push(Figure {
@@ -982,6 +997,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
     if opts.json {
         let mut obj = serde_json::Map::new();
         obj.insert("history_events".into(), json!(opts.history));
+        obj.insert("history_batch".into(), json!(opts.history_batch));
         obj.insert("runners".into(), json!(opts.runners));
         obj.insert("jobs".into(), json!(opts.jobs));
         obj.insert("append_clients".into(), json!(opts.append_clients));
@@ -1106,7 +1122,7 @@ async fn measure_growth(opts: &BenchOptions, tmp: &Path) -> anyhow::Result<Vec<V
     let mut h = 10_000u64;
     while h <= opts.history.max(10_000) {
         note(opts, &format!("growth: history of {h} events"));
-        let f = history_figures(tmp, h, reps, true).await?;
+        let f = history_figures(tmp, h, opts.history_batch, reps, true).await?;
         row("restart_ms_snapshot", h, &f.restart_snapshot_ms);
         row("restart_ms_no_snapshot", h, &f.restart_no_snapshot_ms);
         row("replay_events_per_s", h, &f.replay_events_per_s);
@@ -1138,7 +1154,7 @@ mod tests {
     #[test]
     fn generated_history_replays_to_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
-        let state = generate_history(dir.path(), 1000).unwrap();
+        let state = generate_history(dir.path(), 1000, 7).unwrap();
         let log = SledLog::open(dir.path()).unwrap();
         assert_eq!(log.last_seq(), 1000);
         let replayed = crate::store::load_state(&log, false).unwrap();
