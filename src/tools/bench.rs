@@ -319,7 +319,7 @@ pub fn generate_history(dir: &Path, events: u64, per_batch: usize) -> anyhow::Re
     };
     while written < events {
         let left = events - written;
-        if written % 100_000 == 0 || left < 3 {
+        if written.is_multiple_of(100_000) || left < 3 {
             push(&mut batch, &mut state, Event::DispatcherStarted { pid: 1 })?;
             written += 1;
         } else {
