@@ -110,6 +110,51 @@ enum Cmd {
     },
     /// Run the whole system on a throw-away repository and print the results.
     Demo,
+    /// Measure the performance figures of issue 5 against the real binaries.
+    Bench {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only these figures (repeatable or comma-separated): jobs, appends, restart, replay, rss, idle, push.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Repetitions of each figure (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Simulated runners for the job-cycle figure.
+        #[arg(long, default_value_t = 64)]
+        runners: usize,
+        /// Jobs per job-cycle repetition.
+        #[arg(long, default_value_t = 20_000)]
+        jobs: u64,
+        /// Commits per observer report in the job-cycle figure.
+        #[arg(long, default_value_t = 100)]
+        commits_per_report: usize,
+        /// Concurrent clients for the append figure.
+        #[arg(long, default_value_t = 64)]
+        append_clients: usize,
+        /// Events per append repetition.
+        #[arg(long, default_value_t = 100_000)]
+        append_events: u64,
+        /// Events (commits) per request in the append figure.
+        #[arg(long, default_value_t = 1)]
+        append_batch: usize,
+        /// Events of history for restart, replay and memory.
+        #[arg(long, default_value_t = 1_000_000)]
+        history: u64,
+        /// Events per group commit in the generated history.
+        #[arg(long, default_value_t = 64)]
+        history_batch: usize,
+        /// Connected idle runners for the CPU figure.
+        #[arg(long, default_value_t = 1000)]
+        idle_runners: usize,
+        /// Seconds per CPU measurement window.
+        #[arg(long, default_value = "3", value_parser = parse_secs)]
+        idle_window: Duration,
+        /// Also measure growth: runners 1..1000, history 10^4..HISTORY.
+        #[arg(long)]
+        growth: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -185,5 +230,39 @@ async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => tools::demo::run().await,
+        Cmd::Bench {
+            json,
+            only,
+            reps,
+            runners,
+            jobs,
+            commits_per_report,
+            append_clients,
+            append_events,
+            append_batch,
+            history,
+            history_batch,
+            idle_runners,
+            idle_window,
+            growth,
+        } => {
+            tools::bench::run(tools::bench::BenchOptions {
+                runners,
+                jobs,
+                commits_per_report: commits_per_report.max(1),
+                append_clients: append_clients.max(1),
+                append_events,
+                append_batch: append_batch.max(1),
+                history,
+                history_batch,
+                idle_runners,
+                idle_window,
+                reps,
+                only,
+                growth,
+                json,
+            })
+            .await
+        }
     }
 }

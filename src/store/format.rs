@@ -1,14 +1,27 @@
 //! How a record is laid out in the log, and every format version we can read.
 //!
 //! Key: the sequence number, big-endian (so sled's order is log order).
-//! Value: one format-version byte, then the encoded `(at_ms, Event)`.
+//! Value: one format-version byte, then
+//! - version 1: the encoded `(at_ms, Event)`, one event per key;
+//! - version 2: the encoded `(at_ms, Vec<Event>)`, one appended batch per
+//!   key, keyed by the sequence number of its first event (the events
+//!   follow on consecutively). One sled insert per group commit instead of
+//!   one per event: the per-key cost of sled dominated appends and replay.
+//!
 //! An old version stays readable forever: add a decoder, never edit one.
 
 use crate::core::{Event, Record};
 use crate::encoding;
 
 /// The version this build writes.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The version byte of snapshots (the encoded `State`), independent of the
+/// record format.
+pub const SNAPSHOT_VERSION: u8 = 1;
+
+/// Most events stored under one key; bigger appends take several keys.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
 
 pub fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -18,20 +31,42 @@ pub fn seq_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
+/// A version 1 value: one event. Still readable; no longer written.
 pub fn encode_value(at_ms: u64, event: &Event) -> Result<Vec<u8>, encoding::CodecError> {
-    let mut out = vec![FORMAT_VERSION];
+    let mut out = vec![1];
     encoding::encode_into(&(at_ms, event), &mut out)?;
     Ok(out)
 }
 
-/// Decodes a stored value; the error says what is wrong, for the operator.
-pub fn decode_value(seq: u64, value: &[u8]) -> Result<Record, String> {
+/// A version 2 value: consecutive events appended together at `at_ms`.
+pub fn encode_batch(at_ms: u64, events: &[Event]) -> Result<Vec<u8>, encoding::CodecError> {
+    let mut out = vec![2];
+    encoding::encode_into(&(at_ms, events), &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a stored value whose key is `seq` into its records (one for
+/// version 1, the batch for version 2); the error says what is wrong, for
+/// the operator.
+pub fn decode_value(seq: u64, value: &[u8]) -> Result<Vec<Record>, String> {
     let (&version, body) = value.split_first().ok_or("empty record")?;
     match version {
         1 => {
             let (at_ms, event): (u64, Event) =
                 encoding::decode(body).map_err(|e| format!("format 1 record: {e}"))?;
-            Ok(Record { seq, at_ms, event })
+            Ok(vec![Record { seq, at_ms, event }])
+        }
+        2 => {
+            let (at_ms, events): (u64, Vec<Event>) =
+                encoding::decode(body).map_err(|e| format!("format 2 record: {e}"))?;
+            if events.is_empty() {
+                return Err("format 2 record: an empty batch".into());
+            }
+            Ok(events
+                .into_iter()
+                .zip(seq..)
+                .map(|(event, seq)| Record { seq, at_ms, event })
+                .collect())
         }
         v if v > FORMAT_VERSION => Err(format!(
             "format version {v} is newer than this build understands (up to {FORMAT_VERSION})"

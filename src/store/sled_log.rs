@@ -9,6 +9,9 @@ use crate::encoding;
 use super::format;
 use super::{EventLog, StoreError};
 
+/// sled's page cache, in bytes.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 pub struct SledLog {
     db: sled::Db,
     /// sled's own flush ends in `sync_file_range`, which survives a process
@@ -34,6 +37,10 @@ impl SledLog {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .mode(sled::Mode::HighThroughput)
+            // sled's default page cache is 1 GiB; the dispatcher reads the
+            // log once at start and then only appends, so a small cache
+            // keeps its resident memory to the state it needs.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| classify_open_error(dir, e))?;
         let events = db.open_tree("events")?;
@@ -47,10 +54,18 @@ impl SledLog {
             })?,
         );
         let last_seq = match events.last()? {
-            Some((k, _)) => format::seq_of(&k).ok_or_else(|| StoreError::Corrupt {
-                seq: 0,
-                detail: "a key in the events tree is not 8 bytes".into(),
-            })?,
+            Some((k, v)) => {
+                let first = format::seq_of(&k).ok_or_else(|| StoreError::Corrupt {
+                    seq: 0,
+                    detail: "a key in the events tree is not 8 bytes".into(),
+                })?;
+                // The last key holds the last batch; it ends the log.
+                match format::decode_value(first, &v) {
+                    Ok(recs) => recs.last().map_or(first, |r| r.seq),
+                    // Reported with its sequence number when read.
+                    Err(_) => first,
+                }
+            }
             None => 0,
         };
         Ok(SledLog {
@@ -108,15 +123,20 @@ fn output_key(job: JobRef) -> [u8; 12] {
 
 impl EventLog for SledLog {
     fn append(&mut self, at_ms: u64, events: &[Event]) -> Result<u64, StoreError> {
+        if events.is_empty() {
+            return Ok(self.last_seq);
+        }
+        // One key per chunk of the batch (format 2), applied atomically.
         let mut batch = sled::Batch::default();
         let mut seq = self.last_seq;
-        for ev in events {
-            seq += 1;
-            let value = format::encode_value(at_ms, ev).map_err(|e| StoreError::Corrupt {
-                seq,
+        for chunk in events.chunks(format::MAX_BATCH_EVENTS) {
+            let first = seq + 1;
+            let value = format::encode_batch(at_ms, chunk).map_err(|e| StoreError::Corrupt {
+                seq: first,
                 detail: e.to_string(),
             })?;
-            batch.insert(&format::key(seq), value);
+            batch.insert(&format::key(first), value);
+            seq += chunk.len() as u64;
         }
         self.events.apply_batch(batch)?;
         self.last_seq = seq;
@@ -133,20 +153,33 @@ impl EventLog for SledLog {
     }
 
     fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let from = from_seq.max(1);
         let mut out = Vec::with_capacity(limit.min(8192));
-        for item in self
-            .events
-            .range(format::key(from_seq.max(1))..)
-            .take(limit)
-        {
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The key holding `from` is the last one at or before it (a batch
+        // keyed by its first event).
+        let start = match self.events.range(..=format::key(from)).next_back() {
+            Some(item) => item?.0,
+            None => sled::IVec::from(&format::key(from)),
+        };
+        for item in self.events.range(start..) {
             let (k, v) = item?;
             let seq = format::seq_of(&k).ok_or_else(|| StoreError::Corrupt {
                 seq: 0,
                 detail: "a key in the events tree is not 8 bytes".into(),
             })?;
-            let rec = format::decode_value(seq, &v)
+            let recs = format::decode_value(seq, &v)
                 .map_err(|detail| StoreError::Corrupt { seq, detail })?;
-            out.push(rec);
+            for rec in recs {
+                if rec.seq >= from {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         Ok(out)
     }
@@ -165,7 +198,7 @@ impl EventLog for SledLog {
     }
 
     fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError> {
-        let mut value = vec![format::FORMAT_VERSION];
+        let mut value = vec![format::SNAPSHOT_VERSION];
         encoding::encode_into(state, &mut value).map_err(|e| StoreError::BadSnapshot {
             seq: state.last_seq,
             detail: e.to_string(),
@@ -193,7 +226,7 @@ impl EventLog for SledLog {
         let seq = format::seq_of(&k).unwrap_or(0);
         let bad = |detail: String| StoreError::BadSnapshot { seq, detail };
         let (&version, body) = v.split_first().ok_or_else(|| bad("empty".into()))?;
-        if version != format::FORMAT_VERSION {
+        if version != format::SNAPSHOT_VERSION {
             // Snapshots are a cache: an old format is simply not used.
             return Ok(None);
         }
@@ -256,5 +289,48 @@ mod tests {
         assert!(err.contains("record 2"), "{err}");
         let err = log.read(3, 1).unwrap_err().to_string();
         assert!(err.contains("newer than this build"), "{err}");
+    }
+
+    #[test]
+    fn reads_start_inside_a_batch_and_span_old_and_new_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SledLog::open(dir.path()).unwrap();
+        // Two single-event records of format 1, then batches of format 2.
+        for seq in 1..=2 {
+            let v = format::encode_value(5, &Event::DispatcherStarted { pid: seq as u32 }).unwrap();
+            log.put_raw(seq, &v).unwrap();
+        }
+        let evs: Vec<Event> = (1..=5)
+            .map(|i| Event::CommitSeen {
+                job: JobId(i),
+                commit: commit(i as u8),
+                branch: None,
+            })
+            .collect();
+        assert_eq!(log.append(7, &evs[..3]).unwrap(), 5);
+        assert_eq!(log.append(8, &evs[3..]).unwrap(), 7);
+        assert_eq!(log.append(9, &[]).unwrap(), 7);
+        log.flush().unwrap();
+        drop(log);
+        let log = SledLog::open(dir.path()).unwrap();
+        assert_eq!(log.last_seq(), 7);
+        let seqs = |from, limit| -> Vec<u64> {
+            log.read(from, limit)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(seqs(1, 100), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(seqs(4, 100), vec![4, 5, 6, 7]);
+        assert_eq!(seqs(4, 2), vec![4, 5]);
+        assert_eq!(seqs(7, 100), vec![7]);
+        assert!(seqs(8, 100).is_empty());
+        let recs = log.read(6, 1).unwrap();
+        assert_eq!(recs[0].at_ms, 8);
+        assert_eq!(recs[0].event, evs[3]);
+        let state = super::super::load_state(&log, false).unwrap();
+        assert_eq!(state.last_seq, 7);
+        assert_eq!(state.jobs().len(), 5);
     }
 }

@@ -1,6 +1,7 @@
 //! The `ci-tools` subcommands, as library functions the binary calls.
 //! Each prints a table for people or JSON (`--json`) for scripts.
 
+pub mod bench;
 pub mod demo;
 pub mod events;
 pub mod progress;
