@@ -29,12 +29,24 @@ pub const MAX_COMMITS_PER_REPORT: usize = 100_000;
 type Rd = Reader<tokio::net::tcp::OwnedReadHalf, ClientMsg>;
 type Wr = Writer<tokio::net::tcp::OwnedWriteHalf, ServerMsg>;
 
+/// Per-connection timing rules.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    /// A connection that has not said hello by then is closed.
+    pub hello_timeout: Duration,
+    /// Heartbeats that only say "still here, same job" are passed to the
+    /// log writer at most this often (a quarter of the heartbeat timeout),
+    /// so a thousand chatty runners do not wake it a thousand times a
+    /// second. A change of the job held is always passed on at once.
+    pub heartbeat_forward: Duration,
+}
+
 pub(crate) async fn serve(
     stream: TcpStream,
     conn: ConnId,
     cmds: Sender<Cmd>,
     auth: Arc<Auth>,
-    hello_timeout: Duration,
+    timing: Timing,
     shutdown: CancellationToken,
 ) {
     let peer = stream
@@ -48,7 +60,7 @@ pub(crate) async fn serve(
         let mut reader: Rd = Reader::new(r);
         let mut writer: Wr = Writer::new(w);
         let result = tokio::select! {
-            r = handshake_and_serve(&mut reader, &mut writer, conn, &cmds, &auth, hello_timeout) => r,
+            r = handshake_and_serve(&mut reader, &mut writer, conn, &cmds, &auth, timing) => r,
             _ = shutdown.cancelled() => Ok(()),
         };
         match result {
@@ -75,8 +87,9 @@ async fn handshake_and_serve(
     conn: ConnId,
     cmds: &Sender<Cmd>,
     auth: &Auth,
-    hello_timeout: Duration,
+    timing: Timing,
 ) -> Result<(), ProtoError> {
+    let hello_timeout = timing.hello_timeout;
     let nonce = auth.nonce().map_err(ProtoError::Refused)?;
     writer
         .send(&ServerMsg::Greeting(Greeting {
@@ -116,7 +129,9 @@ async fn handshake_and_serve(
     })?;
     tracing::Span::current().record("role", hello.role.as_str());
     match hello.role {
-        Role::Runner => serve_runner(reader, writer, conn, cmds, hello).await,
+        Role::Runner => {
+            serve_runner(reader, writer, conn, cmds, hello, timing.heartbeat_forward).await
+        }
         Role::Observer | Role::Tool => {
             writer.send(&ServerMsg::Welcome { keep: None }).await?;
             serve_requests(reader, writer, cmds, hello.role, grant).await
@@ -130,7 +145,9 @@ async fn serve_runner(
     conn: ConnId,
     cmds: &Sender<Cmd>,
     hello: Hello,
+    heartbeat_forward: Duration,
 ) -> Result<(), ProtoError> {
+    let mut forwarded = (std::time::Instant::now(), hello.holding);
     validate_runner_name(&hello.name).map_err(|e| ProtoError::Refused(e.to_string()))?;
     let name = hello.name.clone();
     tracing::Span::current().record("runner", name.as_str());
@@ -165,7 +182,14 @@ async fn serve_runner(
                     Err(e) => break Err(e),
                 };
                 let cmd = match msg {
-                    ClientMsg::Heartbeat { holding } => RunnerCmd::Heartbeat { holding },
+                    ClientMsg::Heartbeat { holding } => {
+                        let now = std::time::Instant::now();
+                        if holding == forwarded.1 && now.duration_since(forwarded.0) < heartbeat_forward {
+                            continue;
+                        }
+                        forwarded = (now, holding);
+                        RunnerCmd::Heartbeat { holding }
+                    }
                     ClientMsg::Ready => RunnerCmd::Ready,
                     ClientMsg::Result { job, report, mut output } => {
                         if output.len() > MAX_OUTPUT_BYTES {

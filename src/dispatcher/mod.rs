@@ -192,7 +192,10 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let auth = Arc::new(auth);
-    let hello_timeout = config.hello_timeout;
+    let timing = conn::Timing {
+        hello_timeout: config.hello_timeout,
+        heartbeat_forward: config.heartbeat_timeout / 4,
+    };
     let done = tokio::spawn(async move {
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let next_conn = AtomicU64::new(1);
@@ -217,7 +220,7 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
                     let auth = auth.clone();
                     let stop = conn_shutdown.clone();
                     conns.spawn(async move {
-                        conn::serve(stream, id, cmds, auth, hello_timeout, stop).await;
+                        conn::serve(stream, id, cmds, auth, timing, stop).await;
                         drop(permit);
                     });
                 }
