@@ -31,7 +31,7 @@ const PROBE: &str = r#"
 echo "== env"; env
 echo "== parent environ"
 # root reads any process's environment: nothing a runner can do about it,
-# so SECURITY.md says not to run runners as root.
+# so the README says not to run runners as root.
 if [ "$(id -u)" != 0 ]; then tr '\0' '\n' < /proc/$PPID/environ 2>&1 || echo "environ unreadable"; fi
 echo "== checkout"; grep -r . . 2>/dev/null | head -50
 echo "== fds"; ls -l /proc/$$/fd 2>&1

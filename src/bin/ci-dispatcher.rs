@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
     /// The role secrets, one `ROLE: SECRET` line each for runner, observer,
-    /// tool and tool-write (see SECURITY.md). Without it every client is
+    /// tool and tool-write (see the README's Security section). Without it every client is
     /// trusted and only loopback addresses are allowed.
     #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,

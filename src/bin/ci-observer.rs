@@ -35,7 +35,7 @@ struct Args {
     /// Report what is new once, then exit.
     #[arg(long)]
     once: bool,
-    /// A file holding this program's secret (see SECURITY.md); else the
+    /// A file holding this program's secret (see the README's Security section); else the
     /// CI_TOKEN environment variable, if set.
     #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,

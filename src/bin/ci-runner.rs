@@ -35,7 +35,7 @@ struct Args {
     /// Longest a test run may take before its process group is killed.
     #[arg(long, default_value = "1800", value_parser = parse_secs, allow_negative_numbers = true)]
     job_timeout: Duration,
-    /// A file holding this program's secret (see SECURITY.md); else the
+    /// A file holding this program's secret (see the README's Security section); else the
     /// CI_TOKEN environment variable, if set.
     #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<PathBuf>,

@@ -18,7 +18,7 @@ struct Args {
     /// More logs on stderr (-v, -vv); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// A file holding the tool's secret (see SECURITY.md); else the CI_TOKEN
+    /// A file holding the tool's secret (see the README's Security section); else the CI_TOKEN
     /// environment variable, if set.
     #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE", global = true)]
     token_file: Option<PathBuf>,
