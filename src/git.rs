@@ -183,6 +183,27 @@ fn to_commit_id(oid: Oid) -> Result<CommitId, GitError> {
 }
 
 impl Mirror {
+    /// Creates `work_dir` if needed and opens (or clones) the mirror kept in
+    /// `work_dir/mirror.git`, off the async threads: what runners and the
+    /// observer do at start.
+    pub async fn prepare(source: &str, work_dir: &Path) -> Result<Mirror, GitError> {
+        std::fs::create_dir_all(work_dir).map_err(|err| GitError::Io {
+            what: "create the work directory",
+            path: work_dir.to_path_buf(),
+            err,
+        })?;
+        let source = source.to_string();
+        let dir = work_dir.join("mirror.git");
+        let path = dir.clone();
+        tokio::task::spawn_blocking(move || Mirror::open_or_create(&source, &dir))
+            .await
+            .map_err(|e| GitError::Io {
+                what: "open the mirror in",
+                path,
+                err: io::Error::other(e.to_string()),
+            })?
+    }
+
     /// Opens the mirror at `dir` (creating a bare repository there if
     /// absent) and fetches once, so a bad source is reported at start-up
     /// rather than at the first job.

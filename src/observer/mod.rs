@@ -36,11 +36,6 @@ pub struct ObserverConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserverError {
-    #[error("cannot use the work directory {dir}: {source}")]
-    WorkDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Git(#[from] GitError),
     #[error("the dispatcher refused this observer: {0}")]
@@ -61,18 +56,7 @@ struct Found {
 
 impl Observer {
     pub async fn prepare(cfg: ObserverConfig) -> Result<Observer, ObserverError> {
-        std::fs::create_dir_all(&cfg.work_dir).map_err(|source| ObserverError::WorkDir {
-            dir: cfg.work_dir.clone(),
-            source,
-        })?;
-        let repo = cfg.repo.clone();
-        let dir = cfg.work_dir.join("mirror.git");
-        let mirror = tokio::task::spawn_blocking(move || Mirror::open_or_create(&repo, &dir))
-            .await
-            .map_err(|e| ObserverError::WorkDir {
-                dir: cfg.work_dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let mirror = Mirror::prepare(&cfg.repo, &cfg.work_dir).await?;
         Ok(Observer {
             cfg,
             mirror: Arc::new(Mutex::new(mirror)),

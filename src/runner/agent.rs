@@ -32,11 +32,6 @@ pub struct RunnerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
-    #[error("cannot use the work directory {dir}: {source}")]
-    WorkDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Git(#[from] GitError),
     #[error("the dispatcher refused this runner: {0}")]
@@ -119,18 +114,7 @@ impl Runner {
     /// Prepares the work directory and the repository clone; errors here are
     /// the operator's to fix (bad path, unreachable repository).
     pub async fn prepare(cfg: RunnerConfig) -> Result<Runner, RunnerError> {
-        std::fs::create_dir_all(&cfg.work_dir).map_err(|source| RunnerError::WorkDir {
-            dir: cfg.work_dir.clone(),
-            source,
-        })?;
-        let repo = cfg.repo.clone();
-        let dir = cfg.work_dir.join("mirror.git");
-        let mirror = tokio::task::spawn_blocking(move || Mirror::open_or_create(&repo, &dir))
-            .await
-            .map_err(|e| RunnerError::WorkDir {
-                dir: cfg.work_dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let mirror = Mirror::prepare(&cfg.repo, &cfg.work_dir).await?;
         let marker = Marker(cfg.work_dir.join("current-job"));
         let crashed = marker.read();
         if let Some(j) = crashed {
