@@ -74,18 +74,22 @@ fn fixture_events() -> Vec<Event> {
     ]
 }
 
-/// A log written by the first format (checked in as hex) must replay
-/// forever. Set `CI_WRITE_FIXTURE=1` to write it again (only when adding a
-/// new fixture for a new format; never edit an old one).
-#[test]
-fn a_log_in_the_first_format_still_replays() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/log-format-1.txt");
+/// Loads a checked-in log (`seq value-hex` per line) into a fresh log and
+/// checks it replays to the fixture's events and state. `write` produces
+/// the value for one chunk of events when `CI_WRITE_FIXTURE=1` is set: only
+/// ever used to add the fixture of a new format; an old one is never edited.
+fn check_fixture(name: &str, write: impl Fn(u64, &[Event]) -> Vec<u8>, per_value: usize) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     if std::env::var_os("CI_WRITE_FIXTURE").is_some() {
-        let mut text = String::from("# seq at_ms value-hex; written by format version 1\n");
-        for (i, ev) in fixture_events().iter().enumerate() {
-            let v = ci::store::format::encode_value(1_764_000_000_000 + i as u64, ev).unwrap();
+        let mut text = format!("# seq value-hex; {name}\n");
+        let events = fixture_events();
+        for (i, chunk) in events.chunks(per_value).enumerate() {
+            let seq = (i * per_value) as u64 + 1;
+            let v = write(1_764_000_000_000 + seq, chunk);
             let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
-            text.push_str(&format!("{} {hex}\n", i + 1));
+            text.push_str(&format!("{seq} {hex}\n"));
         }
         std::fs::write(&path, text).unwrap();
     }
@@ -102,12 +106,38 @@ fn a_log_in_the_first_format_still_replays() {
     }
     let records = log.read(1, 100).unwrap();
     let events: Vec<Event> = records.iter().map(|r| r.event.clone()).collect();
-    assert_eq!(events, fixture_events());
+    assert_eq!(events, fixture_events(), "{name}");
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "{name}"
+    );
     let state = store::load_state(&log, false).unwrap();
     assert_eq!(state.jobs().len(), 2);
     assert_eq!(state.results, 1);
     assert_eq!(state.job(JobId(1)).unwrap().attempts, 2);
     assert_eq!(state.branch_tips().get("main"), Some(&commit(2)));
+}
+
+/// A log written by the first format (one event per key) replays forever.
+#[test]
+fn a_log_in_the_first_format_still_replays() {
+    check_fixture(
+        "log-format-1.txt",
+        |at, evs| ci::store::format::encode_value(at, &evs[0]).unwrap(),
+        1,
+    );
+}
+
+/// A log written by the second format (one appended batch per key) too.
+#[test]
+fn a_log_in_the_second_format_still_replays() {
+    check_fixture(
+        "log-format-2.txt",
+        |at, evs| ci::store::format::encode_batch(at, evs).unwrap(),
+        3,
+    );
 }
 
 #[test]
