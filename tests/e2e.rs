@@ -477,3 +477,23 @@ fn dispatcher_refuses_second_instance_on_same_data_dir() {
     assert!(first.proc.is_running(), "the first dispatcher died");
     results_json(first.addr());
 }
+
+/// The observer and a runner started before the dispatcher simply wait for
+/// it (they never exit because it is away) and then do their work.
+#[test]
+fn observer_and_runner_started_before_the_dispatcher_wait_for_it() {
+    let repo = TestRepo::new();
+    let sha = repo.copy_data("passing");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut o = observer(&addr, &repo, "main");
+    let mut r = runner(&addr, &repo, "early");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(o.is_running(), "the observer gave up: {}", o.report());
+    assert!(r.is_running(), "the runner gave up: {}", r.report());
+    let data = repo.dir("dispatcher");
+    let d = Dispatcher::start_on(port, &data, &[]);
+    let results = wait_final(d.addr(), &[&sha], LONG);
+    assert_eq!(outcome_of(&results, &sha), Some("pass"));
+    assert_eq!(result_for(&results, &sha).unwrap()["runner"], "early");
+}
