@@ -28,6 +28,20 @@ pub enum ClientError {
     Proto(#[from] ProtoError),
 }
 
+impl ClientError {
+    /// A refusal that retrying cannot cure (a wrong token, a role's
+    /// limits, an invalid name, another protocol version, a second runner
+    /// with this name): the program stops and says so instead of
+    /// reconnecting forever.
+    pub fn is_fatal(&self) -> bool {
+        const FATAL: [&str; 5] = ["token", "may not", "not a valid", "version", "took over"];
+        match self {
+            ClientError::Refused(m) => FATAL.iter().any(|f| m.contains(f)),
+            _ => false,
+        }
+    }
+}
+
 /// What the client says about itself in its hello.
 #[derive(Clone, Debug)]
 pub struct Identity {

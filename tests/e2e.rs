@@ -497,3 +497,36 @@ fn observer_and_runner_started_before_the_dispatcher_wait_for_it() {
     assert_eq!(outcome_of(&results, &sha), Some("pass"));
     assert_eq!(result_for(&results, &sha).unwrap()["runner"], "early");
 }
+
+/// Two runners with one name must not both hold jobs: the newest connection
+/// wins, and the older runner stops with a message naming the problem
+/// instead of fighting for the name forever.
+#[test]
+fn a_second_runner_with_the_same_name_fences_the_first() {
+    let repo = TestRepo::new();
+    repo.copy_data("passing");
+    let data = repo.dir("dispatcher");
+    let d = Dispatcher::start(&data, &[]);
+    let mut first = runner(d.addr(), &repo, "twin");
+    wait_for("the first twin connected", SHORT, || {
+        let s = try_status_json(d.addr())?;
+        if s["runners"].as_array().map_or(0, Vec::len) == 1 {
+            Ok(())
+        } else {
+            Err(pretty(&s))
+        }
+    });
+    let other_dir = repo.dir("runner-twin-2");
+    let mut second = runner_with(d.addr(), &repo, "twin", &["--work-dir", p(&other_dir)]);
+    let status = first.wait_exit(SHORT);
+    assert_eq!(exit_code(&status), Some(2), "{}", first.report());
+    let err = first.stderr();
+    assert!(err.contains("took over runner twin"), "{err}");
+    assert!(err.contains("--name"), "{err}");
+    // The newest one serves.
+    let sha = repo.commit_passing(1).remove(0);
+    tools_expect(&["submit", "--dispatcher", d.addr(), &sha], 0);
+    let results = wait_final(d.addr(), &[&sha], LONG);
+    assert_eq!(outcome_of(&results, &sha), Some("pass"));
+    assert!(second.is_running(), "{}", second.report());
+}

@@ -169,7 +169,9 @@ async fn serve_runner(
                 let Some(msg) = out else {
                     // The log writer dropped us: a newer connection with
                     // this name took over.
-                    break Err(ProtoError::Refused(format!("another connection took over runner {name}")));
+                    break Err(ProtoError::Refused(format!(
+                        "another connection took over runner {name}: two runners may not share a name; give each its own --name"
+                    )));
                 };
                 if let Err(e) = write_batch(writer, msg, &mut rx).await {
                     break Err(e);

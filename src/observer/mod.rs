@@ -38,7 +38,7 @@ pub struct ObserverConfig {
 pub enum ObserverError {
     #[error(transparent)]
     Git(#[from] GitError),
-    #[error("the dispatcher refused this observer: {0}")]
+    #[error("{0}")]
     Refused(String),
 }
 
@@ -88,17 +88,13 @@ impl Observer {
                     match self.session(client, &stop).await {
                         Ok(true) => return Ok(()),
                         Ok(false) => {}
-                        Err(ClientError::Refused(m))
-                            if m.contains("token") || m.contains("may not") =>
-                        {
-                            return Err(ObserverError::Refused(m));
+                        Err(e) if e.is_fatal() => {
+                            return Err(ObserverError::Refused(e.to_string()));
                         }
                         Err(e) => info!(error = %e, "lost the dispatcher; reconnecting"),
                     }
                 }
-                Err(ClientError::Refused(m)) if m.contains("token") || m.contains("version") => {
-                    return Err(ObserverError::Refused(m));
-                }
+                Err(e) if e.is_fatal() => return Err(ObserverError::Refused(e.to_string())),
                 Err(e) => {
                     if !warned {
                         warn!(error = %e, "dispatcher unavailable; retrying with backoff");

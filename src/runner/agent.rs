@@ -34,7 +34,7 @@ pub struct RunnerConfig {
 pub enum RunnerError {
     #[error(transparent)]
     Git(#[from] GitError),
-    #[error("the dispatcher refused this runner: {0}")]
+    #[error("{0}")]
     Refused(String),
 }
 
@@ -166,25 +166,13 @@ impl Runner {
                     self.crashed = None;
                     match self.session(client, &stop).await {
                         Ok(()) => {}
-                        Err(ClientError::Refused(m))
-                            if m.contains("may not")
-                                || m.contains("not a valid")
-                                || m.contains("token") =>
-                        {
-                            return Err(RunnerError::Refused(m));
-                        }
+                        Err(e) if e.is_fatal() => return Err(RunnerError::Refused(e.to_string())),
                         Err(e) => {
                             info!(error = %e, "disconnected from the dispatcher; reconnecting")
                         }
                     }
                 }
-                Err(ClientError::Refused(m))
-                    if m.contains("token")
-                        || m.contains("not a valid")
-                        || m.contains("version") =>
-                {
-                    return Err(RunnerError::Refused(m));
-                }
+                Err(e) if e.is_fatal() => return Err(RunnerError::Refused(e.to_string())),
                 Err(e) => {
                     if !warned {
                         warn!(error = %e, "dispatcher unavailable; retrying with backoff");
