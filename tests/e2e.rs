@@ -530,3 +530,23 @@ fn a_second_runner_with_the_same_name_fences_the_first() {
     assert_eq!(outcome_of(&results, &sha), Some("pass"));
     assert!(second.is_running(), "{}", second.report());
 }
+
+/// The output of a commit's final attempt is stored outside the event log
+/// and printed by `ci-tools output`.
+#[test]
+fn the_test_output_is_kept_and_shown() {
+    let repo = TestRepo::new();
+    let sha = repo.copy_data("passing");
+    let data = repo.dir("dispatcher");
+    let d = Dispatcher::start(&data, &[]);
+    let _r = runner(d.addr(), &repo, "r1");
+    tools_expect(&["submit", "--dispatcher", d.addr(), &sha], 0);
+    let results = wait_final(d.addr(), &[&sha], LONG);
+    let r = result_for(&results, &sha).unwrap();
+    assert!(r["output_bytes"].as_u64().unwrap() > 0, "{}", pretty(r));
+    assert_eq!(r["tests"]["total"], 3, "{}", pretty(r));
+    let out = tools_expect(&["output", "--dispatcher", d.addr(), &sha], 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Ran 3 tests"), "{text}");
+    assert!(text.contains("OK"), "{text}");
+}
