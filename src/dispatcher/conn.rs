@@ -242,16 +242,7 @@ async fn serve_requests(
     grant: super::auth::Grant,
 ) -> Result<(), ProtoError> {
     while let Some(msg) = reader.recv().await? {
-        if let Err(why) = permitted(role, grant, &msg) {
-            writer
-                .send(&ServerMsg::Error {
-                    message: why,
-                    fatal: false,
-                })
-                .await?;
-            continue;
-        }
-        if let Err(why) = validate(&msg) {
+        if let Err(why) = permitted(role, grant, &msg).and_then(|()| validate(&msg)) {
             writer
                 .send(&ServerMsg::Error {
                     message: why,
