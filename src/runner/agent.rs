@@ -348,22 +348,14 @@ impl Runner {
             info_span!("job", job = job.job.0, attempt = job.attempt, commit = %commit.short());
         let mirror = self.mirror.clone();
         let work_dir = self.cfg.work_dir.clone();
-        let repo = self.cfg.repo.clone();
         let job_timeout = self.cfg.job_timeout;
         let done = self.done_tx.clone();
         info!(%job, %commit, branch = branch.as_deref().unwrap_or("-"), "job assigned");
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let (report, output) = execute(
-                    mirror,
-                    &work_dir,
-                    &repo,
-                    commit,
-                    job_timeout,
-                    cancel.clone(),
-                )
-                .await;
+                let (report, output) =
+                    execute(mirror, &work_dir, commit, job_timeout, cancel.clone()).await;
                 let mut report = report;
                 if report.duration_ms == 0 {
                     // Never ran: the time went to fetching and checking out.
@@ -401,7 +393,6 @@ fn error_report(message: String) -> (JobReport, Vec<u8>) {
 async fn execute(
     mirror: Arc<Mutex<Mirror>>,
     work_dir: &Path,
-    repo: &str,
     commit: CommitId,
     job_timeout: Duration,
     cancel: CancellationToken,
@@ -469,7 +460,6 @@ async fn execute(
         ExitKind::Cancelled => (Outcome::Error, None, "cancelled".into()),
         ExitKind::SpawnFailed(m) => (Outcome::Error, None, m.clone()),
     };
-    let _ = repo;
     (
         JobReport {
             outcome,
