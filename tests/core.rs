@@ -288,7 +288,7 @@ fn a_job_lost_three_times_ends_as_error() {
     let JobStatus::Done(f) = &j.status else {
         panic!("job not done: {j:?}")
     };
-    assert_eq!(f.report.outcome, Outcome::Error);
+    assert_eq!(f.outcome, Outcome::Error);
     assert_eq!(f.runner, None);
     assert_eq!(f.attempt, 3);
     assert_eq!(sim.core.state.queue_len(), 0);

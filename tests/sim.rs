@@ -912,9 +912,10 @@ impl World {
             }
             Down::ResultAck { job, accepted } => {
                 if accepted {
-                    let ok = self.dispatcher.replica.job(job.job).is_some_and(|j| {
+                    let replica = &self.dispatcher.replica;
+                    let ok = replica.job(job.job).is_some_and(|j| {
                         matches!(&j.status, JobStatus::Done(f)
-                            if f.attempt == job.attempt && f.runner.as_deref() == Some(name.as_str()))
+                            if f.attempt == job.attempt && replica.runner(f) == Some(name.as_str()))
                     });
                     if !ok {
                         self.fail(format!("{name}'s result for {job} acked but not durable"));
@@ -1204,13 +1205,14 @@ impl World {
                 }
                 let j = core.state.job(jr.job).expect("held job exists");
                 let ok = j.attempts == jr.attempt
-                    && matches!(&j.status, JobStatus::Running { runner: r } if r == runner);
+                    && matches!(&j.status, JobStatus::Running { runner: r } if core.state.name(*r) == runner);
                 if !ok {
                     self.fail(format!("{runner} holds {jr} but the job is {j:?}"));
                 }
             }
             for j in core.state.jobs() {
                 if let JobStatus::Running { runner } = &j.status
+                    && let runner = core.state.name(*runner)
                     && core.state.holder(runner) != Some(j.current())
                 {
                     self.fail(format!(
@@ -1303,8 +1305,8 @@ impl World {
             }
             let lost = self.real_losses.get(&j.id).copied().unwrap_or(0);
             let right = match f.runner {
-                Some(_) => f.report.outcome == true_outcome(commit),
-                None => f.report.outcome == Outcome::Error && lost >= MAX_ATTEMPTS,
+                Some(_) => f.outcome == true_outcome(commit),
+                None => f.outcome == Outcome::Error && lost >= MAX_ATTEMPTS,
             };
             if !right {
                 self.fail(format!(

@@ -369,7 +369,9 @@ impl Core {
             };
         };
         match &j.status {
-            JobStatus::Done(f) if f.attempt == job.attempt && f.runner.as_ref() == Some(runner) => {
+            JobStatus::Done(f)
+                if f.attempt == job.attempt && self.state.runner(f) == Some(runner.as_str()) =>
+            {
                 // A resend of a result we already recorded (the ack was lost).
                 self.make_idle(runner);
                 Reply::ResultAck {
@@ -378,7 +380,9 @@ impl Core {
                     reason: "already recorded".into(),
                 }
             }
-            JobStatus::Running { runner: r } if r == runner && j.attempts == job.attempt => {
+            JobStatus::Running { runner: r }
+                if self.state.name(*r) == runner && j.attempts == job.attempt =>
+            {
                 let commit = j.commit;
                 self.emit(
                     step,
@@ -418,7 +422,7 @@ impl Core {
             ToRunner::Assign {
                 job: h,
                 commit: job.commit,
-                branch: job.branch.clone(),
+                branch: self.state.branch(job).map(str::to_string),
             },
         ));
     }
@@ -430,12 +434,13 @@ impl Core {
             Some(j) => match &j.status {
                 JobStatus::Done(f) => format!(
                     "stale {job}: the job already finished ({}) in attempt {}",
-                    f.report.outcome.as_str(),
+                    f.outcome.as_str(),
                     f.attempt
                 ),
                 JobStatus::Running { runner } => format!(
-                    "stale {job}: the job is now attempt {} on runner {runner}",
-                    j.attempts
+                    "stale {job}: the job is now attempt {} on runner {}",
+                    j.attempts,
+                    self.state.name(*runner)
                 ),
                 JobStatus::Queued => format!(
                     "stale {job}: the job was re-queued after attempt {}",
@@ -533,7 +538,8 @@ impl Core {
                 continue;
             }
             let j = self.state.job(job).expect("queued job exists");
-            let (commit, branch, attempt) = (j.commit, j.branch.clone(), j.attempts + 1);
+            let (commit, attempt) = (j.commit, j.attempts + 1);
+            let branch = self.state.branch(j).map(str::to_string);
             self.emit(
                 step,
                 Event::JobAssigned {

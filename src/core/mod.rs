@@ -13,4 +13,4 @@ pub mod decide;
 pub mod state;
 
 pub use decide::{Core, CoreConfig, Input, Reply, RunnerState, Step, ToRunner};
-pub use state::{Job, JobStatus, State};
+pub use state::{Finished, Job, JobStatus, State, Sym};

@@ -3,38 +3,58 @@
 //! `State::apply` is the only way state changes. Replaying the same records
 //! always gives the same `State`; that is what makes restart and
 //! `replay --verify` exact.
+//!
+//! Compact by design: the state holds one [`Job`] per commit ever seen, so a
+//! job is plain data with no heap allocation of its own. Branch names,
+//! runner names and result messages are interned into one table of the
+//! state ([`Sym`] indexes it, in order of first appearance, so interning is
+//! part of the pure fold), and commits are indexed by an open-addressing
+//! table of job numbers that is rebuilt, not stored, when a snapshot loads.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 
 use serde::{Deserialize, Serialize};
 
-use super::event::{Event, JobReport, LostReason, Record};
+use super::event::{Event, JobReport, LostReason, Outcome, Record, TestCounts};
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 
+/// An interned string (branch, runner name or result message) of a `State`;
+/// resolve it with [`State::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sym(u32);
+
 /// Where one job stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobStatus {
     Queued,
-    Running { runner: RunnerName },
-    Done(Box<Finished>),
+    Running { runner: Sym },
+    Done(Finished),
 }
 
-/// The recorded final result of a job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The recorded final result of a job (the `JobReport` flattened, strings
+/// interned; [`State::report`] rebuilds the report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finished {
-    pub runner: Option<RunnerName>,
+    /// `None` when the dispatcher itself gave up.
+    pub runner: Option<Sym>,
     pub attempt: u32,
-    pub report: JobReport,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub tests: Option<TestCounts>,
+    pub message: Sym,
     pub output_bytes: u64,
     pub at_ms: u64,
 }
 
 /// One commit's job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub commit: CommitId,
-    pub branch: Option<String>,
+    /// Resolve with [`State::branch`].
+    pub branch: Option<Sym>,
     /// How many times it was handed to a runner (the current attempt number).
     pub attempts: u32,
     /// How many of those hand-outs were lost. A hand-back (the runner was
@@ -61,24 +81,223 @@ pub struct ApplyError {
     pub why: String,
 }
 
+/// An open-addressing hash index of `u32` values (0 = empty slot) whose keys
+/// live elsewhere (the jobs' commits, the interned names): 4 bytes a slot,
+/// no copy of the key. The hasher is keyed per process (`RandomState`), so
+/// crafted keys cannot force collisions. Derived data: two indexes compare
+/// equal when they index the same number of keys (what they index is
+/// compared by the owner).
+#[derive(Clone, Default)]
+struct Index {
+    slots: Vec<u32>,
+    len: usize,
+    hasher: RandomState,
+}
+
+impl PartialEq for Index {
+    fn eq(&self, other: &Index) -> bool {
+        self.len == other.len
+    }
+}
+
+impl Eq for Index {}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Index({} keys)", self.len)
+    }
+}
+
+impl Index {
+    fn hash<K: std::hash::Hash + ?Sized>(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The value whose key `is` says matches, among those with hash `h`.
+    fn find(&self, h: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = h as usize & mask;
+        loop {
+            match self.slots[i] {
+                0 => return None,
+                v if is(v) => return Some(v),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Makes room for `extra` more keys; `hash_of` rehashes a stored value.
+    fn reserve(&mut self, extra: usize, hash_of: impl Fn(u32) -> u64) {
+        let want = self.len + extra;
+        // Load factor at most 1/2: short probe runs.
+        if want * 2 <= self.slots.len() {
+            return;
+        }
+        let cap = (want * 2).next_power_of_two().max(16);
+        let old = std::mem::replace(&mut self.slots, vec![0; cap]);
+        let mask = cap - 1;
+        for v in old.into_iter().filter(|&v| v != 0) {
+            let mut i = hash_of(v) as usize & mask;
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = v;
+        }
+    }
+
+    /// Adds `v` (not 0, not present) with hash `h`; call `reserve` first.
+    fn insert_new(&mut self, h: u64, v: u32) {
+        debug_assert!(v != 0 && (self.len + 1) * 2 <= self.slots.len());
+        let mask = self.slots.len() - 1;
+        let mut i = h as usize & mask;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = v;
+        self.len += 1;
+    }
+}
+
+/// The key of a commit in the index: all of its bytes. (Not just a prefix:
+/// ids made up by tools and tests share long prefixes.)
+fn commit_key(c: &CommitId) -> &[u8] {
+    c.as_bytes()
+}
+
 /// Everything the log says, folded.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StateData")]
 pub struct State {
     /// Sequence number of the last applied record (0 = empty log).
     pub last_seq: u64,
     jobs: Vec<Job>,
-    by_commit: HashMap<CommitId, JobId>,
     queue: VecDeque<JobId>,
     /// Which job each runner holds. A runner holds at most one.
     holders: BTreeMap<RunnerName, JobRef>,
     branch_tips: BTreeMap<String, CommitId>,
     /// Count of `Result` events, to cross-check "exactly one per job".
     pub results: u64,
+    /// Interned strings, in order of first appearance; `Sym(i)` is `names[i]`.
+    names: Vec<Box<str>>,
+    /// Commit -> job number (derived from `jobs`, rebuilt on load).
+    #[serde(skip)]
+    by_commit: Index,
+    /// Name -> `Sym` + 1 (derived from `names`, rebuilt on load).
+    #[serde(skip)]
+    by_name: Index,
+}
+
+/// What a snapshot stores: `State` without its derived indexes (same fields,
+/// same order as `State`'s serialized ones).
+#[derive(Deserialize)]
+struct StateData {
+    last_seq: u64,
+    jobs: Vec<Job>,
+    queue: VecDeque<JobId>,
+    holders: BTreeMap<RunnerName, JobRef>,
+    branch_tips: BTreeMap<String, CommitId>,
+    results: u64,
+    names: Vec<Box<str>>,
+}
+
+impl From<StateData> for State {
+    fn from(d: StateData) -> State {
+        let mut s = State {
+            last_seq: d.last_seq,
+            jobs: d.jobs,
+            queue: d.queue,
+            holders: d.holders,
+            branch_tips: d.branch_tips,
+            results: d.results,
+            names: d.names,
+            by_commit: Index::default(),
+            by_name: Index::default(),
+        };
+        s.rebuild_indexes();
+        s
+    }
 }
 
 impl State {
     pub fn new() -> State {
         State::default()
+    }
+
+    fn rebuild_indexes(&mut self) {
+        let State {
+            jobs,
+            names,
+            by_commit,
+            by_name,
+            ..
+        } = self;
+        let (hc, hn) = (by_commit.hasher.clone(), by_name.hasher.clone());
+        by_commit.reserve(jobs.len(), |v| {
+            hc.hash_one(commit_key(&jobs[v as usize - 1].commit))
+        });
+        for (i, j) in jobs.iter().enumerate() {
+            by_commit.insert_new(hc.hash_one(commit_key(&j.commit)), i as u32 + 1);
+        }
+        by_name.reserve(names.len(), |v| hn.hash_one(&*names[v as usize - 1]));
+        for (i, n) in names.iter().enumerate() {
+            by_name.insert_new(hn.hash_one(&**n), i as u32 + 1);
+        }
+    }
+
+    /// The `Sym` of `s`, interning it on first sight.
+    fn intern(&mut self, s: &str) -> Result<Sym, String> {
+        let h = self.by_name.hash(s);
+        let names = &self.names;
+        if let Some(v) = self.by_name.find(h, |v| &*names[v as usize - 1] == s) {
+            return Ok(Sym(v - 1));
+        }
+        let sym = u32::try_from(self.names.len())
+            .ok()
+            .filter(|&n| n < u32::MAX)
+            .ok_or("too many distinct names")?;
+        let (hn, names) = (self.by_name.hasher.clone(), &self.names);
+        self.by_name
+            .reserve(1, |v| hn.hash_one(&*names[v as usize - 1]));
+        self.by_name.insert_new(h, sym + 1);
+        self.names.push(s.into());
+        Ok(Sym(sym))
+    }
+
+    /// The string `sym` stands for ("" for a symbol of another state).
+    pub fn name(&self, sym: Sym) -> &str {
+        self.names.get(sym.0 as usize).map_or("", |s| s)
+    }
+
+    /// The `Sym` of `s` if this state has seen it.
+    pub fn sym(&self, s: &str) -> Option<Sym> {
+        let names = &self.names;
+        self.by_name
+            .find(self.by_name.hash(s), |v| &*names[v as usize - 1] == s)
+            .map(|v| Sym(v - 1))
+    }
+
+    /// The job's branch, if it was submitted with one.
+    pub fn branch(&self, job: &Job) -> Option<&str> {
+        job.branch.map(|b| self.name(b))
+    }
+
+    /// The runner a finished job ran on (`None`: the dispatcher gave up).
+    pub fn runner(&self, f: &Finished) -> Option<&str> {
+        f.runner.map(|r| self.name(r))
+    }
+
+    /// The report a finished job's `Result` event carried.
+    pub fn report(&self, f: &Finished) -> JobReport {
+        JobReport {
+            outcome: f.outcome,
+            exit_code: f.exit_code,
+            duration_ms: f.duration_ms,
+            tests: f.tests,
+            message: self.name(f.message).to_string(),
+        }
     }
 
     /// Applies one stored record; its sequence number must follow the last.
@@ -95,6 +314,15 @@ impl State {
         Ok(())
     }
 
+    fn set_tip(&mut self, branch: &str, tip: CommitId) {
+        match self.branch_tips.get_mut(branch) {
+            Some(t) => *t = tip,
+            None => {
+                self.branch_tips.insert(branch.to_string(), tip);
+            }
+        }
+    }
+
     /// The fold step. Errors mean the event contradicts the state: a damaged
     /// log or a bug in `decide`, never a peer's bad input.
     pub fn apply(&mut self, event: &Event, at_ms: u64) -> Result<(), String> {
@@ -108,26 +336,42 @@ impl State {
                 if job.0 != self.jobs.len() as u64 + 1 {
                     return Err(format!("job {job} is not the next job number"));
                 }
-                if self.by_commit.contains_key(commit) {
+                if job.0 >= u32::MAX as u64 {
+                    return Err(format!("job {job}: too many jobs"));
+                }
+                let h = self.by_commit.hash(&commit_key(commit));
+                let jobs = &self.jobs;
+                if self
+                    .by_commit
+                    .find(h, |v| jobs[v as usize - 1].commit == *commit)
+                    .is_some()
+                {
                     return Err(format!("commit {commit} was already seen"));
                 }
+                let branch_sym = match branch {
+                    Some(b) => Some(self.intern(b)?),
+                    None => None,
+                };
                 self.jobs.push(Job {
                     id: *job,
                     commit: *commit,
-                    branch: branch.clone(),
+                    branch: branch_sym,
                     attempts: 0,
                     lost: 0,
                     status: JobStatus::Queued,
                     seen_at_ms: at_ms,
                 });
-                self.by_commit.insert(*commit, *job);
+                let (hc, jobs) = (self.by_commit.hasher.clone(), &self.jobs);
+                self.by_commit
+                    .reserve(1, |v| hc.hash_one(commit_key(&jobs[v as usize - 1].commit)));
+                self.by_commit.insert_new(h, job.0 as u32);
                 self.queue.push_back(*job);
                 if let Some(b) = branch {
-                    self.branch_tips.insert(b.clone(), *commit);
+                    self.set_tip(b, *commit);
                 }
             }
             Event::BranchMoved { branch, tip } => {
-                self.branch_tips.insert(branch.clone(), *tip);
+                self.set_tip(branch, *tip);
             }
             Event::JobAssigned {
                 job,
@@ -142,10 +386,10 @@ impl State {
                 if j.status != JobStatus::Queued || *attempt != j.attempts + 1 {
                     return Err(format!("job {job} is not queued for attempt {attempt}"));
                 }
+                let runner_sym = self.intern(runner)?;
+                let j = self.job_mut(*job)?;
                 j.attempts = *attempt;
-                j.status = JobStatus::Running {
-                    runner: runner.clone(),
-                };
+                j.status = JobStatus::Running { runner: runner_sym };
                 self.holders.insert(
                     runner.clone(),
                     JobRef {
@@ -195,13 +439,23 @@ impl State {
                     ));
                 }
                 let was_queued = j.status == JobStatus::Queued;
-                j.status = JobStatus::Done(Box::new(Finished {
-                    runner: runner.clone(),
+                let runner_sym = match runner {
+                    Some(r) => Some(self.intern(r)?),
+                    None => None,
+                };
+                let message = self.intern(&report.message)?;
+                let j = self.job_mut(*job)?;
+                j.status = JobStatus::Done(Finished {
+                    runner: runner_sym,
                     attempt: *attempt,
-                    report: report.clone(),
+                    outcome: report.outcome,
+                    exit_code: report.exit_code,
+                    duration_ms: report.duration_ms,
+                    tests: report.tests,
+                    message,
                     output_bytes: *output_bytes,
                     at_ms,
-                }));
+                });
                 if let Some(r) = runner
                     && self.holders.get(r).map(|h| h.job) == Some(*job)
                 {
@@ -229,7 +483,13 @@ impl State {
     }
 
     pub fn job_for_commit(&self, commit: &CommitId) -> Option<&Job> {
-        self.by_commit.get(commit).and_then(|id| self.job(*id))
+        let jobs = &self.jobs;
+        let v = self
+            .by_commit
+            .find(self.by_commit.hash(&commit_key(commit)), |v| {
+                jobs[v as usize - 1].commit == *commit
+            })?;
+        jobs.get(v as usize - 1)
     }
 
     pub fn jobs(&self) -> &[Job] {

@@ -416,13 +416,17 @@ impl Actor {
                         .core
                         .state
                         .job_for_commit(&c)
-                        .map(ResultView::of)
+                        .map(|j| ResultView::of(&self.core.state, j))
                         .into_iter()
                         .collect(),
                     None => {
-                        let jobs = self.core.state.jobs();
+                        let state = &self.core.state;
+                        let jobs = state.jobs();
                         let skip = jobs.len().saturating_sub(MAX_RESULTS);
-                        jobs[skip..].iter().map(ResultView::of).collect()
+                        jobs[skip..]
+                            .iter()
+                            .map(|j| ResultView::of(state, j))
+                            .collect()
                     }
                 };
                 ServerMsg::Results(views)

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{CommitId, Core, Job, JobStatus, RunnerState, TestCounts};
+use crate::core::{CommitId, Core, Job, JobStatus, RunnerState, State, TestCounts};
 
 /// One commit's result, as `results --json` prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +23,7 @@ pub struct ResultView {
 }
 
 impl ResultView {
-    pub fn of(job: &Job) -> ResultView {
+    pub fn of(state: &State, job: &Job) -> ResultView {
         let (outcome, runner, exit_code, duration_ms, tests, message, output_bytes) =
             match &job.status {
                 JobStatus::Queued => (
@@ -37,7 +37,7 @@ impl ResultView {
                 ),
                 JobStatus::Running { runner } => (
                     "running".to_string(),
-                    Some(runner.clone()),
+                    Some(state.name(*runner).to_string()),
                     None,
                     None,
                     None,
@@ -45,18 +45,18 @@ impl ResultView {
                     0,
                 ),
                 JobStatus::Done(f) => (
-                    f.report.outcome.as_str().to_string(),
-                    f.runner.clone(),
-                    f.report.exit_code,
-                    Some(f.report.duration_ms),
-                    f.report.tests,
-                    f.report.message.clone(),
+                    f.outcome.as_str().to_string(),
+                    state.runner(f).map(str::to_string),
+                    f.exit_code,
+                    Some(f.duration_ms),
+                    f.tests,
+                    state.name(f.message).to_string(),
                     f.output_bytes,
                 ),
             };
         ResultView {
             commit: job.commit,
-            branch: job.branch.clone(),
+            branch: state.branch(job).map(str::to_string),
             outcome,
             attempts: job.attempts,
             runner,

@@ -18,7 +18,7 @@ pub const FORMAT_VERSION: u8 = 2;
 
 /// The version byte of snapshots (the encoded `State`), independent of the
 /// record format.
-pub const SNAPSHOT_VERSION: u8 = 1;
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Most events stored under one key; bigger appends take several keys.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
