@@ -124,47 +124,37 @@ impl<'de> Deserialize<'de> for CommitId {
             let s = String::deserialize(d)?;
             CommitId::parse(&s).map_err(D::Error::custom)
         } else {
-            let v: serde_bytes_compat::ByteBuf = Deserialize::deserialize(d)?;
-            CommitId::from_bytes(&v.0)
-                .ok_or_else(|| D::Error::custom("commit id must be 20 or 32 bytes"))
+            // No allocation: snapshots hold hundreds of thousands of these.
+            d.deserialize_bytes(RawCommitId)
         }
     }
 }
 
-/// Minimal owned-bytes visitor so binary formats can hand us a byte string.
-mod serde_bytes_compat {
-    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
-    use std::fmt;
+/// Reads a commit id's raw bytes straight into a `CommitId`.
+struct RawCommitId;
 
-    pub struct ByteBuf(pub Vec<u8>);
+impl<'de> serde::de::Visitor<'de> for RawCommitId {
+    type Value = CommitId;
 
-    impl<'de> Deserialize<'de> for ByteBuf {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = ByteBuf;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("bytes")
-                }
-                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v.to_vec()))
-                }
-                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v))
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
-                    let mut out = Vec::new();
-                    while let Some(b) = seq.next_element::<u8>()? {
-                        if out.len() >= 32 {
-                            return Err(serde::de::Error::custom("commit id too long"));
-                        }
-                        out.push(b);
-                    }
-                    Ok(ByteBuf(out))
-                }
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a commit id of 20 or 32 bytes")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<CommitId, E> {
+        CommitId::from_bytes(v).ok_or_else(|| E::custom("commit id must be 20 or 32 bytes"))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<CommitId, A::Error> {
+        let mut buf = [0u8; 32];
+        let mut n = 0;
+        while let Some(b) = seq.next_element::<u8>()? {
+            if n == buf.len() {
+                return Err(serde::de::Error::custom("commit id too long"));
             }
-            d.deserialize_bytes(V)
+            buf[n] = b;
+            n += 1;
         }
+        self.visit_bytes(&buf[..n])
     }
 }
 

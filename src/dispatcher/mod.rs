@@ -146,9 +146,18 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
     }
     let data_dir = config.data_dir.clone();
     let (log, state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let t = Instant::now();
         let log = SledLog::open(&data_dir)?;
+        let open_ms = t.elapsed().as_millis() as u64;
         let state = store::load_state(&log, true)?;
         release_free_memory();
+        info!(
+            open_ms,
+            load_ms = t.elapsed().as_millis() as u64 - open_ms,
+            events = state.last_seq,
+            jobs = state.jobs().len(),
+            "log opened and state rebuilt"
+        );
         Ok((log, state))
     })
     .await

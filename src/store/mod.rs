@@ -54,11 +54,14 @@ pub trait EventLog: Send {
 
 /// Rebuilds the state: newest snapshot (if `use_snapshot`), then the tail.
 pub fn load_state(log: &dyn EventLog, use_snapshot: bool) -> Result<State, StoreError> {
+    let t = std::time::Instant::now();
     let mut state = if use_snapshot {
         log.latest_snapshot()?.unwrap_or_default()
     } else {
         State::default()
     };
+    let snapshot_seq = state.last_seq;
+    let snapshot_ms = t.elapsed().as_millis() as u64;
     loop {
         let batch = log.read(state.last_seq + 1, 8192)?;
         if batch.is_empty() {
@@ -68,5 +71,12 @@ pub fn load_state(log: &dyn EventLog, use_snapshot: bool) -> Result<State, Store
             state.apply_record(rec)?;
         }
     }
+    tracing::debug!(
+        snapshot_seq,
+        snapshot_ms,
+        tail_events = state.last_seq - snapshot_seq,
+        tail_ms = t.elapsed().as_millis() as u64 - snapshot_ms,
+        "state loaded"
+    );
     Ok(state)
 }

@@ -220,9 +220,11 @@ impl EventLog for SledLog {
     }
 
     fn latest_snapshot(&self) -> Result<Option<State>, StoreError> {
+        let t = std::time::Instant::now();
         let Some((k, v)) = self.snapshots.last()? else {
             return Ok(None);
         };
+        let read_ms = t.elapsed().as_millis() as u64;
         let seq = format::seq_of(&k).unwrap_or(0);
         let bad = |detail: String| StoreError::BadSnapshot { seq, detail };
         let (&version, body) = v.split_first().ok_or_else(|| bad("empty".into()))?;
@@ -231,6 +233,12 @@ impl EventLog for SledLog {
             return Ok(None);
         }
         let state: State = encoding::decode(body).map_err(|e| bad(e.to_string()))?;
+        tracing::debug!(
+            bytes = v.len(),
+            read_ms,
+            decode_ms = t.elapsed().as_millis() as u64 - read_ms,
+            "snapshot read"
+        );
         if state.last_seq > self.last_seq {
             return Err(bad(format!(
                 "it covers event {} but the log ends at {}",
