@@ -244,14 +244,7 @@ impl Core {
                     if held == Some(h) {
                         keep = Some(h);
                     } else {
-                        self.stale_rejections += 1;
-                        step.sends.push((
-                            runner.clone(),
-                            ToRunner::Abandon {
-                                job: h,
-                                reason: self.why_not_held(h),
-                            },
-                        ));
+                        self.abandon(&mut step, &runner, h);
                     }
                 }
                 match held {
@@ -296,14 +289,7 @@ impl Core {
                 if let Some(h) = holding
                     && self.state.holder(&runner) != Some(h)
                 {
-                    self.stale_rejections += 1;
-                    step.sends.push((
-                        runner.clone(),
-                        ToRunner::Abandon {
-                            job: h,
-                            reason: self.why_not_held(h),
-                        },
-                    ));
+                    self.abandon(&mut step, &runner, h);
                 }
             }
             Input::RunnerReady { runner } => {
@@ -425,6 +411,14 @@ impl Core {
                 branch: self.state.branch(job).map(str::to_string),
             },
         ));
+    }
+
+    /// Tells `runner` that `job` is not (or no longer) its to run.
+    fn abandon(&mut self, step: &mut Step, runner: &RunnerName, job: JobRef) {
+        self.stale_rejections += 1;
+        let reason = self.why_not_held(job);
+        step.sends
+            .push((runner.clone(), ToRunner::Abandon { job, reason }));
     }
 
     /// Why `job` is not (or no longer) this attempt's to run.
