@@ -40,8 +40,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Appends the encoding of `value` to `out` (no intermediate buffer).
 pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    let bytes = bincode::serde::encode_to_vec(value, config())?;
-    out.extend_from_slice(&bytes);
+    bincode::serde::encode_into_std_write(value, out, config())?;
     Ok(())
 }
 
