@@ -2,7 +2,23 @@
 //! errors into one line on stderr and exit code 2 (never a panic trace).
 
 use std::future::Future;
+use std::io::Write;
 use std::process::ExitCode;
+
+/// Writes one line to stderr, ignoring a failed write: `eprintln!` panics
+/// when stderr is closed, and a daemon must outlive its terminal.
+pub fn stderr_line(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Whether `e` is, at bottom, a write to a closed pipe (`ci-tools replay |
+/// head`): the reader has what it wanted, so that is not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// Runs `main` on a multi-threaded runtime. `Ok(code)` is returned as is;
 /// an error is printed as `NAME: error: ...` and exits 2.
@@ -16,14 +32,18 @@ where
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("{name}: error: cannot start the async runtime: {e}");
+            stderr_line(format_args!(
+                "{name}: error: cannot start the async runtime: {e}"
+            ));
             return ExitCode::from(2);
         }
     };
     match rt.block_on(main) {
         Ok(code) => code,
+        // As ripgrep does: the reader closed the pipe, stop quietly.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{name}: error: {e:#}");
+            stderr_line(format_args!("{name}: error: {e:#}"));
             ExitCode::from(2)
         }
     }
@@ -72,7 +92,7 @@ pub fn parse_args<T: clap::Parser>(name: &str) -> Result<T, ExitCode> {
                 .find(|l| !l.is_empty())
                 .unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("{name}: error: {first}; see {name} --help");
+            stderr_line(format_args!("{name}: error: {first}; see {name} --help"));
             Err(ExitCode::from(2))
         }
     }

@@ -42,5 +42,9 @@ pub fn init_tracing(verbose: u8, daemon: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        // A closed stderr (the terminal went away, a supervisor's pipe
+        // closed) must not stop a daemon: by default tracing-subscriber
+        // reports a failed write with `eprintln!`, which panics there.
+        .log_internal_errors(false)
         .try_init();
 }

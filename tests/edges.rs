@@ -360,3 +360,91 @@ fn a_wrong_token_is_fatal_for_every_client() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A pipe whose reading end is already closed: every write to it fails with
+/// EPIPE, as when a terminal goes away or `| head` has read enough.
+fn closed_pipe() -> std::process::Stdio {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer.into()
+}
+
+#[test]
+fn a_dispatcher_whose_stderr_is_closed_keeps_serving_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(bin("ci-dispatcher"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env_remove("CI_TOKEN_FILE")
+        .env_remove("CI_TOKEN")
+        // Every event logged at info: each one a failed write.
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(closed_pipe())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line {first:?}"))
+        .to_owned();
+    let sha = "c".repeat(40);
+    let o = run("ci-tools", &["submit", "--dispatcher", &addr, &sha]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run("ci-tools", &["status", "--dispatcher", &addr, "--json"]);
+    assert!(stdout(&o).contains(&sha), "{}", stdout(&o));
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the dispatcher did not stop on SIGTERM with its stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let o = run(
+        "ci-tools",
+        &["replay", "--data-dir", data.to_str().unwrap(), "--json"],
+    );
+    assert!(
+        stdout(&o).contains(&sha),
+        "the submitted commit is in the log"
+    );
+}
+
+#[test]
+fn tools_writing_into_a_closed_pipe_stop_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = Dispatcher::start(&data, &[]);
+    let o = run(
+        "ci-tools",
+        &["submit", "--dispatcher", &d.addr, &"d".repeat(40)],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // `ci-tools replay | head -0`: the reader has gone before the first line.
+    let o = Command::new(bin("ci-tools"))
+        .args(["replay", "--dispatcher", &d.addr])
+        .env("RUST_LOG", "off")
+        .stdout(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "no error line for a reader that went away");
+}

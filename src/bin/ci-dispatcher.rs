@@ -65,14 +65,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => Auth::with_tokens(Tokens::from_file(path).map_err(anyhow::Error::msg)?),
         None => {
             if args.insecure {
-                eprintln!(
+                ci::cli::stderr_line(format_args!(
                     "ci-dispatcher: warning: no --token-file and --insecure: every client that can reach {} is trusted",
                     args.listen
-                );
+                ));
             } else {
-                eprintln!(
+                ci::cli::stderr_line(format_args!(
                     "ci-dispatcher: warning: no --token-file: every client is trusted, so only loopback addresses are allowed"
-                );
+                ));
             }
             Auth::open()
         }
@@ -88,8 +88,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let token = d.shutdown_token();
     tokio::spawn(async move {
         ci::cli::terminated().await;
-        tracing::info!("signal received; stopping");
+        // Cancel first: nothing after the signal may stand in the way of
+        // the stop.
         token.cancel();
+        tracing::info!("signal received; stopping");
     });
     d.wait().await?;
     Ok(ExitCode::SUCCESS)

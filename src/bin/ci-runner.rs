@@ -78,8 +78,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let s = stop.clone();
     tokio::spawn(async move {
         ci::cli::terminated().await;
-        tracing::info!("signal received; handing back any running job and stopping");
         s.cancel();
+        tracing::info!("signal received; handing back any running job and stopping");
     });
     runner.run(stop).await?;
     Ok(ExitCode::SUCCESS)

@@ -223,8 +223,15 @@ async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> 
                 branches,
             })
             .await?;
-            println!("listening on {}", cluster.addr);
-            println!("{runners} runner(s) and an observer started; Ctrl-C to stop");
+            {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "listening on {}", cluster.addr)?;
+                writeln!(
+                    out,
+                    "{runners} runner(s) and an observer started; Ctrl-C to stop"
+                )?;
+            }
             ci::cli::terminated().await;
             cluster.stop().await?;
             Ok(ExitCode::SUCCESS)

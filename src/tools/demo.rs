@@ -106,7 +106,9 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     if as_expected {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("demo: the outcomes were not pass, fail, pass as expected");
+        crate::cli::stderr_line(format_args!(
+            "demo: the outcomes were not pass, fail, pass as expected"
+        ));
         Ok(ExitCode::from(1))
     }
 }
