@@ -503,12 +503,26 @@ async fn sim_runner(
 /// Durable events per second: `clients` connections each submitting
 /// `batch` new commits per request (one `commit_seen` event each) and
 /// waiting for the acknowledgement, which comes only after the flush.
+/// What each request of [`appends`] carries.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// `Commits` with new commits: events appended and flushed.
+    Commits,
+    /// `GetTips`: the same connections, decoding, hop to the log writer and
+    /// reply, but nothing to append or flush. Its rate is the ceiling the
+    /// request path itself sets, whatever the log does.
+    NoWrite,
+}
+
+/// Requests (`events / batch` of them, from `clients` connections, one
+/// outstanding each) per second, counted in events for `Load::Commits`.
 async fn appends(
     tmp: &Path,
     rep: u32,
     clients: usize,
     events: u64,
     batch: usize,
+    load: Load,
 ) -> anyhow::Result<f64> {
     let dir = tmp.join(format!("appends-{rep}"));
     let d = DispatcherProc::spawn(&dir, &[]).await?;
@@ -537,17 +551,18 @@ async fn appends(
                     return anyhow::Ok(());
                 }
                 let to = (from + batch as u64).min(events);
-                let commits = (from..to).map(|i| fake_commit(salt, i)).collect();
-                match c
-                    .request(&ClientMsg::Commits {
+                let msg = match load {
+                    Load::Commits => ClientMsg::Commits {
                         branch: None,
-                        commits,
+                        commits: (from..to).map(|i| fake_commit(salt, i)).collect(),
                         tip: None,
-                    })
-                    .await?
-                {
-                    ServerMsg::CommitsAck { .. } => {}
-                    other => bail!("unexpected answer: {other:?}"),
+                    },
+                    Load::NoWrite => ClientMsg::GetTips,
+                };
+                match (load, c.request(&msg).await?) {
+                    (Load::Commits, ServerMsg::CommitsAck { .. }) => {}
+                    (Load::NoWrite, ServerMsg::Tips(_)) => {}
+                    (_, other) => bail!("unexpected answer: {other:?}"),
                 }
             }
         }));
@@ -871,18 +886,21 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
                 opts.append_clients, opts.append_events
             ),
         );
-        let mut v = Vec::new();
+        let (mut v, mut ceiling) = (Vec::new(), Vec::new());
         for r in 0..reps {
-            v.push(
-                appends(
-                    &tmp_path,
-                    r as u32,
-                    opts.append_clients,
-                    opts.append_events,
-                    opts.append_batch,
-                )
-                .await?,
-            );
+            for (load, out) in [(Load::Commits, &mut v), (Load::NoWrite, &mut ceiling)] {
+                out.push(
+                    appends(
+                        &tmp_path,
+                        r as u32,
+                        opts.append_clients,
+                        opts.append_events,
+                        opts.append_batch,
+                        load,
+                    )
+                    .await?,
+                );
+            }
         }
         figs.push(Figure {
             key: "appends_per_s",
@@ -893,6 +911,21 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
             unit: "events/s",
             stat: Stat::of(&v),
             target: Some((100_000.0, true)),
+        });
+        // Requests/s, not events: the same clients asking something that
+        // writes nothing. How close appends come to it says how much of
+        // their cost is the log's.
+        let requests = (opts.append_events as f64 / opts.append_batch.max(1) as f64).ceil();
+        let per_request = requests / opts.append_events as f64;
+        figs.push(Figure {
+            key: "no_write_requests_per_s",
+            what: format!(
+                "same clients, requests that write nothing (x{:.0} for events)",
+                1.0 / per_request
+            ),
+            unit: "requests/s",
+            stat: Stat::of(&ceiling.iter().map(|r| r * per_request).collect::<Vec<_>>()),
+            target: None,
         });
     }
     let hist = ["restart", "replay", "rss"].iter().any(|f| wants(&opts, f));
@@ -1108,6 +1141,7 @@ async fn measure_growth(opts: &BenchOptions, tmp: &Path) -> anyhow::Result<Vec<V
                     c,
                     opts.append_events,
                     opts.append_batch,
+                    Load::Commits,
                 )
                 .await?,
             );
