@@ -242,3 +242,88 @@ fn every_handler_survives_arbitrary_messages() {
     rt.block_on(d.shutdown()).unwrap();
     assert_eq!(PANICS.load(Ordering::SeqCst), 0);
 }
+
+/// A small real state: jobs queued, running and finished.
+fn folded_state() -> ci::core::State {
+    use ci::core::{CommitId, Event, JobId, JobReport, Outcome};
+    let mut s = ci::core::State::new();
+    let mut seq = 0;
+    let mut apply = |s: &mut ci::core::State, e: Event| {
+        seq += 1;
+        s.apply_record(&ci::core::Record {
+            seq,
+            at_ms: 1_700_000_000_000 + seq,
+            event: e,
+        })
+        .unwrap();
+    };
+    for j in 1..=6u64 {
+        let commit = CommitId::from_bytes(&[j as u8; 20]).unwrap();
+        apply(
+            &mut s,
+            Event::CommitSeen {
+                job: JobId(j),
+                commit,
+                branch: Some(if j % 2 == 0 { "main" } else { "dev" }.into()),
+            },
+        );
+        if j <= 4 {
+            let runner = format!("r{j}");
+            apply(
+                &mut s,
+                Event::JobAssigned {
+                    job: JobId(j),
+                    commit,
+                    runner: runner.clone(),
+                    attempt: 1,
+                },
+            );
+            if j <= 2 {
+                apply(
+                    &mut s,
+                    Event::Result {
+                        job: JobId(j),
+                        commit,
+                        runner: Some(runner),
+                        attempt: 1,
+                        report: JobReport {
+                            outcome: Outcome::Pass,
+                            exit_code: Some(0),
+                            duration_ms: 12,
+                            tests: None,
+                            message: "OK".into(),
+                        },
+                        output_bytes: 3,
+                    },
+                );
+            }
+        }
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+    /// A damaged snapshot never panics the decoder; whatever it accepts is
+    /// a consistent state (it encodes and decodes to itself).
+    #[test]
+    fn damaged_snapshots_never_panic(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = folded_state().to_snapshot();
+        for (at, b) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = b;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        if let Ok(s) = ci::core::State::from_snapshot(&bytes) {
+            let again = ci::core::State::from_snapshot(&s.to_snapshot()).unwrap();
+            prop_assert_eq!(again, s);
+        }
+    }
+}

@@ -288,7 +288,14 @@ struct Dispatcher {
     log: Vec<Record>,
     /// The durable log folded record by record as it is flushed.
     replica: State,
+    /// The newest snapshot taken (every `SNAPSHOT_EVERY` durable events), as
+    /// the real dispatcher stores it; a restart starts from it.
+    snapshot: Option<Vec<u8>>,
 }
+
+/// How often the simulated dispatcher snapshots its state (in events);
+/// prime, so snapshots fall at every kind of moment.
+const SNAPSHOT_EVERY: usize = 37;
 
 /// Per-seed knobs (swarm testing: each seed stresses a different mix).
 #[derive(Debug)]
@@ -394,6 +401,7 @@ impl World {
                 crash_before_next_flush: false,
                 log: Vec::new(),
                 replica: State::new(),
+                snapshot: None,
             },
             quiet: false,
             progress_ms: 0,
@@ -521,6 +529,24 @@ impl World {
         }
         if state != self.dispatcher.replica {
             self.fail("replaying the whole log differs from the incremental fold".into());
+        }
+        // As the real one does: the newest snapshot, then the log's tail.
+        if let Some(bytes) = &self.dispatcher.snapshot {
+            let mut from_snapshot = match State::from_snapshot(bytes) {
+                Ok(s) => s,
+                Err(e) => self.fail(format!("a snapshot does not decode: {e}")),
+            };
+            for rec in &self.dispatcher.log[from_snapshot.last_seq as usize..] {
+                if let Err(e) = from_snapshot.apply_record(rec) {
+                    self.fail(format!(
+                        "the log's tail does not apply to the snapshot: {e}"
+                    ));
+                }
+            }
+            if from_snapshot != state {
+                self.fail("snapshot + tail differs from replaying the whole log".into());
+            }
+            state = from_snapshot;
         }
         self.dispatcher.epoch += 1;
         self.dispatcher.runners.clear();
@@ -726,6 +752,9 @@ impl World {
                 self.fail(format!("a flushed event does not apply: {e}"));
             }
             self.dispatcher.log.push(rec);
+            if self.dispatcher.log.len().is_multiple_of(SNAPSHOT_EVERY) {
+                self.dispatcher.snapshot = Some(self.dispatcher.replica.to_snapshot());
+            }
         }
         let last = self.dispatcher.log.len() as u64;
         let core = self.dispatcher.core.as_mut().expect("dispatcher up");

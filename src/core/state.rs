@@ -18,18 +18,18 @@ use std::hash::BuildHasher;
 /// commit id, and crafted ids still cannot aim at a bucket.
 type RandomState = foldhash::quality::RandomState;
 
-use serde::{Deserialize, Serialize};
+mod snapshot;
 
 use super::event::{Event, JobReport, LostReason, Outcome, Record, TestCounts};
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 
 /// An interned string (branch, runner name or result message) of a `State`;
 /// resolve it with [`State::name`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Sym(u32);
 
 /// Where one job stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobStatus {
     Queued,
     Running { runner: Sym },
@@ -38,7 +38,7 @@ pub enum JobStatus {
 
 /// The recorded final result of a job (the `JobReport` flattened, strings
 /// interned; [`State::report`] rebuilds the report).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Finished {
     /// `None` when the dispatcher itself gave up.
     pub runner: Option<Sym>,
@@ -53,7 +53,7 @@ pub struct Finished {
 }
 
 /// One commit's job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Job {
     pub id: JobId,
     pub commit: CommitId,
@@ -152,6 +152,24 @@ impl Index {
         }
     }
 
+    /// Adds `v` (not 0) with hash `h` unless a value `same` matches is
+    /// there already (then `false`); call `reserve` first.
+    fn insert_unique(&mut self, h: u64, v: u32, mut same: impl FnMut(u32) -> bool) -> bool {
+        debug_assert!(v != 0 && (self.len + 1) * 2 <= self.slots.len());
+        let mask = self.slots.len() - 1;
+        let mut i = h as usize & mask;
+        loop {
+            match self.slots[i] {
+                0 => break,
+                old if same(old) => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+        self.slots[i] = v;
+        self.len += 1;
+        true
+    }
+
     /// Adds `v` (not 0, not present) with hash `h`; call `reserve` first.
     fn insert_new(&mut self, h: u64, v: u32) {
         debug_assert!(v != 0 && (self.len + 1) * 2 <= self.slots.len());
@@ -172,8 +190,7 @@ fn commit_key(c: &CommitId) -> &[u8] {
 }
 
 /// Everything the log says, folded.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "StateData")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     /// Sequence number of the last applied record (0 = empty log).
     pub last_seq: u64,
@@ -187,42 +204,9 @@ pub struct State {
     /// Interned strings, in order of first appearance; `Sym(i)` is `names[i]`.
     names: Vec<Box<str>>,
     /// Commit -> job number (derived from `jobs`, rebuilt on load).
-    #[serde(skip)]
     by_commit: Index,
     /// Name -> `Sym` + 1 (derived from `names`, rebuilt on load).
-    #[serde(skip)]
     by_name: Index,
-}
-
-/// What a snapshot stores: `State` without its derived indexes (same fields,
-/// same order as `State`'s serialized ones).
-#[derive(Deserialize)]
-struct StateData {
-    last_seq: u64,
-    jobs: Vec<Job>,
-    queue: VecDeque<JobId>,
-    holders: BTreeMap<RunnerName, JobRef>,
-    branch_tips: BTreeMap<String, CommitId>,
-    results: u64,
-    names: Vec<Box<str>>,
-}
-
-impl From<StateData> for State {
-    fn from(d: StateData) -> State {
-        let mut s = State {
-            last_seq: d.last_seq,
-            jobs: d.jobs,
-            queue: d.queue,
-            holders: d.holders,
-            branch_tips: d.branch_tips,
-            results: d.results,
-            names: d.names,
-            by_commit: Index::default(),
-            by_name: Index::default(),
-        };
-        s.rebuild_indexes();
-        s
-    }
 }
 
 impl State {
@@ -230,7 +214,20 @@ impl State {
         State::default()
     }
 
-    fn rebuild_indexes(&mut self) {
+    /// The snapshot of this state: everything but the derived indexes, in
+    /// the layout of [`snapshot`].
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        snapshot::encode(self)
+    }
+
+    /// The state a snapshot holds; an error says what in it is wrong.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, String> {
+        snapshot::decode(bytes)
+    }
+
+    /// Rebuilds the derived indexes; a commit or name found twice means the
+    /// jobs or names did not come from a fold.
+    fn rebuild_indexes(&mut self) -> Result<(), String> {
         let State {
             jobs,
             names,
@@ -243,12 +240,22 @@ impl State {
             hc.hash_one(commit_key(&jobs[v as usize - 1].commit))
         });
         for (i, j) in jobs.iter().enumerate() {
-            by_commit.insert_new(hc.hash_one(commit_key(&j.commit)), i as u32 + 1);
+            let h = hc.hash_one(commit_key(&j.commit));
+            if !by_commit
+                .insert_unique(h, i as u32 + 1, |v| jobs[v as usize - 1].commit == j.commit)
+            {
+                return Err(format!("commit {} has two jobs", j.commit));
+            }
         }
         by_name.reserve(names.len(), |v| hn.hash_one(&*names[v as usize - 1]));
         for (i, n) in names.iter().enumerate() {
-            by_name.insert_new(hn.hash_one(&**n), i as u32 + 1);
+            if !by_name.insert_unique(hn.hash_one(&**n), i as u32 + 1, |v| {
+                names[v as usize - 1] == *n
+            }) {
+                return Err(format!("the name {n:?} is interned twice"));
+            }
         }
+        Ok(())
     }
 
     /// The `Sym` of `s`, interning it on first sight.

@@ -16,9 +16,12 @@ use crate::encoding;
 /// The version this build writes.
 pub const FORMAT_VERSION: u8 = 2;
 
-/// The version byte of snapshots (the encoded `State`), independent of the
-/// record format.
-pub const SNAPSHOT_VERSION: u8 = 2;
+/// The version byte of snapshots, independent of the record format.
+/// 1 and 2 were the serde encoding of `State`; 3 is the hand-written layout
+/// of `core::state::snapshot`. A snapshot is a cache of the fold: one in
+/// another version is not used (the state is rebuilt from the log) and
+/// the next snapshot is written in this one.
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 /// Most events stored under one key; bigger appends take several keys.
 pub const MAX_BATCH_EVENTS: usize = 10_000;

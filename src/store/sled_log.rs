@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::core::{Event, JobRef, Record, State};
-use crate::encoding;
 
 use super::format;
 use super::{EventLog, StoreError};
@@ -198,11 +197,11 @@ impl EventLog for SledLog {
     }
 
     fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError> {
-        let mut value = vec![format::SNAPSHOT_VERSION];
-        encoding::encode_into(state, &mut value).map_err(|e| StoreError::BadSnapshot {
-            seq: state.last_seq,
-            detail: e.to_string(),
-        })?;
+        let body = state.to_snapshot();
+        let mut value = Vec::with_capacity(1 + body.len());
+        value.push(format::SNAPSHOT_VERSION);
+        value.extend_from_slice(&body);
+        drop(body);
         self.snapshots.insert(format::key(state.last_seq), value)?;
         // Keep the newest two: one spare in case the newest is damaged.
         let keys: Vec<sled::IVec> = self
@@ -232,7 +231,7 @@ impl EventLog for SledLog {
             // Snapshots are a cache: an old format is simply not used.
             return Ok(None);
         }
-        let state: State = encoding::decode(body).map_err(|e| bad(e.to_string()))?;
+        let state = State::from_snapshot(body).map_err(bad)?;
         tracing::debug!(
             bytes = v.len(),
             read_ms,

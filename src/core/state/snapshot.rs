@@ -1,0 +1,563 @@
+//! The snapshot layout of a [`State`]: written and read by hand, field by
+//! field, with LEB128 varints.
+//!
+//! Why not serde and bincode, like everything else: restart time is the
+//! time to decode the snapshot, and a state holds one job per commit ever
+//! seen. Through serde, a million-event history (a third of a million
+//! jobs) took ~105 ms to decode; this loop takes a fraction of that, on
+//! bytes of about the same size. It is the one place where the layout is
+//! spelled out by hand, so it is versioned on its own
+//! (`store::format::SNAPSHOT_VERSION`) and checked on the way in: a
+//! snapshot that does not decode to a consistent state is refused, never
+//! half-used.
+//!
+//! Layout (every integer a varint unless noted):
+//! `last_seq results`, names (`n`, then `len bytes` each), branch tips
+//! (`n`, then `branch commit` each), holders (`n`, then `runner job
+//! attempt` each), queue (`n`, then job numbers), jobs (`n`, then each job
+//! in number order). A string is `len bytes` (UTF-8); a commit is its
+//! length byte (20 or 32) and its bytes; an optional value is `0` for none
+//! or the value + 1. A job: `commit branch? attempts lost seen_at_ms` and a
+//! status byte: `0` queued, `1` running (`runner`), `2` done (`runner?
+//! attempt outcome-byte exit_code? duration_ms tests? message output_bytes
+//! at_ms`), where `exit_code` is zigzag-encoded and `tests` is a presence
+//! byte then five counts. Job numbers are implicit: job `i` is at index
+//! `i - 1`, as in the state.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{Finished, Index, Job, JobStatus, State, Sym};
+use crate::core::event::{Outcome, TestCounts};
+use crate::core::ids::{CommitId, JobId, JobRef};
+
+/// Encodes `state` (without its derived indexes).
+pub(super) fn encode(state: &State) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(64 + state.jobs.len() * 48));
+    w.uint(state.last_seq);
+    w.uint(state.results);
+    w.uint(state.names.len() as u64);
+    for n in &state.names {
+        w.str(n);
+    }
+    w.uint(state.branch_tips.len() as u64);
+    for (b, c) in &state.branch_tips {
+        w.str(b);
+        w.commit(c);
+    }
+    w.uint(state.holders.len() as u64);
+    for (r, h) in &state.holders {
+        w.str(r);
+        w.uint(h.job.0);
+        w.uint(h.attempt.into());
+    }
+    w.uint(state.queue.len() as u64);
+    for j in &state.queue {
+        w.uint(j.0);
+    }
+    w.uint(state.jobs.len() as u64);
+    for j in &state.jobs {
+        w.commit(&j.commit);
+        w.opt(j.branch.map(|s| s.0.into()));
+        w.uint(j.attempts.into());
+        w.uint(j.lost.into());
+        w.uint(j.seen_at_ms);
+        match j.status {
+            JobStatus::Queued => w.byte(0),
+            JobStatus::Running { runner } => {
+                w.byte(1);
+                w.uint(runner.0.into());
+            }
+            JobStatus::Done(f) => {
+                w.byte(2);
+                w.opt(f.runner.map(|s| s.0.into()));
+                w.uint(f.attempt.into());
+                w.byte(outcome_byte(f.outcome));
+                w.opt(f.exit_code.map(zigzag));
+                w.uint(f.duration_ms);
+                match f.tests {
+                    None => w.byte(0),
+                    Some(t) => {
+                        w.byte(1);
+                        for n in [t.total, t.passed, t.failed, t.errors, t.skipped] {
+                            w.uint(n.into());
+                        }
+                    }
+                }
+                w.uint(f.message.0.into());
+                w.uint(f.output_bytes);
+                w.uint(f.at_ms);
+            }
+        }
+    }
+    w.0
+}
+
+/// Decodes what [`encode`] wrote, checking that every reference inside
+/// (names, job numbers) points at something that exists.
+pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
+    let mut r = Reader { bytes, pos: 0 };
+    let last_seq = r.uint()?;
+    let results = r.uint()?;
+    let n = r.len(1)?;
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n {
+        names.push(Box::<str>::from(r.str()?));
+    }
+    let sym = |v: u64, what: &str| -> Result<Sym, String> {
+        if v < names.len() as u64 {
+            Ok(Sym(v as u32))
+        } else {
+            Err(format!("{what} names string {v} of {}", names.len()))
+        }
+    };
+    let mut branch_tips = BTreeMap::new();
+    for _ in 0..r.len(2)? {
+        let b = r.str()?.to_owned();
+        branch_tips.insert(b, r.commit()?);
+    }
+    let mut holders = BTreeMap::new();
+    for _ in 0..r.len(3)? {
+        let runner = r.str()?.to_owned();
+        let job = JobId(r.uint()?);
+        let attempt = r.u32()?;
+        holders.insert(runner, JobRef { job, attempt });
+    }
+    let n = r.len(1)?;
+    let mut queue = VecDeque::with_capacity(n);
+    for _ in 0..n {
+        queue.push_back(JobId(r.uint()?));
+    }
+    let n = r.len(24)?;
+    let mut jobs = Vec::with_capacity(n);
+    for i in 0..n {
+        let commit = r.commit()?;
+        let branch = r.opt()?.map(|v| sym(v, "a branch")).transpose()?;
+        let attempts = r.u32()?;
+        let lost = r.u32()?;
+        let seen_at_ms = r.uint()?;
+        let status = match r.byte()? {
+            0 => JobStatus::Queued,
+            1 => JobStatus::Running {
+                runner: sym(r.uint()?, "a runner")?,
+            },
+            2 => {
+                let runner = r.opt()?.map(|v| sym(v, "a runner")).transpose()?;
+                let attempt = r.u32()?;
+                let outcome = byte_outcome(r.byte()?)?;
+                let exit_code = match r.opt()? {
+                    None => None,
+                    Some(z) => Some(unzigzag(z)?),
+                };
+                let duration_ms = r.uint()?;
+                let tests = match r.byte()? {
+                    0 => None,
+                    1 => Some(TestCounts {
+                        total: r.u32()?,
+                        passed: r.u32()?,
+                        failed: r.u32()?,
+                        errors: r.u32()?,
+                        skipped: r.u32()?,
+                    }),
+                    b => return Err(format!("test counts marker {b}")),
+                };
+                JobStatus::Done(Finished {
+                    runner,
+                    attempt,
+                    outcome,
+                    exit_code,
+                    duration_ms,
+                    tests,
+                    message: sym(r.uint()?, "a result message")?,
+                    output_bytes: r.uint()?,
+                    at_ms: r.uint()?,
+                })
+            }
+            b => return Err(format!("job {} has status byte {b}", i + 1)),
+        };
+        jobs.push(Job {
+            id: JobId(i as u64 + 1),
+            commit,
+            branch,
+            attempts,
+            lost,
+            status,
+            seen_at_ms,
+        });
+    }
+    if r.pos != bytes.len() {
+        return Err(format!("{} bytes left over", bytes.len() - r.pos));
+    }
+    let exists = |j: JobId| j.0 >= 1 && j.0 <= jobs.len() as u64;
+    if let Some(j) = queue.iter().find(|&&j| !exists(j)) {
+        return Err(format!("the queue holds job {j}, which does not exist"));
+    }
+    if let Some((r, h)) = holders.iter().find(|(_, h)| !exists(h.job)) {
+        return Err(format!("runner {r} holds {h}, which does not exist"));
+    }
+    let mut state = State {
+        last_seq,
+        jobs,
+        queue,
+        holders,
+        branch_tips,
+        results,
+        names,
+        by_commit: Index::default(),
+        by_name: Index::default(),
+    };
+    state.rebuild_indexes()?;
+    Ok(state)
+}
+
+fn outcome_byte(o: Outcome) -> u8 {
+    match o {
+        Outcome::Pass => 0,
+        Outcome::Fail => 1,
+        Outcome::Timeout => 2,
+        Outcome::Error => 3,
+    }
+}
+
+fn byte_outcome(b: u8) -> Result<Outcome, String> {
+    Ok(match b {
+        0 => Outcome::Pass,
+        1 => Outcome::Fail,
+        2 => Outcome::Timeout,
+        3 => Outcome::Error,
+        _ => return Err(format!("outcome byte {b}")),
+    })
+}
+
+fn zigzag(v: i32) -> u64 {
+    ((v << 1) ^ (v >> 31)) as u32 as u64
+}
+
+fn unzigzag(z: u64) -> Result<i32, String> {
+    let z = u32::try_from(z).map_err(|_| format!("exit code {z} out of range"))?;
+    Ok(((z >> 1) as i32) ^ -((z & 1) as i32))
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn byte(&mut self, b: u8) {
+        self.0.push(b);
+    }
+
+    fn uint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn opt(&mut self, v: Option<u64>) {
+        self.uint(v.map_or(0, |v| v + 1));
+    }
+
+    fn str(&mut self, s: &str) {
+        self.uint(s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn commit(&mut self, c: &CommitId) {
+        let b = c.as_bytes();
+        self.0.push(b.len() as u8);
+        self.0.extend_from_slice(b);
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn truncated(&self) -> String {
+        format!("truncated at byte {}", self.pos)
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        let b = *self.bytes.get(self.pos).ok_or_else(|| self.truncated())?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn uint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                if shift == 63 && b > 1 {
+                    break;
+                }
+                return Ok(v);
+            }
+        }
+        Err(format!("an integer too large at byte {}", self.pos))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let v = self.uint()?;
+        u32::try_from(v).map_err(|_| format!("{v} out of range at byte {}", self.pos))
+    }
+
+    fn opt(&mut self) -> Result<Option<u64>, String> {
+        Ok(self.uint()?.checked_sub(1))
+    }
+
+    /// A count of items at least `min_bytes` long each: bounded by what is
+    /// left, so a damaged count cannot ask for a huge allocation.
+    fn len(&mut self, min_bytes: usize) -> Result<usize, String> {
+        let n = self.uint()?;
+        let left = (self.bytes.len() - self.pos) as u64;
+        if n.saturating_mul(min_bytes as u64) > left {
+            return Err(format!("a count of {n} with {left} bytes left"));
+        }
+        Ok(n as usize)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| self.truncated())?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn str(&mut self) -> Result<&'a str, String> {
+        let n = self.len(1)?;
+        let at = self.pos;
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| format!("a string at byte {at} is not UTF-8"))
+    }
+
+    fn commit(&mut self) -> Result<CommitId, String> {
+        let n = self.byte()? as usize;
+        let at = self.pos;
+        CommitId::from_bytes(self.take(n)?)
+            .ok_or_else(|| format!("a commit id of {n} bytes at byte {at}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::{Event, JobReport, LostReason};
+
+    fn commit(n: u8, len: usize) -> CommitId {
+        CommitId::from_bytes(&vec![n; len]).unwrap()
+    }
+
+    /// A state with a job in every status and every optional field both
+    /// present and absent, values at their extremes.
+    fn varied() -> State {
+        let mut s = State::new();
+        let mut at = 1_700_000_000_000;
+        let mut apply = |s: &mut State, e: Event| {
+            at += 1;
+            s.apply(&e, at).unwrap();
+            s.last_seq += 1;
+        };
+        for (i, branch) in [Some("main"), None, Some("feature/ü"), Some("main"), None]
+            .into_iter()
+            .enumerate()
+        {
+            apply(
+                &mut s,
+                Event::CommitSeen {
+                    job: JobId(i as u64 + 1),
+                    commit: commit(i as u8 + 1, if i == 2 { 32 } else { 20 }),
+                    branch: branch.map(Into::into),
+                },
+            );
+        }
+        let assign = |job: u64, runner: &str, attempt: u32| Event::JobAssigned {
+            job: JobId(job),
+            commit: commit(job as u8, if job == 3 { 32 } else { 20 }),
+            runner: runner.into(),
+            attempt,
+        };
+        let result =
+            |job: u64, runner: Option<&str>, attempt: u32, report: JobReport| Event::Result {
+                job: JobId(job),
+                commit: commit(job as u8, if job == 3 { 32 } else { 20 }),
+                runner: runner.map(Into::into),
+                attempt,
+                report,
+                output_bytes: u64::MAX,
+            };
+        apply(&mut s, assign(1, "r1", 1));
+        apply(
+            &mut s,
+            Event::HeartbeatLost {
+                runner: "r1".into(),
+                job: JobId(1),
+                attempt: 1,
+                reason: LostReason::HeartbeatTimeout,
+            },
+        );
+        apply(&mut s, assign(1, "r2", 2));
+        apply(
+            &mut s,
+            result(
+                1,
+                Some("r2"),
+                2,
+                JobReport {
+                    outcome: Outcome::Fail,
+                    exit_code: Some(i32::MIN),
+                    duration_ms: u64::MAX,
+                    tests: Some(TestCounts {
+                        total: u32::MAX,
+                        passed: 0,
+                        failed: 7,
+                        errors: 1,
+                        skipped: 2,
+                    }),
+                    message: "FAILED (failures=7)".into(),
+                },
+            ),
+        );
+        apply(&mut s, assign(2, "r1", 1));
+        apply(
+            &mut s,
+            result(
+                2,
+                Some("r1"),
+                1,
+                JobReport {
+                    outcome: Outcome::Timeout,
+                    exit_code: None,
+                    duration_ms: 0,
+                    tests: None,
+                    message: String::new(),
+                },
+            ),
+        );
+        apply(
+            &mut s,
+            result(
+                4,
+                None,
+                0,
+                JobReport {
+                    outcome: Outcome::Error,
+                    exit_code: Some(-1),
+                    duration_ms: 1,
+                    tests: None,
+                    message: "gave up".into(),
+                },
+            ),
+        );
+        apply(&mut s, assign(3, "r3", 1));
+        apply(
+            &mut s,
+            Event::BranchMoved {
+                branch: "release".into(),
+                tip: commit(9, 20),
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn a_state_survives_its_snapshot() {
+        let s = varied();
+        assert!(s.jobs.iter().any(|j| j.status == JobStatus::Queued));
+        assert!(
+            s.jobs
+                .iter()
+                .any(|j| matches!(j.status, JobStatus::Running { .. }))
+        );
+        let back = decode(&encode(&s)).unwrap();
+        assert_eq!(back, s);
+        // The rebuilt indexes answer as the originals do.
+        for j in &s.jobs {
+            assert_eq!(back.job_for_commit(&j.commit).map(|b| b.id), Some(j.id));
+        }
+        assert_eq!(back.sym("feature/ü"), s.sym("feature/ü"));
+        assert_eq!(decode(&encode(&State::new())).unwrap(), State::new());
+    }
+
+    #[test]
+    fn every_truncation_and_any_extra_byte_is_refused() {
+        let bytes = encode(&varied());
+        for n in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..n]).is_err(),
+                "a prefix of {n} bytes decoded"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).unwrap_err().contains("left over"));
+    }
+
+    #[test]
+    fn damaged_references_are_refused_not_followed() {
+        let s = varied();
+        let mut bad = s.clone();
+        bad.queue.push_back(JobId(99));
+        assert!(decode(&encode(&bad)).unwrap_err().contains("job 99"));
+        let mut bad = s.clone();
+        bad.jobs[1].branch = Some(Sym(1000));
+        assert!(
+            decode(&encode(&bad))
+                .unwrap_err()
+                .contains("names string 1000")
+        );
+        let mut bad = s.clone();
+        bad.jobs[1].commit = bad.jobs[0].commit;
+        assert!(decode(&encode(&bad)).unwrap_err().contains("two jobs"));
+        let mut bad = s;
+        bad.names.push("main".into());
+        assert!(
+            decode(&encode(&bad))
+                .unwrap_err()
+                .contains("interned twice")
+        );
+    }
+
+    #[test]
+    fn a_huge_count_does_not_allocate() {
+        let mut w = Writer(Vec::new());
+        w.uint(1);
+        w.uint(0);
+        w.uint(u64::MAX / 2); // names
+        assert!(decode(&w.0).unwrap_err().contains("a count of"));
+    }
+
+    #[test]
+    fn varints_and_zigzag_round_trip_at_the_edges() {
+        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+            let mut w = Writer(Vec::new());
+            w.uint(v);
+            let mut r = Reader {
+                bytes: &w.0,
+                pos: 0,
+            };
+            assert_eq!(r.uint().unwrap(), v);
+            assert_eq!(r.pos, w.0.len());
+        }
+        // An eleventh byte, or a tenth one above 1, overflows a u64.
+        let mut r = Reader {
+            bytes: &[0xff; 10],
+            pos: 0,
+        };
+        assert!(r.uint().is_err());
+        let mut r = Reader {
+            bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            pos: 0,
+        };
+        assert!(r.uint().is_err());
+        for v in [0, 1, -1, i32::MIN, i32::MAX] {
+            assert_eq!(unzigzag(zigzag(v)).unwrap(), v);
+        }
+    }
+}
