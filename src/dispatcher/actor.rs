@@ -7,7 +7,7 @@
 //! fsync serves a whole burst of requests.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::{Core, Event, Input, JobRef, Reply, RunnerName, ToRunner};
 use crate::proto::{ClientMsg, REPLAY_PAGE, ResultView, ServerMsg, StatusView};
-use crate::store::{EventLog, StoreError};
+use crate::store::{EventLog, Flusher, StoreError};
 use crate::util::now_ms;
 
 pub(crate) type ConnId = u64;
@@ -72,6 +72,50 @@ enum Delivery {
     Reply(oneshot::Sender<ServerMsg>, ServerMsg),
 }
 
+/// A delivery with its destination resolved.
+enum Outgoing {
+    Reply(oneshot::Sender<ServerMsg>, ServerMsg),
+    Runner(mpsc::UnboundedSender<ServerMsg>, ServerMsg),
+}
+
+/// One batch's deliveries, handed from the deciding thread to the flusher.
+struct Handoff {
+    /// Whether the batch appended anything. If not, its deliveries wait
+    /// only for the batches handed over before it.
+    wrote: bool,
+    sends: Vec<Outgoing>,
+}
+
+/// The flushing half of [`Actor::run`]: takes every batch handed over so
+/// far, flushes once if any of them wrote (one fsync covers all of them,
+/// and everything appended before them), then sends their deliveries in
+/// order. Nothing leaves before the events it depends on are durable.
+fn flush_and_send(flusher: Box<dyn Flusher>, rx: Receiver<Handoff>) -> Result<(), StoreError> {
+    let mut ready = Vec::new();
+    while let Ok(first) = rx.recv() {
+        ready.push(first);
+        while let Ok(more) = rx.try_recv() {
+            ready.push(more);
+        }
+        if ready.iter().any(|h| h.wrote) {
+            flusher.flush()?;
+        }
+        for h in ready.drain(..) {
+            for o in h.sends {
+                match o {
+                    Outgoing::Reply(tx, msg) => {
+                        let _ = tx.send(msg);
+                    }
+                    Outgoing::Runner(tx, msg) => {
+                        let _ = tx.send(msg);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 struct Batch {
     events: Vec<Event>,
@@ -114,12 +158,42 @@ impl Actor {
             now,
         );
         batch.events.extend(step.events);
-        self.commit(&mut batch, now)
+        self.append(&mut batch, now)?;
+        self.log.flush()
     }
 
     /// Runs until `Shutdown` or until every sender is gone; an error means
     /// the log could not be written and the process must stop.
+    ///
+    /// Two threads make the group commit a pipeline: this one decides and
+    /// appends batch after batch; the `log-flusher` flushes what has been
+    /// appended and then sends that batch's replies and assignments. While
+    /// one batch waits for its fsync, the next is being decided.
     pub fn run(mut self, rx: Receiver<Cmd>) -> Result<(), StoreError> {
+        let flusher = self.log.flusher()?;
+        let (out_tx, out_rx) = std::sync::mpsc::channel();
+        let flushing = std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || flush_and_send(flusher, out_rx))
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let decided = self.decide(rx, &out_tx);
+        // The flusher sends what is still waiting, then stops.
+        drop(out_tx);
+        let flushed = flushing.join().unwrap_or(Err(StoreError::FlusherPanicked));
+        decided?;
+        flushed?;
+        self.log.flush()?;
+        info!(
+            last_seq = self.log.last_seq(),
+            "log flushed; dispatcher core stopped"
+        );
+        Ok(())
+    }
+
+    /// The deciding half of [`Actor::run`]; returns when told to stop, when
+    /// every sender is gone, or when the flusher has stopped (its error is
+    /// the one to report).
+    fn decide(&mut self, rx: Receiver<Cmd>, out: &Sender<Handoff>) -> Result<(), StoreError> {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -149,8 +223,11 @@ impl Actor {
                 self.absorb(step, None, &mut batch);
                 next_tick = Instant::now() + self.tick;
             }
-            self.commit(&mut batch, now)?;
-            self.deliver(batch);
+            let wrote = self.append(&mut batch, now)?;
+            let sends = self.address(batch.deliveries);
+            if (wrote || !sends.is_empty()) && out.send(Handoff { wrote, sends }).is_err() {
+                return Ok(());
+            }
             if self.log.last_seq() >= self.last_snapshot_seq + self.snapshot_every {
                 self.snapshot()?;
             }
@@ -158,11 +235,6 @@ impl Actor {
                 break;
             }
         }
-        self.log.flush()?;
-        info!(
-            last_seq = self.log.last_seq(),
-            "log flushed; dispatcher core stopped"
-        );
         Ok(())
     }
 
@@ -178,37 +250,37 @@ impl Actor {
         Ok(())
     }
 
-    /// Appends and flushes the batch's events, stamped with the `now` the
-    /// core decided them at (so replay rebuilds identical state); a failure
-    /// is fatal.
-    fn commit(&mut self, batch: &mut Batch, now: u64) -> Result<(), StoreError> {
+    /// Appends the batch's events and outputs, stamped with the `now` the
+    /// core decided them at (so replay rebuilds identical state); not yet
+    /// durable. True if anything was written. A failure is fatal.
+    fn append(&mut self, batch: &mut Batch, now: u64) -> Result<bool, StoreError> {
         if batch.events.is_empty() && batch.outputs.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         for (job, output) in &batch.outputs {
             self.log.put_output(*job, output)?;
         }
         let last = self.log.append(now, &batch.events)?;
-        self.log.flush()?;
         // The core folds events as it decides; sequence numbers are
         // assigned here, by the log.
         self.core.state.last_seq = last;
-        Ok(())
+        Ok(true)
     }
 
-    fn deliver(&mut self, batch: Batch) {
-        for d in batch.deliveries {
-            match d {
-                Delivery::Reply(tx, msg) => {
-                    let _ = tx.send(msg);
-                }
-                Delivery::Runner(name, msg) => {
-                    if let Some((_, tx)) = self.runners.get(&name) {
-                        let _ = tx.send(msg);
-                    }
-                }
-            }
-        }
+    /// Resolves each delivery's destination now, in decision order: a
+    /// runner that reconnects later must not get what was meant for its
+    /// fenced connection.
+    fn address(&self, deliveries: Vec<Delivery>) -> Vec<Outgoing> {
+        deliveries
+            .into_iter()
+            .filter_map(|d| match d {
+                Delivery::Reply(tx, msg) => Some(Outgoing::Reply(tx, msg)),
+                Delivery::Runner(name, msg) => self
+                    .runners
+                    .get(&name)
+                    .map(|(_, tx)| Outgoing::Runner(tx.clone(), msg)),
+            })
+            .collect()
     }
 
     /// Moves a core step's effects into the batch.

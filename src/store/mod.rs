@@ -30,6 +30,8 @@ pub enum StoreError {
     Corrupt { seq: u64, detail: String },
     #[error("snapshot at event {seq} cannot be read: {detail}")]
     BadSnapshot { seq: u64, detail: String },
+    #[error("the log flusher thread panicked")]
+    FlusherPanicked,
     #[error("{0}")]
     Apply(#[from] crate::core::state::ApplyError),
 }
@@ -41,6 +43,10 @@ pub trait EventLog: Send {
     fn append(&mut self, at_ms: u64, events: &[Event]) -> Result<u64, StoreError>;
     /// Makes everything appended so far durable (one fsync for the batch).
     fn flush(&mut self) -> Result<(), StoreError>;
+    /// A handle that does what `flush` does from another thread, while
+    /// appends go on: the dispatcher decides and appends the next batch
+    /// during the previous batch's fsync.
+    fn flusher(&self) -> Result<Box<dyn Flusher>, StoreError>;
     /// Up to `limit` records from `from_seq` on, in order.
     fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError>;
     fn last_seq(&self) -> u64;
@@ -50,6 +56,11 @@ pub trait EventLog: Send {
     /// Stores a snapshot of the state folded up to `state.last_seq`.
     fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError>;
     fn latest_snapshot(&self) -> Result<Option<State>, StoreError>;
+}
+
+/// Makes durable everything appended to its log before the call.
+pub trait Flusher: Send {
+    fn flush(&self) -> Result<(), StoreError>;
 }
 
 /// Rebuilds the state: newest snapshot (if `use_snapshot`), then the tail.

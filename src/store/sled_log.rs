@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::core::{Event, JobRef, Record, State};
 
 use super::format;
-use super::{EventLog, StoreError};
+use super::{EventLog, Flusher, StoreError};
 
 /// sled's page cache, in bytes.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -120,6 +120,30 @@ fn output_key(job: JobRef) -> [u8; 12] {
     k
 }
 
+/// sled's flush, then the `fdatasync` that makes it survive a power cut
+/// (see `SledLog::data_file`).
+fn flush_db(db: &sled::Db, data_file: Option<&std::fs::File>) -> Result<(), StoreError> {
+    db.flush()?;
+    if let Some(f) = data_file {
+        f.sync_data()
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+    }
+    Ok(())
+}
+
+/// [`SledLog::flush`] from another thread: sled's handles are shared, and
+/// its flush covers every write made before it began.
+struct SledFlusher {
+    db: sled::Db,
+    data_file: Option<std::fs::File>,
+}
+
+impl Flusher for SledFlusher {
+    fn flush(&self) -> Result<(), StoreError> {
+        flush_db(&self.db, self.data_file.as_ref())
+    }
+}
+
 impl EventLog for SledLog {
     fn append(&mut self, at_ms: u64, events: &[Event]) -> Result<u64, StoreError> {
         if events.is_empty() {
@@ -143,12 +167,21 @@ impl EventLog for SledLog {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        if let Some(f) = &self.data_file {
-            f.sync_data()
-                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        }
-        Ok(())
+        flush_db(&self.db, self.data_file.as_ref())
+    }
+
+    fn flusher(&self) -> Result<Box<dyn Flusher>, StoreError> {
+        let data_file = match &self.data_file {
+            Some(f) => Some(
+                f.try_clone()
+                    .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?,
+            ),
+            None => None,
+        };
+        Ok(Box::new(SledFlusher {
+            db: self.db.clone(),
+            data_file,
+        }))
     }
 
     fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
