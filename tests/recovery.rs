@@ -226,7 +226,7 @@ fn an_event_is_fsynced_before_it_is_acknowledged() {
             "-f",
             "-ttt",
             "-s",
-            "512",
+            "1000000",
             "-e",
             "trace=pwrite64,fsync,fdatasync,writev,write",
             "-o",
@@ -249,8 +249,20 @@ fn an_event_is_fsynced_before_it_is_acknowledged() {
             .map(str::to_owned)
             .ok_or_else(|| strace.stderr())
     });
-    let sha = "0123456789abcdef0123456789abcdef01234567";
-    tools_expect(&["submit", "--dispatcher", &addr, sha], 0);
+    // Commit ids whose bytes are capital letters, so strace prints them
+    // as they are: one alone (the dispatcher flushes on its own thread),
+    // then 24 at once over 24 connections (the group commit is pipelined
+    // through the flusher thread).
+    let letters = |i: usize| -> String {
+        (0..20u8)
+            .map(|k| (b'A' + (i as u8 + k) % 26) as char)
+            .collect()
+    };
+    let hex = |s: &str| -> String { s.bytes().map(|b| format!("{b:02x}")).collect() };
+    tools_expect(&["submit", "--dispatcher", &addr, &hex(&letters(0))], 0);
+    let together: Vec<String> = (1..=24).map(|i| hex(&letters(i))).collect();
+    submit_concurrently(&addr, &together);
+
     // Stop the traced dispatcher (strace's child) so the trace is complete.
     let pid = strace.pid();
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
@@ -258,30 +270,74 @@ fn an_event_is_fsynced_before_it_is_acknowledged() {
     unsafe { libc::kill(child, libc::SIGTERM) };
     strace.wait_exit(SHORT);
     let text = std::fs::read_to_string(&trace).unwrap();
-    // The acknowledgement frame carries the commit id's raw bytes.
-    let ack_marker = "\\1#Eg\\211\\253\\315\\357";
     let lines: Vec<&str> = text.lines().collect();
-    let ack = lines
-        .iter()
-        .position(|l| (l.contains("writev(") || l.contains("write(")) && l.contains(ack_marker))
-        .unwrap_or_else(|| panic!("no acknowledgement in the trace:\n{text}"));
-    // Between the record's write and the ack there is a completed data sync.
-    let record_write = lines[..ack]
-        .iter()
-        .rposition(|l| l.contains("pwrite64(") && l.contains(ack_marker))
-        .unwrap_or_else(|| panic!("the record was not written before the ack:\n{text}"));
-    let synced = lines[record_write..ack].iter().any(|l| {
-        (l.contains("fdatasync(")
-            || l.contains("fsync(")
-            || l.contains("fdatasync resumed")
-            || l.contains("fsync resumed"))
-            && l.trim_end().ends_with("= 0")
+    for i in 0..=24 {
+        // The record and the acknowledgement both carry the commit's bytes.
+        let marker = letters(i);
+        let ack = lines
+            .iter()
+            .position(|l| (l.contains("writev(") || l.contains("write(")) && l.contains(&marker))
+            .unwrap_or_else(|| panic!("no acknowledgement of commit {i} in the trace:\n{text}"));
+        // Between the record's write and the ack there is a completed data sync.
+        let record_write = lines[..ack]
+            .iter()
+            .rposition(|l| l.contains("pwrite64(") && l.contains(&marker))
+            .unwrap_or_else(|| panic!("commit {i} was not written before its ack:\n{text}"));
+        let synced = lines[record_write..ack].iter().any(|l| {
+            (l.contains("fdatasync(")
+                || l.contains("fsync(")
+                || l.contains("fdatasync resumed")
+                || l.contains("fsync resumed"))
+                && l.trim_end().ends_with("= 0")
+        });
+        assert!(
+            synced,
+            "no completed fsync/fdatasync between the record of commit {i} and its ack:\n{}",
+            lines[record_write..=ack].join("\n")
+        );
+    }
+}
+
+/// Submits each commit over its own connection, all released at once.
+fn submit_concurrently(addr: &str, shas: &[String]) {
+    use ci::client::{Client, Identity};
+    use ci::proto::{ClientMsg, Role, ServerMsg};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for i in 0..shas.len() {
+            let id = Identity {
+                role: Role::Tool,
+                name: format!("durability-{i}"),
+                token: None,
+            };
+            clients.push(Client::connect(addr, &id, None, None).await.unwrap());
+        }
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(shas.len()));
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .zip(shas)
+            .map(|(mut c, sha)| {
+                let start = start.clone();
+                let commit = CommitId::parse(sha).unwrap();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let msg = ClientMsg::Commits {
+                        branch: None,
+                        commits: vec![commit],
+                        tip: None,
+                    };
+                    match c.request(&msg).await.unwrap() {
+                        ServerMsg::CommitsAck { .. } => {}
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
     });
-    assert!(
-        synced,
-        "no completed fsync/fdatasync between the record and its ack:\n{}",
-        lines[record_write..=ack].join("\n")
-    );
 }
 
 /// SIGTERM to a runner kills its test and hands the job back at once (no

@@ -7,6 +7,8 @@
 //! fsync serves a whole burst of requests.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -90,7 +92,11 @@ struct Handoff {
 /// far, flushes once if any of them wrote (one fsync covers all of them,
 /// and everything appended before them), then sends their deliveries in
 /// order. Nothing leaves before the events it depends on are durable.
-fn flush_and_send(flusher: Box<dyn Flusher>, rx: Receiver<Handoff>) -> Result<(), StoreError> {
+fn flush_and_send(
+    flusher: Box<dyn Flusher>,
+    rx: Receiver<Handoff>,
+    in_flight: &AtomicUsize,
+) -> Result<(), StoreError> {
     let mut ready = Vec::new();
     while let Ok(first) = rx.recv() {
         ready.push(first);
@@ -100,20 +106,28 @@ fn flush_and_send(flusher: Box<dyn Flusher>, rx: Receiver<Handoff>) -> Result<()
         if ready.iter().any(|h| h.wrote) {
             flusher.flush()?;
         }
+        let n = ready.len();
         for h in ready.drain(..) {
-            for o in h.sends {
-                match o {
-                    Outgoing::Reply(tx, msg) => {
-                        let _ = tx.send(msg);
-                    }
-                    Outgoing::Runner(tx, msg) => {
-                        let _ = tx.send(msg);
-                    }
-                }
+            send_all(h.sends);
+        }
+        // Only after sending: the deciding thread sends by itself only when
+        // nothing handed over is still unsent.
+        in_flight.fetch_sub(n, Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+fn send_all(sends: Vec<Outgoing>) {
+    for o in sends {
+        match o {
+            Outgoing::Reply(tx, msg) => {
+                let _ = tx.send(msg);
+            }
+            Outgoing::Runner(tx, msg) => {
+                let _ = tx.send(msg);
             }
         }
     }
-    Ok(())
 }
 
 #[derive(Default)]
@@ -130,6 +144,8 @@ pub(crate) struct Actor {
     snapshot_every: u64,
     last_snapshot_seq: u64,
     tick: Duration,
+    /// Batches handed to the flusher and not yet sent.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Actor {
@@ -144,6 +160,7 @@ impl Actor {
             snapshot_every,
             last_snapshot_seq,
             tick,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -172,9 +189,10 @@ impl Actor {
     pub fn run(mut self, rx: Receiver<Cmd>) -> Result<(), StoreError> {
         let flusher = self.log.flusher()?;
         let (out_tx, out_rx) = std::sync::mpsc::channel();
+        let in_flight = self.in_flight.clone();
         let flushing = std::thread::Builder::new()
             .name("log-flusher".into())
-            .spawn(move || flush_and_send(flusher, out_rx))
+            .spawn(move || flush_and_send(flusher, out_rx, &in_flight))
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let decided = self.decide(rx, &out_tx);
         // The flusher sends what is still waiting, then stops.
@@ -205,9 +223,10 @@ impl Actor {
             let now = now_ms();
             let mut batch = Batch::default();
             let mut stop = false;
+            let mut taken = 0;
             if let Some(cmd) = first {
                 stop |= self.process(cmd, now, &mut batch);
-                let mut taken = 1;
+                taken = 1;
                 while taken < MAX_BATCH && !stop {
                     match rx.try_recv() {
                         Ok(cmd) => {
@@ -225,8 +244,20 @@ impl Actor {
             }
             let wrote = self.append(&mut batch, now)?;
             let sends = self.address(batch.deliveries);
-            if (wrote || !sends.is_empty()) && out.send(Handoff { wrote, sends }).is_err() {
-                return Ok(());
+            if taken <= 1 && self.in_flight.load(Ordering::Acquire) == 0 {
+                // A lone command and an idle pipeline: flush and send here.
+                // Waking the flusher would add a thread switch to every
+                // request of a quiet dispatcher, and nothing handed over
+                // earlier is still unsent, so order holds.
+                if wrote {
+                    self.log.flush()?;
+                }
+                send_all(sends);
+            } else if wrote || !sends.is_empty() {
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                if out.send(Handoff { wrote, sends }).is_err() {
+                    return Ok(());
+                }
             }
             if self.log.last_seq() >= self.last_snapshot_seq + self.snapshot_every {
                 self.snapshot()?;
