@@ -25,6 +25,10 @@ pub(crate) type ConnId = u64;
 /// Most commands taken into one batch.
 const MAX_BATCH: usize = 4096;
 
+/// A wait this long for the next command means the dispatcher is quiet:
+/// a lone command is then flushed on the deciding thread.
+const QUIET: Duration = Duration::from_millis(1);
+
 /// Most results one `Results` answer lists (newest first are kept).
 const MAX_RESULTS: usize = 20_000;
 
@@ -215,11 +219,13 @@ impl Actor {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
+            let idle_since = Instant::now();
             let first = match rx.recv_timeout(wait) {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let quiet = idle_since.elapsed() >= QUIET;
             let now = now_ms();
             let mut batch = Batch::default();
             let mut stop = false;
@@ -244,11 +250,12 @@ impl Actor {
             }
             let wrote = self.append(&mut batch, now)?;
             let sends = self.address(batch.deliveries);
-            if taken <= 1 && self.in_flight.load(Ordering::Acquire) == 0 {
-                // A lone command and an idle pipeline: flush and send here.
-                // Waking the flusher would add a thread switch to every
-                // request of a quiet dispatcher, and nothing handed over
-                // earlier is still unsent, so order holds.
+            if quiet && taken <= 1 && self.in_flight.load(Ordering::Acquire) == 0 {
+                // A lone command after a quiet spell, and an idle pipeline:
+                // flush and send here. Waking the flusher would add a
+                // thread switch to every request of a quiet dispatcher
+                // (under load, blocking here would stall the pipeline).
+                // Nothing handed over earlier is still unsent: order holds.
                 if wrote {
                     self.log.flush()?;
                 }
