@@ -371,33 +371,13 @@ fn closed_pipe() -> std::process::Stdio {
 
 #[test]
 fn a_dispatcher_whose_stderr_is_closed_keeps_serving_and_stops_on_sigterm() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(bin("ci-dispatcher"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .env_remove("CI_TOKEN_FILE")
-        .env_remove("CI_TOKEN")
-        // Every event logged at info: each one a failed write.
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(closed_pipe())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line {first:?}"))
-        .to_owned();
+    let mut d = Dispatcher::start_with(&data, &[], |cmd| {
+        // Every event logged: each one a failed write.
+        cmd.env("RUST_LOG", "debug").stderr(closed_pipe());
+    });
+    let addr = d.addr.clone();
     let sha = "c".repeat(40);
     let o = run("ci-tools", &["submit", "--dispatcher", &addr, &sha]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -405,14 +385,14 @@ fn a_dispatcher_whose_stderr_is_closed_keeps_serving_and_stops_on_sigterm() {
     assert!(stdout(&o).contains(&sha), "{}", stdout(&o));
 
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    unsafe { libc::kill(d.child.id() as libc::pid_t, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = d.child.try_wait().unwrap() {
             break s;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = d.child.kill();
             panic!("the dispatcher did not stop on SIGTERM with its stderr closed");
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -66,19 +66,29 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Dispatcher {
-        let mut child = Command::new(bin("ci-dispatcher"))
-            .arg("--listen")
+        Dispatcher::start_with(data_dir, extra, |cmd| {
+            cmd.env("RUST_LOG", "warn").stderr(Stdio::null());
+        })
+    }
+
+    /// As [`Dispatcher::start`], with `configure` applied last (its
+    /// environment, its stderr).
+    pub fn start_with(
+        data_dir: &Path,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Dispatcher {
+        let mut cmd = Command::new(bin("ci-dispatcher"));
+        cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env_remove("CI_TOKEN_FILE")
             .env_remove("CI_TOKEN")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -98,6 +108,9 @@ impl Dispatcher {
 
 impl Drop for Dispatcher {
     fn drop(&mut self) {
+        if !self.alive() {
+            return; // already reaped: its pid may belong to someone else now
+        }
         // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
