@@ -12,8 +12,9 @@ pub fn stderr_line(line: std::fmt::Arguments<'_>) {
 }
 
 /// Whether `e` is, at bottom, a write to a closed pipe (`ci-tools replay |
-/// head`): the reader has what it wanted, so that is not an error.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+/// head`). For a tool the reader has what it wanted, so that is not an
+/// error; a daemon that cannot print its address still fails.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
@@ -40,8 +41,6 @@ where
     };
     match rt.block_on(main) {
         Ok(code) => code,
-        // As ripgrep does: the reader closed the pipe, stop quietly.
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             stderr_line(format_args!("{name}: error: {e:#}"));
             ExitCode::from(2)

@@ -163,7 +163,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     ci::util::init_tracing(args.verbose, false);
-    ci::cli::run("ci-tools", run(args.cmd, args.token_file))
+    ci::cli::run("ci-tools", async {
+        match run(args.cmd, args.token_file).await {
+            // As ripgrep does: the reader closed the pipe, stop quietly.
+            Err(e) if ci::cli::is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+            other => other,
+        }
+    })
 }
 
 async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -172,14 +172,7 @@ impl Index {
 
     /// Adds `v` (not 0, not present) with hash `h`; call `reserve` first.
     fn insert_new(&mut self, h: u64, v: u32) {
-        debug_assert!(v != 0 && (self.len + 1) * 2 <= self.slots.len());
-        let mask = self.slots.len() - 1;
-        let mut i = h as usize & mask;
-        while self.slots[i] != 0 {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = v;
-        self.len += 1;
+        self.insert_unique(h, v, |_| false);
     }
 }
 
@@ -217,7 +210,15 @@ impl State {
     /// The snapshot of this state: everything but the derived indexes, in
     /// the layout of [`snapshot`].
     pub fn to_snapshot(&self) -> Vec<u8> {
-        snapshot::encode(self)
+        let mut out = Vec::new();
+        self.write_snapshot(&mut out);
+        out
+    }
+
+    /// As [`State::to_snapshot`], appended to `out` (after a header of the
+    /// caller's, without copying the snapshot again).
+    pub fn write_snapshot(&self, out: &mut Vec<u8>) {
+        snapshot::encode(self, out)
     }
 
     /// The state a snapshot holds; an error says what in it is wrong.

@@ -1,10 +1,12 @@
-//! The log writer: one thread that owns the core and the log.
+//! The log writer: one thread that owns the core and the log, and the
+//! log flusher beside it.
 //!
-//! It takes every command waiting in its channel as one batch, lets the core
-//! decide on each, appends all resulting events, flushes once (group
-//! commit), and only then delivers the replies and assignments. So nothing
-//! leaves the process before the events it depends on are durable, and one
-//! fsync serves a whole burst of requests.
+//! The writer takes every command waiting in its channel as one batch, lets
+//! the core decide on each and appends all resulting events; the flusher
+//! flushes once for every batch handed to it (group commit) and only then
+//! sends their replies and assignments, while the writer decides the next
+//! batch. So nothing leaves the process before the events it depends on
+//! are durable, and one fsync serves a whole burst of requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -230,11 +230,8 @@ impl EventLog for SledLog {
     }
 
     fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError> {
-        let body = state.to_snapshot();
-        let mut value = Vec::with_capacity(1 + body.len());
-        value.push(format::SNAPSHOT_VERSION);
-        value.extend_from_slice(&body);
-        drop(body);
+        let mut value = vec![format::SNAPSHOT_VERSION];
+        state.write_snapshot(&mut value);
         self.snapshots.insert(format::key(state.last_seq), value)?;
         // Keep the newest two: one spare in case the newest is damaged.
         let keys: Vec<sled::IVec> = self

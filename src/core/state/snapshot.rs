@@ -30,9 +30,10 @@ use super::{Finished, Index, Job, JobStatus, State, Sym};
 use crate::core::event::{Outcome, TestCounts};
 use crate::core::ids::{CommitId, JobId, JobRef};
 
-/// Encodes `state` (without its derived indexes).
-pub(super) fn encode(state: &State) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(64 + state.jobs.len() * 48));
+/// Encodes `state` (without its derived indexes), appended to `out`.
+pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
+    out.reserve(64 + state.jobs.len() * 48);
+    let mut w = Writer(out);
     w.uint(state.last_seq);
     w.uint(state.results);
     w.uint(state.names.len() as u64);
@@ -89,7 +90,6 @@ pub(super) fn encode(state: &State) -> Vec<u8> {
             }
         }
     }
-    w.0
 }
 
 /// Decodes what [`encode`] wrote, checking that every reference inside
@@ -237,9 +237,9 @@ fn unzigzag(z: u64) -> Result<i32, String> {
     Ok(((z >> 1) as i32) ^ -((z & 1) as i32))
 }
 
-struct Writer(Vec<u8>);
+struct Writer<'a>(&'a mut Vec<u8>);
 
-impl Writer {
+impl Writer<'_> {
     fn byte(&mut self, b: u8) {
         self.0.push(b);
     }
@@ -349,6 +349,12 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::core::event::{Event, JobReport, LostReason};
+
+    fn enc(s: &State) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(s, &mut out);
+        out
+    }
 
     fn commit(n: u8, len: usize) -> CommitId {
         CommitId::from_bytes(&vec![n; len]).unwrap()
@@ -475,19 +481,19 @@ mod tests {
                 .iter()
                 .any(|j| matches!(j.status, JobStatus::Running { .. }))
         );
-        let back = decode(&encode(&s)).unwrap();
+        let back = decode(&enc(&s)).unwrap();
         assert_eq!(back, s);
         // The rebuilt indexes answer as the originals do.
         for j in &s.jobs {
             assert_eq!(back.job_for_commit(&j.commit).map(|b| b.id), Some(j.id));
         }
         assert_eq!(back.sym("feature/ü"), s.sym("feature/ü"));
-        assert_eq!(decode(&encode(&State::new())).unwrap(), State::new());
+        assert_eq!(decode(&enc(&State::new())).unwrap(), State::new());
     }
 
     #[test]
     fn every_truncation_and_any_extra_byte_is_refused() {
-        let bytes = encode(&varied());
+        let bytes = enc(&varied());
         for n in 0..bytes.len() {
             assert!(
                 decode(&bytes[..n]).is_err(),
@@ -504,46 +510,43 @@ mod tests {
         let s = varied();
         let mut bad = s.clone();
         bad.queue.push_back(JobId(99));
-        assert!(decode(&encode(&bad)).unwrap_err().contains("job 99"));
+        assert!(decode(&enc(&bad)).unwrap_err().contains("job 99"));
         let mut bad = s.clone();
         bad.jobs[1].branch = Some(Sym(1000));
         assert!(
-            decode(&encode(&bad))
+            decode(&enc(&bad))
                 .unwrap_err()
                 .contains("names string 1000")
         );
         let mut bad = s.clone();
         bad.jobs[1].commit = bad.jobs[0].commit;
-        assert!(decode(&encode(&bad)).unwrap_err().contains("two jobs"));
+        assert!(decode(&enc(&bad)).unwrap_err().contains("two jobs"));
         let mut bad = s;
         bad.names.push("main".into());
-        assert!(
-            decode(&encode(&bad))
-                .unwrap_err()
-                .contains("interned twice")
-        );
+        assert!(decode(&enc(&bad)).unwrap_err().contains("interned twice"));
     }
 
     #[test]
     fn a_huge_count_does_not_allocate() {
-        let mut w = Writer(Vec::new());
+        let mut bytes = Vec::new();
+        let mut w = Writer(&mut bytes);
         w.uint(1);
         w.uint(0);
         w.uint(u64::MAX / 2); // names
-        assert!(decode(&w.0).unwrap_err().contains("a count of"));
+        assert!(decode(&bytes).unwrap_err().contains("a count of"));
     }
 
     #[test]
     fn varints_and_zigzag_round_trip_at_the_edges() {
         for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
-            let mut w = Writer(Vec::new());
-            w.uint(v);
+            let mut bytes = Vec::new();
+            Writer(&mut bytes).uint(v);
             let mut r = Reader {
-                bytes: &w.0,
+                bytes: &bytes,
                 pos: 0,
             };
             assert_eq!(r.uint().unwrap(), v);
-            assert_eq!(r.pos, w.0.len());
+            assert_eq!(r.pos, bytes.len());
         }
         // An eleventh byte, or a tenth one above 1, overflows a u64.
         let mut r = Reader {
