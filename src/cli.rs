@@ -103,5 +103,5 @@ pub fn client_token(
     file: Option<&std::path::Path>,
     role: crate::proto::Role,
 ) -> anyhow::Result<Option<Vec<u8>>> {
-    crate::dispatcher::auth::client_token(file, role).map_err(anyhow::Error::msg)
+    Ok(crate::proto::auth::client_token(file, role)?)
 }

@@ -4,8 +4,8 @@
 //! them rebuilds the live state exactly.
 
 use ci::core::{
-    CommitId, Core, CoreConfig, Event, Input, JobId, JobRef, JobReport, JobStatus, LostReason,
-    Outcome, Reply, State, Step, ToRunner,
+    CommitId, Core, CoreConfig, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftHow,
+    LeftJob, LostReason, Now, Outcome, Record, Reply, State, Step, ToRunner,
 };
 
 const TIMEOUT_MS: u64 = 10_000;
@@ -14,8 +14,8 @@ const TIMEOUT_MS: u64 = 10_000;
 struct Sim {
     core: Core,
     now_ms: u64,
-    /// Every event of every step, with the time it was decided at.
-    log: Vec<(u64, Event)>,
+    /// Every record of every step.
+    log: Vec<Record>,
 }
 
 impl Sim {
@@ -35,9 +35,8 @@ impl Sim {
 
     /// Feeds one input at the current virtual time; checks replay after it.
     fn input(&mut self, input: Input) -> Step {
-        let step = self.core.handle(input, self.now_ms);
-        self.log
-            .extend(step.events.iter().map(|e| (self.now_ms, e.clone())));
+        let step = self.core.handle(input, Now::at(self.now_ms));
+        self.log.extend(step.records.iter().cloned());
         assert_eq!(
             self.replayed(),
             self.live(),
@@ -46,23 +45,36 @@ impl Sim {
         step
     }
 
+    /// Time passes as it does in a live dispatcher: the shell feeds a
+    /// tick at least every `tick_ms` (a gap without inputs is a pause; see
+    /// [`Sim::pause`]). The ticks up to, not at, the new time.
     fn advance(&mut self, ms: u64) {
+        let tick = self.core.config().tick_ms();
+        let end = self.now_ms + ms;
+        while self.now_ms + tick < end {
+            self.now_ms += tick;
+            self.input(Input::Tick);
+        }
+        self.now_ms = end;
+    }
+
+    /// Time passes while the dispatcher itself does not run (SIGSTOP, a
+    /// frozen VM): no input at all.
+    fn pause(&mut self, ms: u64) {
         self.now_ms += ms;
     }
 
     fn replayed(&self) -> State {
         let mut s = State::new();
-        for (at, e) in &self.log {
-            s.apply(e, *at).expect("logged event applies");
+        for rec in &self.log {
+            s.apply_record(rec).expect("logged record applies");
         }
         s
     }
 
-    /// The live state with `last_seq` cleared (the shell sets it).
+    /// The live state (numbered by the core as it decides).
     fn live(&self) -> State {
-        let mut s = self.core.state.clone();
-        s.last_seq = 0;
-        s
+        self.core.state.clone()
     }
 
     fn commits(&mut self, commits: &[CommitId]) -> Step {
@@ -86,7 +98,10 @@ impl Sim {
         self.input(Input::RunnerConnected {
             runner: runner.into(),
             holding,
-            crashed,
+            left: crashed.map(|job| LeftJob {
+                job,
+                how: LeftHow::Crashed,
+            }),
         })
     }
 
@@ -158,7 +173,7 @@ fn abandons(step: &Step) -> Vec<(String, JobRef)> {
 }
 
 fn kinds(step: &Step) -> Vec<&'static str> {
-    step.events.iter().map(Event::kind).collect()
+    step.events().map(Event::kind).collect()
 }
 
 #[test]
@@ -167,7 +182,7 @@ fn the_same_commit_twice_is_one_commit() {
     let step = sim.commits(&[commit(1)]);
     assert_eq!(kinds(&step), ["commit_seen"]);
     let step = sim.commits(&[commit(1)]);
-    assert!(step.events.is_empty());
+    assert!(step.records.is_empty());
     assert_eq!(
         step.reply,
         Some(Reply::Commits {
@@ -215,7 +230,7 @@ fn a_result_for_a_reassigned_attempt_changes_nothing() {
     assert_eq!(assigns(&step), [("b".to_string(), jr(1, 2))]);
     let before = sim.core.state.clone();
     let step = sim.result("a", jr(1, 1), Outcome::Fail);
-    assert!(step.events.is_empty());
+    assert!(step.records.is_empty());
     assert!(matches!(
         step.reply,
         Some(Reply::ResultAck {
@@ -235,13 +250,13 @@ fn a_resent_result_is_acked_without_a_new_event() {
     assert_eq!(kinds(&step), ["result"]);
     let before = sim.core.state.clone();
     let step = sim.result("a", jr(1, 1), Outcome::Pass);
-    assert!(step.events.is_empty());
+    assert!(step.records.is_empty());
     assert!(matches!(
         step.reply,
         Some(Reply::ResultAck { accepted: true, .. })
     ));
     assert_eq!(sim.core.state, before);
-    assert_eq!(sim.core.state.results, 1);
+    assert_eq!(sim.core.state.results(), 1);
 }
 
 #[test]
@@ -250,11 +265,11 @@ fn a_silent_runner_loses_its_job_to_the_front_of_the_queue() {
     sim.connect("a");
     sim.commits(&[commit(1), commit(2)]);
     sim.advance(TIMEOUT_MS - 1);
-    assert!(sim.tick().events.is_empty(), "not yet");
+    assert!(sim.tick().records.is_empty(), "not yet");
     sim.advance(1);
     let step = sim.tick();
     assert_eq!(
-        step.events,
+        step.events().cloned().collect::<Vec<_>>(),
         [Event::HeartbeatLost {
             runner: "a".into(),
             job: JobId(1),
@@ -300,13 +315,13 @@ fn a_restart_gives_every_holder_a_full_timeout() {
     sim.connect("a");
     sim.commits(&[commit(1)]);
     // The dispatcher was down for a long time; the state is replayed.
-    sim.advance(10 * TIMEOUT_MS);
+    sim.pause(10 * TIMEOUT_MS);
     let state = sim.core.state.clone();
     sim.core = Core::new(state, sim.core.config().clone());
     sim.input(Input::Started { pid: 2 });
-    assert!(sim.tick().events.is_empty(), "old timestamps condemned a");
+    assert!(sim.tick().records.is_empty(), "old timestamps condemned a");
     sim.advance(TIMEOUT_MS - 1);
-    assert!(sim.tick().events.is_empty());
+    assert!(sim.tick().records.is_empty());
     sim.advance(1);
     assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
 }
@@ -317,7 +332,7 @@ fn a_runner_reconnecting_with_its_job_keeps_it() {
     sim.connect("a");
     sim.commits(&[commit(1)]);
     let step = sim.connect_with("a", Some(jr(1, 1)), None);
-    assert!(step.events.is_empty() && step.sends.is_empty());
+    assert!(step.records.is_empty() && step.sends.is_empty());
     assert_eq!(
         step.reply,
         Some(Reply::Welcome {
@@ -333,7 +348,7 @@ fn a_runner_that_never_got_its_assignment_gets_it_again() {
     sim.connect("a");
     sim.commits(&[commit(1)]);
     let step = sim.connect_with("a", None, None);
-    assert!(step.events.is_empty());
+    assert!(step.records.is_empty());
     assert_eq!(assigns(&step), [("a".to_string(), jr(1, 1))]);
     assert_eq!(sim.core.state.holder("a"), Some(jr(1, 1)));
 }
@@ -345,7 +360,7 @@ fn a_runner_that_crashed_loses_its_job_at_once() {
     sim.commits(&[commit(1)]);
     let step = sim.connect_with("a", None, Some(jr(1, 1)));
     assert_eq!(
-        step.events[0],
+        step.records[0].event,
         Event::HeartbeatLost {
             runner: "a".into(),
             job: JobId(1),
@@ -371,7 +386,7 @@ fn hand_back_requeues_and_never_gives_up() {
         assert_eq!(kinds(&step), ["heartbeat_lost"], "attempt {attempt}");
         assert_eq!(sim.core.state.queue_front(), Some(JobId(1)));
     }
-    assert_eq!(sim.core.state.results, 0);
+    assert_eq!(sim.core.state.results(), 0);
     // Hand-backs are not losses: the job still has all its attempts.
     for attempt in 6..=7u32 {
         let step = sim.connect("b");
@@ -379,7 +394,7 @@ fn hand_back_requeues_and_never_gives_up() {
         sim.advance(TIMEOUT_MS);
         assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
     }
-    assert_eq!(sim.core.state.results, 0, "gave up after 2 real losses");
+    assert_eq!(sim.core.state.results(), 0, "gave up after 2 real losses");
 }
 
 #[test]
@@ -391,7 +406,7 @@ fn a_heartbeat_for_a_job_no_longer_held_gets_abandon() {
     sim.tick();
     let step = sim.heartbeat("a", Some(jr(1, 1)));
     assert_eq!(abandons(&step), [("a".to_string(), jr(1, 1))]);
-    assert!(step.events.is_empty());
+    assert!(step.records.is_empty());
     // Holding the job it was given: nothing to say.
     sim.input(Input::RunnerReady { runner: "a".into() });
     let step = sim.heartbeat("a", Some(jr(1, 2)));
@@ -421,7 +436,7 @@ fn a_heartbeat_holding_nothing_gets_the_held_assignment_again() {
     sim.connect("a");
     sim.commits(&[commit(1)]);
     let step = sim.heartbeat("a", None);
-    assert!(step.events.is_empty());
+    assert!(step.records.is_empty());
     assert_eq!(assigns(&step), [("a".to_string(), jr(1, 1))]);
     let step = sim.heartbeat("a", Some(jr(1, 1)));
     assert!(step.sends.is_empty());
@@ -447,8 +462,120 @@ fn replaying_every_event_rebuilds_the_live_state() {
     });
     sim.commits(&[commit(4), commit(5)]);
     let mut replayed = State::new();
-    for (at, e) in &sim.log {
-        replayed.apply(e, *at).unwrap();
+    for rec in &sim.log {
+        replayed.apply_record(rec).unwrap();
     }
     assert_eq!(replayed, sim.live());
+}
+
+/// SIGSTOP, a frozen VM or a blocked disk: the dispatcher did not run, so
+/// it heard nobody. Nobody is condemned for that; every runner gets a full
+/// timeout from the moment it runs again, and the gap is on record.
+#[test]
+fn a_paused_dispatcher_condemns_nobody() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    for _ in 0..3 {
+        sim.pause(3 * TIMEOUT_MS);
+        let step = sim.tick();
+        assert_eq!(kinds(&step), ["dispatcher_paused"]);
+        assert!(matches!(
+            step.records[0].event,
+            Event::DispatcherPaused { gap_ms } if gap_ms == 3 * TIMEOUT_MS
+        ));
+        sim.heartbeat("a", Some(jr(1, 1)));
+    }
+    assert_eq!(sim.job(1).lost, 0);
+    // The grace is one timeout, no more: a runner that really went silent
+    // is still found.
+    sim.pause(3 * TIMEOUT_MS);
+    assert_eq!(kinds(&sim.tick()), ["dispatcher_paused"]);
+    sim.advance(TIMEOUT_MS - 1);
+    assert!(sim.tick().records.is_empty());
+    sim.advance(1);
+    assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
+    // An ordinary late tick is no pause.
+    let gap = sim.core.config().pause_gap_ms();
+    sim.pause(gap);
+    assert!(sim.tick().records.is_empty());
+}
+
+/// The wall clock stepped forward an hour, then back two: no decision
+/// changes (deadlines are on the monotonic clock); records carry the wall
+/// time they were decided at, for people.
+#[test]
+fn a_stepped_wall_clock_changes_no_decision() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    let hour = 3_600_000;
+    let mono = sim.now_ms;
+    let at = |sim: &mut Sim, wall_ms: u64, input: Input| {
+        let step = sim.core.handle(
+            input,
+            Now {
+                wall_ms,
+                mono_ms: mono,
+            },
+        );
+        sim.log.extend(step.records.iter().cloned());
+        step
+    };
+    let step = at(&mut sim, mono + hour, Input::Tick);
+    assert!(step.records.is_empty(), "a step forward lost a runner");
+    let step = at(
+        &mut sim,
+        mono - hour,
+        Input::CommitsReported {
+            branch: None,
+            commits: vec![commit(2)],
+            tip: None,
+        },
+    );
+    assert_eq!(step.records[0].at_ms, mono - hour);
+    assert_eq!(sim.replayed(), sim.live());
+    // And a step back does not delay finding a dead runner: its deadline
+    // is a timeout of monotonic time after it was last heard.
+    sim.advance(TIMEOUT_MS);
+    assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
+}
+
+/// A runner stopped with SIGTERM while the dispatcher was away says so in
+/// its next hello: the job is queued again, and that is not a loss.
+#[test]
+fn a_job_handed_back_while_away_is_not_a_loss() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    let step = sim.input(Input::RunnerConnected {
+        runner: "a".into(),
+        holding: None,
+        left: Some(LeftJob {
+            job: jr(1, 1),
+            how: LeftHow::HandedBack,
+        }),
+    });
+    assert_eq!(
+        step.records[0].event,
+        Event::HeartbeatLost {
+            runner: "a".into(),
+            job: JobId(1),
+            attempt: 1,
+            reason: LostReason::HandedBack
+        }
+    );
+    assert_eq!(sim.job(1).lost, 0);
+    // It is idle again and gets the job back as attempt 2.
+    assert_eq!(kinds(&step), ["heartbeat_lost", "job_assigned"]);
+    // A hand-back for an attempt no longer held changes nothing.
+    let step = sim.input(Input::RunnerConnected {
+        runner: "a".into(),
+        holding: Some(jr(1, 2)),
+        left: Some(LeftJob {
+            job: jr(1, 1),
+            how: LeftHow::HandedBack,
+        }),
+    });
+    assert!(step.records.is_empty());
 }

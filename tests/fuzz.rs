@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
 use ci::client::{Client, Identity};
-use ci::dispatcher::{self, Auth, DispatcherConfig, Tokens};
+use ci::dispatcher::{self, DispatcherConfig};
+use ci::proto::auth::{Auth, Tokens};
 use ci::proto::{ClientMsg, MAX_FRAME_BYTES, Role, ServerMsg};
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -124,7 +125,7 @@ fn message() -> impl Strategy<Value = ClientMsg> {
                 name,
                 proof,
                 holding: None,
-                crashed: None,
+                left: None,
             })
         }),
         proptest::option::of(job_ref()).prop_map(|holding| ClientMsg::Heartbeat { holding }),
@@ -150,9 +151,18 @@ fn message() -> impl Strategy<Value = ClientMsg> {
                 commits,
                 tip
             }),
-        Just(ClientMsg::GetTips),
+        proptest::option::of(".{0,20}").prop_map(|after| ClientMsg::GetTips { after }),
         Just(ClientMsg::Status),
-        proptest::option::of(commit()).prop_map(|commit| ClientMsg::Results { commit }),
+        (
+            proptest::option::of(commit()),
+            proptest::option::of(any::<u64>()),
+            any::<u32>()
+        )
+            .prop_map(|(commit, before, limit)| ClientMsg::Results {
+                commit,
+                before,
+                limit
+            }),
         (any::<u64>(), any::<u32>())
             .prop_map(|(from_seq, limit)| ClientMsg::Replay { from_seq, limit }),
         (0u64..8).prop_map(|j| ClientMsg::Output {
@@ -185,10 +195,15 @@ fn every_handler_survives_arbitrary_messages() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = Tokens::parse(SECRETS).unwrap();
-    let mut cfg = DispatcherConfig::new("127.0.0.1:0", dir.path().join("data"));
+    let mut cfg = DispatcherConfig::new("127.0.0.1:0");
     cfg.heartbeat_timeout = Duration::from_millis(300);
+    let store = ci::store::SledLog::open(&dir.path().join("data")).unwrap();
     let d = rt
-        .block_on(dispatcher::start(cfg, Auth::with_tokens(tokens.clone())))
+        .block_on(dispatcher::start(
+            cfg,
+            Auth::with_tokens(tokens.clone()),
+            Box::new(store),
+        ))
         .unwrap();
     let addr = d.local_addr().to_string();
     let ids: Vec<Identity> = [

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ci::client::{Client, ClientError, Identity};
 use ci::core::{CommitId, JobId, JobRef, JobReport, Outcome};
-use ci::proto::{ClientMsg, Hello, PROTOCOL_VERSION, Role, ServerMsg};
+use ci::proto::{ClientMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role, ServerMsg};
 use common::*;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,7 +55,7 @@ fn hello(role: Role, name: &str, version: u16, proof: Option<Vec<u8>>) -> Client
         name: name.into(),
         proof,
         holding: None,
-        crashed: None,
+        left: None,
     })
 }
 
@@ -257,7 +257,7 @@ async fn hostile_connections_leave_no_trace() {
         let mut rng = Rng(1);
         if let (_, _, Some(want)) = attack(*kind, &mut rng) {
             let said = msgs.iter().find_map(|m| match m {
-                ServerMsg::Error { message, fatal } => Some((message.clone(), *fatal)),
+                ServerMsg::Error { message, fatal, .. } => Some((message.clone(), *fatal)),
                 _ => None,
             });
             let (message, fatal) = said.unwrap_or_else(|| panic!("kind {kind}: no error frame"));
@@ -337,8 +337,14 @@ async fn roles_are_enforced() {
         &["--token-file", s.dispatcher.to_str().unwrap()],
     );
     let addr = d.addr.as_str();
+    // Every refusal of a hello here is for want of the right token: a
+    // client decides on that code, never on the words.
     let refused = |r: Result<Client, ClientError>| match r {
-        Err(ClientError::Refused(m)) => m,
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::Unauthorized, "{message}");
+            assert!(code.is_permanent());
+            message
+        }
         Err(e) => panic!("expected a refusal, got {e}"),
         Ok(_) => panic!("expected a refusal, got a welcome"),
     };
@@ -372,7 +378,10 @@ async fn roles_are_enforced() {
         ServerMsg::Status(_)
     ));
     match tool.request(&submit(1)).await {
-        Err(ClientError::Refused(m)) => assert!(m.contains("tool-write"), "{m}"),
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::NotPermitted);
+            assert!(message.contains("tool-write"), "{message}")
+        }
         other => panic!("{:?}", other.map(|_| ())),
     }
 
@@ -395,8 +404,12 @@ async fn roles_are_enforced() {
         output: vec![],
     };
     match obs.request(&result).await {
-        Err(ClientError::Refused(m)) => {
-            assert!(m.contains("an observer may not send result"), "{m}")
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::NotPermitted);
+            assert!(
+                message.contains("an observer may not send result"),
+                "{message}"
+            )
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
@@ -408,8 +421,13 @@ async fn roles_are_enforced() {
     runner.writer.send(&submit(2)).await.unwrap();
     loop {
         match runner.reader.recv().await {
-            Ok(Some(ServerMsg::Error { message, fatal })) => {
+            Ok(Some(ServerMsg::Error {
+                code,
+                message,
+                fatal,
+            })) => {
                 assert!(fatal);
+                assert_eq!(code, ErrorCode::NotPermitted);
                 assert!(
                     message.contains("a runner may not send commits"),
                     "{message}"

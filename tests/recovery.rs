@@ -7,12 +7,25 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ci::core::{CommitId, Event, JobId, JobReport, LostReason, Outcome, TestCounts};
-use ci::store::{self, EventLog, SledLog};
+use ci::core::{CommitId, Event, JobId, JobReport, LostReason, Outcome, Record, TestCounts};
+use ci::store::{self, EventLog, Rebuild, SledLog, SnapshotStore};
 use common::*;
 
 fn commit(n: u8) -> CommitId {
     CommitId::from_bytes(&[n; 20]).unwrap()
+}
+
+/// `events` as records numbered from `first`, stamped `at_ms`.
+fn records(first: u64, at_ms: u64, events: &[Event]) -> Vec<Record> {
+    events
+        .iter()
+        .zip(first..)
+        .map(|(e, seq)| Record {
+            seq,
+            at_ms,
+            event: e.clone(),
+        })
+        .collect()
 }
 
 /// The events of the first log format's fixture, in order.
@@ -113,9 +126,9 @@ fn check_fixture(name: &str, write: impl Fn(u64, &[Event]) -> Vec<u8>, per_value
         (1..=events.len() as u64).collect::<Vec<_>>(),
         "{name}"
     );
-    let state = store::load_state(&log, false).unwrap();
+    let state = store::load_state(&log, Rebuild::FromScratch).unwrap();
     assert_eq!(state.jobs().len(), 2);
-    assert_eq!(state.results, 1);
+    assert_eq!(state.results(), 1);
     assert_eq!(state.job(JobId(1)).unwrap().attempts, 2);
     assert_eq!(state.branch_tips().get("main"), Some(&commit(2)));
 }
@@ -146,7 +159,7 @@ fn a_damaged_record_stops_startup_naming_its_sequence_number() {
     let data = root.path().join("data");
     {
         let mut log = SledLog::open(&data).unwrap();
-        log.append(1, &fixture_events()[..3]).unwrap();
+        log.append(&records(1, 1, &fixture_events()[..3])).unwrap();
         log.put_raw(4, &[1, 0xde, 0xad, 0xbe, 0xef]).unwrap();
         log.flush().unwrap();
     }
@@ -194,13 +207,18 @@ fn snapshots_restart_from_the_tail_and_verify_equal() {
     assert_eq!(d.stop(), Some(0));
     {
         let log = SledLog::open(&data).unwrap();
-        let snap = log
-            .latest_snapshot()
+        let newest = *log
+            .snapshot_seqs()
             .unwrap()
+            .first()
             .expect("a snapshot was stored");
-        assert!(snap.last_seq >= 5, "snapshot at {}", snap.last_seq);
-        let full = store::load_state(&log, false).unwrap();
-        assert_eq!(store::load_state(&log, true).unwrap(), full);
+        let snap = log.load_snapshot(newest).unwrap().expect("it loads");
+        assert!(snap.last_seq() >= 5, "snapshot at {}", snap.last_seq());
+        let full = store::load_state(&log, Rebuild::FromScratch).unwrap();
+        assert_eq!(
+            store::load_state(&log, Rebuild::FromSnapshot).unwrap(),
+            full
+        );
         assert_eq!(full.jobs().len(), 12);
     }
     let out = tools_expect(&["replay", "--verify", "--data-dir", p(&data)], 0);

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use ci::dispatcher::{self, Auth, DispatcherConfig, Tokens};
+use ci::dispatcher::{self, DispatcherConfig};
+use ci::proto::auth::{Auth, Tokens};
+use ci::store::SledLog;
 use ci::util::parse_secs;
 
 #[derive(Parser, Debug)]
@@ -56,13 +58,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = DispatcherConfig::new(args.listen.clone(), args.data_dir.clone());
+    let mut config = DispatcherConfig::new(args.listen.clone());
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.snapshot_every = args.snapshot_every;
     config.hello_timeout = args.hello_timeout;
     config.insecure = args.insecure;
     let auth = match &args.token_file {
-        Some(path) => Auth::with_tokens(Tokens::from_file(path).map_err(anyhow::Error::msg)?),
+        Some(path) => Auth::with_tokens(Tokens::from_file(path)?),
         None => {
             if args.insecure {
                 ci::cli::stderr_line(format_args!(
@@ -77,7 +79,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Auth::open()
         }
     };
-    let d = dispatcher::start(config, auth)
+    let dir = args.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SledLog::open(&dir))
+        .await?
+        .with_context(|| format!("cannot start on {}", args.data_dir.display()))?;
+    let d = dispatcher::start(config, auth, Box::new(store))
         .await
         .with_context(|| format!("cannot start on {}", args.data_dir.display()))?;
     {

@@ -183,18 +183,26 @@ async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> 
             verify,
         } => match (data_dir, dispatcher) {
             (Some(dir), None) => {
-                tokio::task::spawn_blocking(move || tools::replay_offline(&dir, json, verify))
-                    .await?
+                let what = if verify {
+                    tools::Replay::Verify
+                } else {
+                    tools::Replay::Print(tools::Format::json(json))
+                };
+                tokio::task::spawn_blocking(move || tools::replay_offline(&dir, what)).await?
             }
-            (None, Some(addr)) => tools::replay_online(&addr, token()?, json).await,
+            (None, Some(addr)) => {
+                tools::replay_online(&addr, token()?, tools::Format::json(json)).await
+            }
             _ => bail!("give either --data-dir DIR or --dispatcher ADDR"),
         },
-        Cmd::Status { dispatcher, json } => tools::status(&dispatcher, token()?, json).await,
+        Cmd::Status { dispatcher, json } => {
+            tools::status(&dispatcher, token()?, tools::Format::json(json)).await
+        }
         Cmd::Results {
             dispatcher,
             commit,
             json,
-        } => tools::results(&dispatcher, token()?, commit, json).await,
+        } => tools::results(&dispatcher, token()?, commit, tools::Format::json(json)).await,
         Cmd::Submit {
             dispatcher,
             branch,
@@ -205,7 +213,16 @@ async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> 
             timeout,
             json,
             shas,
-        } => tools::wait(&dispatcher, token()?, timeout, &shas, json).await,
+        } => {
+            tools::wait(
+                &dispatcher,
+                token()?,
+                timeout,
+                &shas,
+                tools::Format::json(json),
+            )
+            .await
+        }
         Cmd::Output { dispatcher, sha } => tools::output(&dispatcher, token()?, &sha).await,
         Cmd::Up {
             repo,

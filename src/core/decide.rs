@@ -2,15 +2,69 @@
 //!
 //! `Core` pairs the durable [`State`] with the volatile facts that do not
 //! belong in the log (which runners are connected, idle, when each was last
-//! heard). `Core::handle` applies every event it returns before returning,
+//! heard). `Core::handle` applies every record it returns before returning
+//! (numbered after the state's last one and stamped with the wall clock),
 //! so later decisions in the same batch see them; the shell must make the
-//! events durable before it delivers any of the step's messages.
+//! records durable before it delivers any of the step's messages.
+//!
+//! Two clocks come in with every input ([`Now`]): the monotonic one decides
+//! (heartbeat deadlines, pauses), the wall clock only stamps records for
+//! people. A wall clock stepped forward or back changes no decision.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::event::{Event, JobReport, LostReason, Outcome};
+use serde::{Deserialize, Serialize};
+
+use super::event::{Event, JobReport, LostReason, Outcome, Record};
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 use super::state::{JobStatus, State};
+
+/// The time of an input, on both clocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds since the Unix epoch: stamps records, for display only.
+    pub wall_ms: u64,
+    /// Milliseconds on a clock that never steps (CLOCK_MONOTONIC in the
+    /// shell): every deadline is measured on it.
+    pub mono_ms: u64,
+}
+
+impl Now {
+    /// Both clocks at `ms` (tests and simulations on virtual time).
+    pub fn at(ms: u64) -> Now {
+        Now {
+            wall_ms: ms,
+            mono_ms: ms,
+        }
+    }
+}
+
+/// How a runner let go of a job while away from the dispatcher; it says so
+/// in its next hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LeftHow {
+    /// The runner process died while running it (its marker file says so).
+    Crashed,
+    /// The runner was stopped (SIGTERM) and killed the test cleanly: not a
+    /// loss, the job is simply queued again.
+    HandedBack,
+}
+
+/// A job a runner let go of while away, as its hello reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeftJob {
+    pub job: JobRef,
+    pub how: LeftHow,
+}
+
+impl LeftJob {
+    fn reason(self) -> LostReason {
+        match self.how {
+            LeftHow::Crashed => LostReason::RunnerRestarted,
+            LeftHow::HandedBack => LostReason::HandedBack,
+        }
+    }
+}
 
 /// Tunables of the decisions.
 #[derive(Clone, Debug)]
@@ -30,6 +84,23 @@ impl Default for CoreConfig {
     }
 }
 
+impl CoreConfig {
+    /// How often the shell must feed [`Input::Tick`]: a quarter of the
+    /// heartbeat timeout, between 20 ms and 1 s.
+    pub fn tick_ms(&self) -> u64 {
+        (self.heartbeat_timeout_ms / 4).clamp(20, 1000)
+    }
+
+    /// A gap longer than this between two inputs means the dispatcher
+    /// itself did not run (SIGSTOP, a frozen VM, swapping, a disk that
+    /// blocked the deciding thread): the runners could not have been heard,
+    /// so none is condemned for it. Half the timeout, and at least four
+    /// ticks, so an ordinary late tick is no pause.
+    pub fn pause_gap_ms(&self) -> u64 {
+        (self.heartbeat_timeout_ms / 2).max(4 * self.tick_ms())
+    }
+}
+
 /// Something that happened outside the core.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
@@ -44,12 +115,12 @@ pub enum Input {
         /// The branch's tip as the reporter sees it.
         tip: Option<CommitId>,
     },
-    /// A runner said hello. `holding` is the job it is still running;
-    /// `crashed` is a job it was running when it last died.
+    /// A runner said hello. `holding` is the job it is still running (or
+    /// holds a result for); `left` a job it let go of while away.
     RunnerConnected {
         runner: RunnerName,
         holding: Option<JobRef>,
-        crashed: Option<JobRef>,
+        left: Option<LeftJob>,
     },
     RunnerDisconnected {
         runner: RunnerName,
@@ -112,20 +183,48 @@ pub enum Reply {
 /// What one input produced.
 #[derive(Debug, Default)]
 pub struct Step {
-    /// Already applied to the state; must be durable before anything below
-    /// leaves the process.
-    pub events: Vec<Event>,
+    /// Already applied to the state (numbered on from its last record);
+    /// must be durable before anything below leaves the process.
+    pub records: Vec<Record>,
     pub sends: Vec<(RunnerName, ToRunner)>,
     pub reply: Option<Reply>,
+}
+
+/// Whether a runner has a live connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    Connected,
+    Disconnected,
+}
+
+/// Whether a runner is in good standing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Heard,
+    /// Declared lost (silent past the timeout); cleared when heard again.
+    Lost,
+}
+
+impl Step {
+    /// The events of [`Step::records`], in order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.records.iter().map(|r| &r.event)
+    }
 }
 
 /// Volatile per-runner facts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
-    pub connected: bool,
-    pub last_heard_ms: u64,
-    /// Declared lost (silent past the timeout); cleared when heard again.
-    pub lost: bool,
+    pub link: Link,
+    /// On the monotonic clock.
+    pub last_heard_mono_ms: u64,
+    pub standing: Standing,
+}
+
+impl Session {
+    fn usable(&self) -> bool {
+        self.link == Link::Connected && self.standing == Standing::Heard
+    }
 }
 
 /// How a runner looks from outside, for `status`.
@@ -146,6 +245,8 @@ pub struct Core {
     config: CoreConfig,
     /// Counts of inputs refused as stale, for tracing and tests.
     pub stale_rejections: u64,
+    /// When the last input was decided (monotonic), to notice pauses.
+    last_input_mono_ms: Option<u64>,
 }
 
 impl Core {
@@ -156,6 +257,7 @@ impl Core {
             idle: VecDeque::new(),
             config,
             stale_rejections: 0,
+            last_input_mono_ms: None,
         }
     }
 
@@ -169,131 +271,40 @@ impl Core {
 
     pub fn runner_state(&self, runner: &str) -> RunnerState {
         match self.sessions.get(runner) {
-            Some(s) if s.lost => RunnerState::Lost,
+            Some(s) if s.standing == Standing::Lost => RunnerState::Lost,
             _ if self.state.holder(runner).is_some() => RunnerState::Busy,
-            Some(s) if s.connected => RunnerState::Idle,
+            Some(s) if s.link == Link::Connected => RunnerState::Idle,
             _ => RunnerState::Lost,
         }
     }
 
     /// Decides on one input; see the module docs for the contract.
-    pub fn handle(&mut self, input: Input, now_ms: u64) -> Step {
+    pub fn handle(&mut self, input: Input, now: Now) -> Step {
         let mut step = Step::default();
+        self.notice_pause(&mut step, now);
         match input {
-            Input::Started { pid } => {
-                // Old timestamps must not condemn anyone: every runner that
-                // holds a job gets a full timeout from now to come back.
-                let holders: Vec<RunnerName> =
-                    self.state.holders().map(|(r, _)| r.clone()).collect();
-                for r in holders {
-                    self.sessions.insert(
-                        r,
-                        Session {
-                            connected: false,
-                            last_heard_ms: now_ms,
-                            lost: false,
-                        },
-                    );
-                }
-                self.emit(&mut step, Event::DispatcherStarted { pid }, now_ms);
-            }
+            Input::Started { pid } => self.on_started(&mut step, pid, now),
             Input::CommitsReported {
                 branch,
                 commits,
                 tip,
-            } => {
-                let mut accepted = Vec::new();
-                let mut duplicates = 0;
-                for commit in commits {
-                    if self.state.job_for_commit(&commit).is_some() {
-                        duplicates += 1;
-                        continue;
-                    }
-                    let job = self.state.next_job_id();
-                    self.emit(
-                        &mut step,
-                        Event::CommitSeen {
-                            job,
-                            commit,
-                            branch: branch.clone(),
-                        },
-                        now_ms,
-                    );
-                    accepted.push(commit);
-                }
-                if let (Some(branch), Some(tip)) = (branch, tip)
-                    && self.state.branch_tips().get(&branch) != Some(&tip)
-                {
-                    self.emit(&mut step, Event::BranchMoved { branch, tip }, now_ms);
-                }
-                step.reply = Some(Reply::Commits {
-                    accepted,
-                    duplicates,
-                });
-            }
+            } => self.on_commits(&mut step, branch, commits, tip, now),
             Input::RunnerConnected {
                 runner,
                 holding,
-                crashed,
-            } => {
-                self.hear(&runner, now_ms, true);
-                self.idle.retain(|r| *r != runner);
-                let held = self.state.holder(&runner);
-                let mut keep = None;
-                if let Some(h) = holding {
-                    if held == Some(h) {
-                        keep = Some(h);
-                    } else {
-                        self.abandon(&mut step, &runner, h);
-                    }
-                }
-                match held {
-                    Some(h) if keep.is_none() && crashed == Some(h) => {
-                        self.lose(&mut step, &runner, h, LostReason::RunnerRestarted, now_ms);
-                        self.idle.push_back(runner.clone());
-                    }
-                    Some(h) if keep.is_none() => {
-                        // The assignment was made durable but never reached
-                        // the runner (or it restarted before starting it):
-                        // hand the same attempt out again.
-                        self.resend_assign(&mut step, &runner, h);
-                        keep = Some(h);
-                    }
-                    Some(_) => {}
-                    // A runner told to abandon says Ready once it stopped.
-                    None if holding.is_none() => self.idle.push_back(runner.clone()),
-                    None => {}
-                }
-                step.reply = Some(Reply::Welcome { keep });
-            }
+                left,
+            } => self.on_connected(&mut step, runner, holding, left, now),
             Input::RunnerDisconnected { runner } => {
                 if let Some(s) = self.sessions.get_mut(&runner) {
-                    s.connected = false;
+                    s.link = Link::Disconnected;
                 }
                 self.idle.retain(|r| *r != runner);
             }
             Input::Heartbeat { runner, holding } => {
-                self.hear(&runner, now_ms, false);
-                match (holding, self.state.holder(&runner)) {
-                    // A runner declared lost while idle was dropped from
-                    // `idle` and never says Ready again: hearing it hold
-                    // nothing makes it idle again.
-                    (None, None) => self.make_idle(&runner),
-                    // It holds nothing but was given `h`: the Assign was
-                    // lost or ignored (it arrived while the runner still
-                    // held a stale job). Hand the same attempt out again;
-                    // a runner already holding `h` ignores the repeat.
-                    (None, Some(h)) => self.resend_assign(&mut step, &runner, h),
-                    (Some(_), _) => {}
-                }
-                if let Some(h) = holding
-                    && self.state.holder(&runner) != Some(h)
-                {
-                    self.abandon(&mut step, &runner, h);
-                }
+                self.on_heartbeat(&mut step, runner, holding, now)
             }
             Input::RunnerReady { runner } => {
-                self.hear(&runner, now_ms, false);
+                self.hear(&runner, now, Link::Connected);
                 self.make_idle(&runner);
             }
             Input::ResultReported {
@@ -302,39 +313,181 @@ impl Core {
                 report,
                 output_bytes,
             } => {
-                self.hear(&runner, now_ms, false);
-                let reply =
-                    self.accept_result(&mut step, &runner, job, report, output_bytes, now_ms);
+                self.hear(&runner, now, Link::Connected);
+                let reply = self.accept_result(&mut step, &runner, job, report, output_bytes, now);
                 step.reply = Some(reply);
             }
             Input::HandBack { runner, job } => {
-                self.hear(&runner, now_ms, false);
+                self.hear(&runner, now, Link::Connected);
                 if self.state.holder(&runner) == Some(job) {
-                    self.lose(&mut step, &runner, job, LostReason::HandedBack, now_ms);
+                    self.lose(&mut step, &runner, job, LostReason::HandedBack, now);
                 }
                 self.idle.retain(|r| *r != runner);
             }
-            Input::Tick => {
-                let timeout = self.config.heartbeat_timeout_ms;
-                let expired: Vec<RunnerName> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| !s.lost && now_ms.saturating_sub(s.last_heard_ms) >= timeout)
-                    .map(|(r, _)| r.clone())
-                    .collect();
-                for runner in expired {
-                    if let Some(s) = self.sessions.get_mut(&runner) {
-                        s.lost = true;
-                    }
-                    self.idle.retain(|r| *r != runner);
-                    if let Some(h) = self.state.holder(&runner) {
-                        self.lose(&mut step, &runner, h, LostReason::HeartbeatTimeout, now_ms);
-                    }
-                }
+            Input::Tick => self.on_tick(&mut step, now),
+        }
+        self.schedule(&mut step, now);
+        step
+    }
+
+    /// A gap since the last input longer than [`CoreConfig::pause_gap_ms`]
+    /// means this process did not run: nobody could be heard meanwhile, so
+    /// every runner gets a full timeout from now, as after a restart.
+    fn notice_pause(&mut self, step: &mut Step, now: Now) {
+        let last = self.last_input_mono_ms.replace(now.mono_ms);
+        let Some(last) = last else { return };
+        let gap_ms = now.mono_ms.saturating_sub(last);
+        if gap_ms <= self.config.pause_gap_ms() {
+            return;
+        }
+        for s in self.sessions.values_mut() {
+            s.last_heard_mono_ms = s.last_heard_mono_ms.max(now.mono_ms);
+        }
+        self.emit(step, Event::DispatcherPaused { gap_ms }, now);
+    }
+
+    fn on_started(&mut self, step: &mut Step, pid: u32, now: Now) {
+        // Old timestamps must not condemn anyone: every runner that holds a
+        // job gets a full timeout from now to come back.
+        let holders: Vec<RunnerName> = self.state.holders().map(|(r, _)| r.clone()).collect();
+        for r in holders {
+            self.sessions.insert(
+                r,
+                Session {
+                    link: Link::Disconnected,
+                    last_heard_mono_ms: now.mono_ms,
+                    standing: Standing::Heard,
+                },
+            );
+        }
+        self.emit(step, Event::DispatcherStarted { pid }, now);
+    }
+
+    fn on_commits(
+        &mut self,
+        step: &mut Step,
+        branch: Option<String>,
+        commits: Vec<CommitId>,
+        tip: Option<CommitId>,
+        now: Now,
+    ) {
+        let mut accepted = Vec::new();
+        let mut duplicates = 0;
+        for commit in commits {
+            if self.state.job_for_commit(&commit).is_some() {
+                duplicates += 1;
+                continue;
+            }
+            let job = self.state.next_job_id();
+            self.emit(
+                step,
+                Event::CommitSeen {
+                    job,
+                    commit,
+                    branch: branch.clone(),
+                },
+                now,
+            );
+            accepted.push(commit);
+        }
+        if let (Some(branch), Some(tip)) = (branch, tip)
+            && self.state.branch_tips().get(&branch) != Some(&tip)
+        {
+            self.emit(step, Event::BranchMoved { branch, tip }, now);
+        }
+        step.reply = Some(Reply::Commits {
+            accepted,
+            duplicates,
+        });
+    }
+
+    fn on_connected(
+        &mut self,
+        step: &mut Step,
+        runner: RunnerName,
+        holding: Option<JobRef>,
+        left: Option<LeftJob>,
+        now: Now,
+    ) {
+        self.hear(&runner, now, Link::Connected);
+        self.idle.retain(|r| *r != runner);
+        let held = self.state.holder(&runner);
+        let mut keep = None;
+        if let Some(h) = holding {
+            if held == Some(h) {
+                keep = Some(h);
+            } else {
+                self.abandon(step, &runner, h);
             }
         }
-        self.schedule(&mut step, now_ms);
-        step
+        match held {
+            Some(h) if keep.is_none() && left.is_some_and(|l| l.job == h) => {
+                let reason = left.map_or(LostReason::RunnerRestarted, LeftJob::reason);
+                self.lose(step, &runner, h, reason, now);
+                self.idle.push_back(runner.clone());
+            }
+            Some(h) if keep.is_none() => {
+                // The assignment was made durable but never reached
+                // the runner (or it restarted before starting it):
+                // hand the same attempt out again.
+                self.resend_assign(step, &runner, h);
+                keep = Some(h);
+            }
+            Some(_) => {}
+            // A runner told to abandon says Ready once it stopped.
+            None if holding.is_none() => self.idle.push_back(runner.clone()),
+            None => {}
+        }
+        step.reply = Some(Reply::Welcome { keep });
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        step: &mut Step,
+        runner: RunnerName,
+        holding: Option<JobRef>,
+        now: Now,
+    ) {
+        self.hear(&runner, now, Link::Connected);
+        match (holding, self.state.holder(&runner)) {
+            // A runner declared lost while idle was dropped from
+            // `idle` and never says Ready again: hearing it hold
+            // nothing makes it idle again.
+            (None, None) => self.make_idle(&runner),
+            // It holds nothing but was given `h`: the Assign was
+            // lost or ignored (it arrived while the runner still
+            // held a stale job). Hand the same attempt out again;
+            // a runner already holding `h` ignores the repeat.
+            (None, Some(h)) => self.resend_assign(step, &runner, h),
+            (Some(_), _) => {}
+        }
+        if let Some(h) = holding
+            && self.state.holder(&runner) != Some(h)
+        {
+            self.abandon(step, &runner, h);
+        }
+    }
+
+    fn on_tick(&mut self, step: &mut Step, now: Now) {
+        let timeout = self.config.heartbeat_timeout_ms;
+        let expired: Vec<RunnerName> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.standing == Standing::Heard
+                    && now.mono_ms.saturating_sub(s.last_heard_mono_ms) >= timeout
+            })
+            .map(|(r, _)| r.clone())
+            .collect();
+        for runner in expired {
+            if let Some(s) = self.sessions.get_mut(&runner) {
+                s.standing = Standing::Lost;
+            }
+            self.idle.retain(|r| *r != runner);
+            if let Some(h) = self.state.holder(&runner) {
+                self.lose(step, &runner, h, LostReason::HeartbeatTimeout, now);
+            }
+        }
     }
 
     fn accept_result(
@@ -344,7 +497,7 @@ impl Core {
         job: JobRef,
         report: JobReport,
         output_bytes: u64,
-        now_ms: u64,
+        now: Now,
     ) -> Reply {
         let Some(j) = self.state.job(job.job) else {
             self.stale_rejections += 1;
@@ -380,7 +533,7 @@ impl Core {
                         report,
                         output_bytes,
                     },
-                    now_ms,
+                    now,
                 );
                 self.make_idle(runner);
                 Reply::ResultAck {
@@ -446,10 +599,7 @@ impl Core {
 
     /// Queues a connected runner that holds nothing as waiting for work.
     fn make_idle(&mut self, runner: &RunnerName) {
-        if self
-            .sessions
-            .get(runner)
-            .is_some_and(|s| s.connected && !s.lost)
+        if self.sessions.get(runner).is_some_and(Session::usable)
             && self.state.holder(runner).is_none()
             && !self.idle.contains(runner)
         {
@@ -457,17 +607,15 @@ impl Core {
         }
     }
 
-    fn hear(&mut self, runner: &RunnerName, now_ms: u64, connected: bool) {
+    fn hear(&mut self, runner: &RunnerName, now: Now, link: Link) {
         let s = self.sessions.entry(runner.clone()).or_insert(Session {
-            connected,
-            last_heard_ms: now_ms,
-            lost: false,
+            link,
+            last_heard_mono_ms: now.mono_ms,
+            standing: Standing::Heard,
         });
-        s.last_heard_ms = now_ms;
-        s.lost = false;
-        if connected {
-            s.connected = true;
-        }
+        s.last_heard_mono_ms = now.mono_ms;
+        s.standing = Standing::Heard;
+        s.link = link;
     }
 
     /// The runner's hold on `job` ends unfinished: queue it again, or give up
@@ -478,7 +626,7 @@ impl Core {
         runner: &RunnerName,
         job: JobRef,
         reason: LostReason,
-        now_ms: u64,
+        now: Now,
     ) {
         self.emit(
             step,
@@ -488,7 +636,7 @@ impl Core {
                 attempt: job.attempt,
                 reason,
             },
-            now_ms,
+            now,
         );
         let j = self.state.job(job.job).expect("lost job exists");
         if j.lost >= self.config.max_attempts && reason != LostReason::HandedBack {
@@ -512,21 +660,18 @@ impl Core {
                     },
                     output_bytes: 0,
                 },
-                now_ms,
+                now,
             );
         }
     }
 
     /// Hands queued jobs to idle runners, oldest job to longest-waiting runner.
-    fn schedule(&mut self, step: &mut Step, now_ms: u64) {
+    fn schedule(&mut self, step: &mut Step, now: Now) {
         while let Some(job) = self.state.queue_front() {
             let Some(runner) = self.idle.pop_front() else {
                 break;
             };
-            let usable = self
-                .sessions
-                .get(&runner)
-                .is_some_and(|s| s.connected && !s.lost)
+            let usable = self.sessions.get(&runner).is_some_and(Session::usable)
                 && self.state.holder(&runner).is_none();
             if !usable {
                 continue;
@@ -542,7 +687,7 @@ impl Core {
                     runner: runner.clone(),
                     attempt,
                 },
-                now_ms,
+                now,
             );
             step.sends.push((
                 runner,
@@ -555,12 +700,19 @@ impl Core {
         }
     }
 
-    fn emit(&mut self, step: &mut Step, event: Event, now_ms: u64) {
-        if let Err(why) = self.state.apply(&event, now_ms) {
+    /// Numbers `event` after the state's last record, stamps it with the
+    /// wall clock and applies it: the only way the core changes its state.
+    fn emit(&mut self, step: &mut Step, event: Event, now: Now) {
+        let record = Record {
+            seq: self.state.last_seq() + 1,
+            at_ms: now.wall_ms,
+            event,
+        };
+        if let Err(why) = self.state.apply_record(&record) {
             // decide only produces events valid for the current state.
-            panic!("core produced an inapplicable event {event:?}: {why}");
+            panic!("core produced an inapplicable record {record:?}: {why}");
         }
-        step.events.push(event);
+        step.records.push(record);
     }
 
     /// Jobs the core considers held, for invariant checks.

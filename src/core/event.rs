@@ -120,6 +120,10 @@ pub enum Event {
         /// Bytes of output stored under (job, attempt) in the output store.
         output_bytes: u64,
     },
+    /// The dispatcher itself did not run for `gap_ms` (SIGSTOP, a frozen
+    /// VM, swapping, a blocked disk); every runner got a full heartbeat
+    /// timeout from then, as after a restart.
+    DispatcherPaused { gap_ms: u64 },
 }
 
 impl Event {
@@ -132,6 +136,7 @@ impl Event {
             Event::JobAssigned { .. } => "job_assigned",
             Event::HeartbeatLost { .. } => "heartbeat_lost",
             Event::Result { .. } => "result",
+            Event::DispatcherPaused { .. } => "dispatcher_paused",
         }
     }
 

@@ -68,6 +68,12 @@ impl CommitId {
         &self.bytes[..self.len as usize]
     }
 
+    /// The all-zero id, which git hooks use for "no commit" (a branch
+    /// created or deleted); never a real commit.
+    pub fn is_zero(&self) -> bool {
+        self.as_bytes().iter().all(|b| *b == 0)
+    }
+
     /// The first 12 hex digits, for tables.
     pub fn short(&self) -> String {
         let mut s = self.to_string();
@@ -170,7 +176,7 @@ impl fmt::Display for JobId {
 
 /// One hand-out of a job to a runner. Fencing compares whole `JobRef`s:
 /// anything about an older attempt is stale.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobRef {
     pub job: JobId,
     pub attempt: u32,

@@ -2,7 +2,7 @@
 //! decisions that turn inputs into new events.
 //!
 //! **Architecture invariant:** nothing in here does IO, spawns, reads a clock
-//! or knows of tokio or sled. Time comes in as `now_ms` with each input.
+//! or knows of tokio or sled. Time comes in as [`Now`] with each input.
 
 pub mod event;
 pub mod ids;
@@ -12,5 +12,8 @@ pub use ids::{CommitId, JobId, JobRef, RunnerName};
 pub mod decide;
 pub mod state;
 
-pub use decide::{Core, CoreConfig, Input, Reply, RunnerState, Step, ToRunner};
+pub use decide::{
+    Core, CoreConfig, Input, LeftHow, LeftJob, Link, Now, Reply, RunnerState, Session, Standing,
+    Step, ToRunner,
+};
 pub use state::{Finished, Job, JobStatus, State, Sym};

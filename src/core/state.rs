@@ -186,14 +186,14 @@ fn commit_key(c: &CommitId) -> &[u8] {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     /// Sequence number of the last applied record (0 = empty log).
-    pub last_seq: u64,
+    last_seq: u64,
     jobs: Vec<Job>,
     queue: VecDeque<JobId>,
     /// Which job each runner holds. A runner holds at most one.
     holders: BTreeMap<RunnerName, JobRef>,
     branch_tips: BTreeMap<String, CommitId>,
     /// Count of `Result` events, to cross-check "exactly one per job".
-    pub results: u64,
+    results: u64,
     /// Interned strings, in order of first appearance; `Sym(i)` is `names[i]`.
     names: Vec<Box<str>>,
     /// Commit -> job number (derived from `jobs`, rebuilt on load).
@@ -335,11 +335,22 @@ impl State {
         }
     }
 
+    /// Sequence number of the last applied record (0 = empty log).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// How many jobs have their `Result`.
+    pub fn results(&self) -> u64 {
+        self.results
+    }
+
     /// The fold step. Errors mean the event contradicts the state: a damaged
-    /// log or a bug in `decide`, never a peer's bad input.
-    pub fn apply(&mut self, event: &Event, at_ms: u64) -> Result<(), String> {
+    /// log or a bug in `decide`, never a peer's bad input. Private: records
+    /// come in through [`State::apply_record`], which keeps their order.
+    fn apply(&mut self, event: &Event, at_ms: u64) -> Result<(), String> {
         match event {
-            Event::DispatcherStarted { .. } => {}
+            Event::DispatcherStarted { .. } | Event::DispatcherPaused { .. } => {}
             Event::CommitSeen {
                 job,
                 commit,

@@ -1,278 +1,302 @@
-//! The log writer: one thread that owns the core and the log, and the
-//! log flusher beside it.
+//! The log writer: the thread that drives the [`Shell`] over the real
+//! store, and the log flusher beside it. Everything decided lives in the
+//! shell; this file only carries it out: threads, channels, appends,
+//! fsyncs, and handing messages to connections.
 //!
-//! The writer takes every command waiting in its channel as one batch, lets
-//! the core decide on each and appends all resulting events; the flusher
-//! flushes once for every batch handed to it (group commit) and only then
-//! sends their replies and assignments, while the writer decides the next
-//! batch. So nothing leaves the process before the events it depends on
-//! are durable, and one fsync serves a whole burst of requests.
+//! The writer takes every command waiting in its channel as one batch,
+//! lets the shell decide on each, appends the batch's records and follows
+//! its [`FlushPlan`]; the flusher flushes once for every batch handed to it
+//! (group commit), sends their messages in order and reports them durable,
+//! while the writer decides the next batch.
+//!
+//! A storage error, in either thread, ends both: the shell is told (it
+//! accepts nothing more and tells every connection), nothing not yet
+//! durable is sent, and [`run`] returns the error at once. The store is
+//! then dropped on a thread of its own: sled's `Drop` may wait forever for
+//! a flush that cannot succeed, and the process must still stop.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
 
-use crate::core::{Core, Event, Input, JobRef, Reply, RunnerName, ToRunner};
-use crate::proto::{ClientMsg, REPLAY_PAGE, ResultView, ServerMsg, StatusView};
-use crate::store::{EventLog, Flusher, StoreError};
-use crate::util::now_ms;
+use super::shell::{Batch, ConnId, FlushPlan, MAX_BATCH, Shell, ShellInput, Transmit};
+use crate::core::Now;
+use crate::proto::ServerMsg;
+use crate::store::{Flusher, Store, StoreError};
 
-pub(crate) type ConnId = u64;
+/// Most commands waiting for the writer; connection tasks wait when it is
+/// full (back-pressure onto their sockets).
+pub(crate) const COMMAND_QUEUE: usize = 8192;
 
-/// Most commands taken into one batch.
-const MAX_BATCH: usize = 4096;
+/// Most messages waiting to be written to one connection. A peer that
+/// lets more pile up is too slow, and is disconnected rather than allowed
+/// to hold memory (a runner reconnects; nothing it was sent is lost,
+/// because everything is re-derived from the log).
+pub(crate) const OUTBOX: usize = 1024;
 
-/// A wait this long for the next command means the dispatcher is quiet:
-/// a lone command is then flushed on the deciding thread.
-const QUIET: Duration = Duration::from_millis(1);
+/// The sending side of one connection.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    pub tx: tokio::sync::mpsc::Sender<ServerMsg>,
+    /// Cancelled when the connection must close (too slow to read).
+    pub kill: CancellationToken,
+}
 
-/// Most results one `Results` answer lists (newest first are kept).
-const MAX_RESULTS: usize = 20_000;
-
-/// A message from a runner connection.
-pub(crate) enum RunnerCmd {
-    Heartbeat {
-        holding: Option<JobRef>,
-    },
-    Ready,
-    Result {
-        job: JobRef,
-        report: crate::core::JobReport,
-        output: Vec<u8>,
-    },
-    HandBack {
-        job: JobRef,
-    },
+impl Outbox {
+    /// Queues a message without waiting; a full queue closes the connection.
+    fn deliver(&self, msg: ServerMsg) {
+        use tokio::sync::mpsc::error::TrySendError;
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
+            self.kill.cancel();
+        }
+    }
 }
 
 pub(crate) enum Cmd {
-    RunnerHello {
+    /// A connection past its handshake, with where its messages go.
+    Open {
         conn: ConnId,
-        name: RunnerName,
-        holding: Option<JobRef>,
-        crashed: Option<JobRef>,
-        tx: mpsc::UnboundedSender<ServerMsg>,
+        outbox: Outbox,
+        hello: ShellInput,
     },
-    Runner {
-        conn: ConnId,
-        name: RunnerName,
-        cmd: RunnerCmd,
-    },
-    RunnerGone {
-        conn: ConnId,
-        name: RunnerName,
-    },
-    /// An observer's or tool's request; answered after the batch is durable.
-    Request {
-        msg: ClientMsg,
-        reply: oneshot::Sender<ServerMsg>,
-    },
+    Input(ShellInput),
+    /// The flusher stopped on an error (it is in the shared slot).
+    FlusherFailed,
     Shutdown,
 }
 
-enum Delivery {
-    Runner(RunnerName, ServerMsg),
-    Reply(oneshot::Sender<ServerMsg>, ServerMsg),
+/// The two clocks, read together. Monotonic milliseconds count from the
+/// start of the process; wall milliseconds only stamp records.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    epoch: Instant,
 }
 
-/// A delivery with its destination resolved.
-enum Outgoing {
-    Reply(oneshot::Sender<ServerMsg>, ServerMsg),
-    Runner(mpsc::UnboundedSender<ServerMsg>, ServerMsg),
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Now {
+        Now {
+            wall_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            mono_ms: self.epoch.elapsed().as_millis() as u64,
+        }
+    }
 }
 
-/// One batch's deliveries, handed from the deciding thread to the flusher.
+/// One batch's messages, handed from the writer to the flusher.
 struct Handoff {
-    /// Whether the batch appended anything. If not, its deliveries wait
-    /// only for the batches handed over before it.
+    id: u64,
     wrote: bool,
-    sends: Vec<Outgoing>,
+    sends: Vec<(Outbox, ServerMsg)>,
 }
 
-/// The flushing half of [`Actor::run`]: takes every batch handed over so
-/// far, flushes once if any of them wrote (one fsync covers all of them,
-/// and everything appended before them), then sends their deliveries in
-/// order. Nothing leaves before the events it depends on are durable.
-fn flush_and_send(
-    flusher: Box<dyn Flusher>,
-    rx: Receiver<Handoff>,
-    in_flight: &AtomicUsize,
-) -> Result<(), StoreError> {
-    let mut ready = Vec::new();
-    while let Ok(first) = rx.recv() {
-        ready.push(first);
-        while let Ok(more) = rx.try_recv() {
-            ready.push(more);
-        }
-        if ready.iter().any(|h| h.wrote) {
-            flusher.flush()?;
-        }
-        let n = ready.len();
-        for h in ready.drain(..) {
-            send_all(h.sends);
-        }
-        // Only after sending: the deciding thread sends by itself only when
-        // nothing handed over is still unsent.
-        in_flight.fetch_sub(n, Ordering::AcqRel);
-    }
-    Ok(())
-}
-
-fn send_all(sends: Vec<Outgoing>) {
-    for o in sends {
-        match o {
-            Outgoing::Reply(tx, msg) => {
-                let _ = tx.send(msg);
-            }
-            Outgoing::Runner(tx, msg) => {
-                let _ = tx.send(msg);
-            }
-        }
-    }
-}
-
+/// What the flusher tells the writer.
 #[derive(Default)]
-struct Batch {
-    events: Vec<Event>,
-    outputs: Vec<(JobRef, Vec<u8>)>,
-    deliveries: Vec<Delivery>,
+struct FlusherReport {
+    /// The newest batch made durable and sent.
+    durable: AtomicU64,
+    /// Why the flusher stopped, if it failed.
+    failure: Mutex<Option<StoreError>>,
 }
 
-pub(crate) struct Actor {
-    pub core: Core,
-    pub log: Box<dyn EventLog>,
-    runners: HashMap<RunnerName, (ConnId, mpsc::UnboundedSender<ServerMsg>)>,
-    snapshot_every: u64,
-    last_snapshot_seq: u64,
-    tick: Duration,
-    /// Batches handed to the flusher and not yet sent.
-    in_flight: Arc<AtomicUsize>,
+pub(crate) struct Driver {
+    pub shell: Shell,
+    store: Option<Box<dyn Store>>,
+    outboxes: HashMap<ConnId, Outbox>,
+    clock: Clock,
 }
 
-impl Actor {
-    pub fn new(core: Core, log: Box<dyn EventLog>, snapshot_every: u64) -> Actor {
-        let timeout_ms = core.config().heartbeat_timeout_ms;
-        let tick = Duration::from_millis((timeout_ms / 4).clamp(20, 1000));
-        let last_snapshot_seq = core.state.last_seq;
-        Actor {
-            core,
-            log,
-            runners: HashMap::new(),
-            snapshot_every,
-            last_snapshot_seq,
-            tick,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+impl Driver {
+    pub fn new(shell: Shell, store: Box<dyn Store>, clock: Clock) -> Driver {
+        Driver {
+            shell,
+            store: Some(store),
+            outboxes: HashMap::new(),
+            clock,
         }
     }
 
-    /// Records the start and makes it durable.
-    pub fn start(&mut self) -> Result<(), StoreError> {
-        let mut batch = Batch::default();
-        let now = now_ms();
-        let step = self.core.handle(
-            Input::Started {
-                pid: std::process::id(),
-            },
-            now,
-        );
-        batch.events.extend(step.events);
-        self.append(&mut batch, now)?;
-        self.log.flush()
+    fn store(&mut self) -> &mut dyn Store {
+        self.store
+            .as_deref_mut()
+            .expect("the store is held until run ends")
     }
 
-    /// Runs until `Shutdown` or until every sender is gone; an error means
-    /// the log could not be written and the process must stop.
-    ///
-    /// Two threads make the group commit a pipeline: this one decides and
-    /// appends batch after batch; the `log-flusher` flushes what has been
-    /// appended and then sends that batch's replies and assignments. While
-    /// one batch waits for its fsync, the next is being decided.
-    pub fn run(mut self, rx: Receiver<Cmd>) -> Result<(), StoreError> {
-        let flusher = self.log.flusher()?;
-        let (out_tx, out_rx) = std::sync::mpsc::channel();
-        let in_flight = self.in_flight.clone();
-        let flushing = std::thread::Builder::new()
-            .name("log-flusher".into())
-            .spawn(move || flush_and_send(flusher, out_rx, &in_flight))
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        let decided = self.decide(rx, &out_tx);
-        // The flusher sends what is still waiting, then stops.
-        drop(out_tx);
-        let flushed = flushing.join().unwrap_or(Err(StoreError::FlusherPanicked));
-        decided?;
-        flushed?;
-        self.log.flush()?;
-        info!(
-            last_seq = self.log.last_seq(),
-            "log flushed; dispatcher core stopped"
-        );
+    /// Records the start and makes it durable before anything is served.
+    pub fn start(&mut self) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        self.shell.start(std::process::id(), now);
+        if let Some(batch) = self.shell.take_batch(0) {
+            self.store().append(&batch.records)?;
+            self.store().flush()?;
+        }
         Ok(())
     }
 
-    /// The deciding half of [`Actor::run`]; returns when told to stop, when
-    /// every sender is gone, or when the flusher has stopped (its error is
-    /// the one to report).
-    fn decide(&mut self, rx: Receiver<Cmd>, out: &Sender<Handoff>) -> Result<(), StoreError> {
-        let mut next_tick = Instant::now() + self.tick;
+    /// Runs until `Shutdown` or until every sender is gone; an error means
+    /// the log could not be written, and the process must stop.
+    pub fn run(
+        mut self,
+        rx: flume::Receiver<Cmd>,
+        wake: flume::Sender<Cmd>,
+    ) -> Result<(), StoreError> {
+        let report = Arc::new(FlusherReport::default());
+        let flusher = self.store().flusher()?;
+        let (out_tx, out_rx) = mpsc::channel();
+        let flushing = {
+            let report = report.clone();
+            std::thread::Builder::new()
+                .name("log-flusher".into())
+                .spawn(move || flush_and_send(flusher, out_rx, &report, wake))
+                .map_err(|e| StoreError::Write {
+                    dir: Default::default(),
+                    failure: crate::store::IoFailure::of(&e),
+                    detail: format!("cannot start the flusher thread: {e}"),
+                })?
+        };
+        let decided = self.decide(&rx, &out_tx, &report);
+        drop(out_tx);
+        let result = match decided {
+            Ok(()) => {
+                // The flusher sends what is still waiting, then stops.
+                let joined = flushing.join();
+                let failed = report
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                match (failed, joined) {
+                    (Some(e), _) => Err(e),
+                    (None, Ok(())) => self.store().flush(),
+                    (None, Err(_)) => Err(StoreError::FlusherStopped),
+                }
+            }
+            // The flusher may be stuck in an fsync: it is not waited for.
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                info!(
+                    last_seq = self.shell.state().last_seq(),
+                    "log flushed; dispatcher core stopped"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells the shell and every connection, and lets go of the store
+    /// without waiting for it.
+    fn fail(&mut self, e: &StoreError) {
+        for t in self.shell.storage_failed(e) {
+            if let Some(o) = self.outboxes.get(&t.conn) {
+                o.deliver(t.msg);
+            }
+        }
+        self.outboxes.clear();
+        if let Some(store) = self.store.take() {
+            let _ = std::thread::Builder::new()
+                .name("log-close".into())
+                .spawn(move || drop(store));
+        }
+    }
+
+    /// The deciding half of [`Driver::run`].
+    fn decide(
+        &mut self,
+        rx: &flume::Receiver<Cmd>,
+        out: &mpsc::Sender<Handoff>,
+        report: &FlusherReport,
+    ) -> Result<(), StoreError> {
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let idle_since = Instant::now();
-            let first = match rx.recv_timeout(wait) {
+            let now = self.clock.now();
+            let wait_ms = self
+                .shell
+                .poll_timeout()
+                .map_or(1000, |due| due.saturating_sub(now.mono_ms));
+            let waiting = Instant::now();
+            let first = match rx.recv_timeout(Duration::from_millis(wait_ms)) {
                 Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => return Ok(()),
             };
-            let quiet = idle_since.elapsed() >= QUIET;
-            let now = now_ms();
-            let mut batch = Batch::default();
+            let idle_wait_ms = waiting.elapsed().as_millis() as u64;
+            if let Some(e) = report
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                return Err(e);
+            }
+            self.shell.durable(report.durable.load(Ordering::Acquire));
+            let now = self.clock.now();
             let mut stop = false;
-            let mut taken = 0;
             if let Some(cmd) = first {
-                stop |= self.process(cmd, now, &mut batch);
-                taken = 1;
+                stop = self.process(cmd, now);
+                let mut taken = 1;
                 while taken < MAX_BATCH && !stop {
                     match rx.try_recv() {
-                        Ok(cmd) => {
-                            stop |= self.process(cmd, now, &mut batch);
-                            taken += 1;
-                        }
+                        Ok(cmd) => stop = self.process(cmd, now),
                         Err(_) => break,
                     }
+                    taken += 1;
                 }
             }
-            if Instant::now() >= next_tick {
-                let step = self.core.handle(Input::Tick, now);
-                self.absorb(step, None, &mut batch);
-                next_tick = Instant::now() + self.tick;
+            self.shell.handle_timeout(now);
+            if let Some(batch) = self.shell.take_batch(idle_wait_ms) {
+                self.carry_out(batch, out)?;
             }
-            let wrote = self.append(&mut batch, now)?;
-            let sends = self.address(batch.deliveries);
-            if quiet && taken <= 1 && self.in_flight.load(Ordering::Acquire) == 0 {
-                // A lone command after a quiet spell, and an idle pipeline:
-                // flush and send here. Waking the flusher would add a
-                // thread switch to every request of a quiet dispatcher
-                // (under load, blocking here would stall the pipeline).
-                // Nothing handed over earlier is still unsent: order holds.
-                if wrote {
-                    self.log.flush()?;
-                }
-                send_all(sends);
-            } else if wrote || !sends.is_empty() {
-                self.in_flight.fetch_add(1, Ordering::AcqRel);
-                if out.send(Handoff { wrote, sends }).is_err() {
-                    return Ok(());
-                }
-            }
-            if self.log.last_seq() >= self.last_snapshot_seq + self.snapshot_every {
+            if self.shell.snapshot_due() {
                 self.snapshot()?;
             }
             if stop {
-                break;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends a batch and follows its plan.
+    fn carry_out(&mut self, batch: Batch, out: &mpsc::Sender<Handoff>) -> Result<(), StoreError> {
+        let Batch {
+            id,
+            records,
+            outputs,
+            sends,
+            plan,
+        } = batch;
+        let store = self.store();
+        for (job, output) in &outputs {
+            store.put_output(*job, output)?;
+        }
+        store.append(&records)?;
+        let sends = self.address(sends);
+        match plan {
+            FlushPlan::SendNow => send_all(sends),
+            FlushPlan::Inline => {
+                self.store().flush()?;
+                send_all(sends);
+            }
+            FlushPlan::Handoff { wrote } => {
+                if out.send(Handoff { id, wrote, sends }).is_err() {
+                    return Err(StoreError::FlusherStopped);
+                }
             }
         }
         Ok(())
@@ -280,330 +304,89 @@ impl Actor {
 
     fn snapshot(&mut self) -> Result<(), StoreError> {
         let started = Instant::now();
-        self.log.save_snapshot(&self.core.state)?;
-        self.last_snapshot_seq = self.core.state.last_seq;
+        let store = self.store.as_deref_mut().expect("held until run ends");
+        store.save_snapshot(self.shell.state())?;
+        let seq = self.shell.state().last_seq();
+        self.shell.snapshot_saved(seq);
         debug!(
-            seq = self.last_snapshot_seq,
+            seq,
             ms = started.elapsed().as_millis() as u64,
             "snapshot saved"
         );
         Ok(())
     }
 
-    /// Appends the batch's events and outputs, stamped with the `now` the
-    /// core decided them at (so replay rebuilds identical state); not yet
-    /// durable. True if anything was written. A failure is fatal.
-    fn append(&mut self, batch: &mut Batch, now: u64) -> Result<bool, StoreError> {
-        if batch.events.is_empty() && batch.outputs.is_empty() {
-            return Ok(false);
-        }
-        for (job, output) in &batch.outputs {
-            self.log.put_output(*job, output)?;
-        }
-        let last = self.log.append(now, &batch.events)?;
-        // The core folds events as it decides; sequence numbers are
-        // assigned here, by the log.
-        self.core.state.last_seq = last;
-        Ok(true)
-    }
-
-    /// Resolves each delivery's destination now, in decision order: a
-    /// runner that reconnects later must not get what was meant for its
-    /// fenced connection.
-    fn address(&self, deliveries: Vec<Delivery>) -> Vec<Outgoing> {
-        deliveries
+    /// Resolves each message's connection now, in decision order.
+    fn address(&self, sends: Vec<Transmit>) -> Vec<(Outbox, ServerMsg)> {
+        sends
             .into_iter()
-            .filter_map(|d| match d {
-                Delivery::Reply(tx, msg) => Some(Outgoing::Reply(tx, msg)),
-                Delivery::Runner(name, msg) => self
-                    .runners
-                    .get(&name)
-                    .map(|(_, tx)| Outgoing::Runner(tx.clone(), msg)),
-            })
+            .filter_map(|t| self.outboxes.get(&t.conn).map(|o| (o.clone(), t.msg)))
             .collect()
     }
 
-    /// Moves a core step's effects into the batch.
-    fn absorb(
-        &mut self,
-        step: crate::core::Step,
-        reply_to: Option<oneshot::Sender<ServerMsg>>,
-        batch: &mut Batch,
-    ) {
-        for ev in &step.events {
-            match ev {
-                Event::HeartbeatLost {
-                    runner,
-                    job,
-                    attempt,
-                    reason,
-                } => {
-                    warn!(%runner, %job, attempt, ?reason, "runner lost its job; re-queued")
-                }
-                Event::Result {
-                    job,
-                    commit,
-                    runner: None,
-                    ..
-                } => {
-                    warn!(%job, %commit, "giving up on job: too many lost runners")
-                }
-                _ => {}
-            }
-        }
-        batch.events.extend(step.events);
-        if let (Some(reply), Some(tx)) = (step.reply, reply_to) {
-            batch.deliveries.push(Delivery::Reply(tx, reply_msg(reply)));
-        }
-        for (runner, msg) in step.sends {
-            let msg = match msg {
-                ToRunner::Assign {
-                    job,
-                    commit,
-                    branch,
-                } => ServerMsg::Assign {
-                    job,
-                    commit,
-                    branch,
-                },
-                ToRunner::Abandon { job, reason } => {
-                    info!(%runner, %job, %reason, "told runner to abandon a stale job");
-                    ServerMsg::Abandon { job, reason }
-                }
-            };
-            batch.deliveries.push(Delivery::Runner(runner, msg));
-        }
-    }
-
     /// Handles one command; true means stop after this batch.
-    fn process(&mut self, cmd: Cmd, now: u64, batch: &mut Batch) -> bool {
+    fn process(&mut self, cmd: Cmd, now: Now) -> bool {
         match cmd {
             Cmd::Shutdown => return true,
-            Cmd::RunnerHello {
+            Cmd::FlusherFailed => {}
+            Cmd::Open {
                 conn,
-                name,
-                holding,
-                crashed,
-                tx,
+                outbox,
+                hello,
             } => {
-                if let Some((old, _)) = self.runners.insert(name.clone(), (conn, tx)) {
-                    info!(runner = %name, old_conn = old, conn, "runner reconnected; older connection fenced");
-                }
-                let step = self.core.handle(
-                    Input::RunnerConnected {
-                        runner: name.clone(),
-                        holding,
-                        crashed,
-                    },
-                    now,
-                );
-                if let Some(Reply::Welcome { keep }) = &step.reply {
-                    batch.deliveries.push(Delivery::Runner(
-                        name.clone(),
-                        ServerMsg::Welcome { keep: *keep },
-                    ));
-                }
-                let step = crate::core::Step {
-                    reply: None,
-                    ..step
+                self.outboxes.insert(conn, outbox);
+                let store = self.store.as_deref().expect("held until run ends");
+                self.shell.handle(hello, now, store);
+            }
+            Cmd::Input(input) => {
+                let closed = match &input {
+                    ShellInput::Closed { conn } => Some(*conn),
+                    _ => None,
                 };
-                self.absorb(step, None, batch);
-            }
-            Cmd::RunnerGone { conn, name } => {
-                if self.runners.get(&name).is_some_and(|(c, _)| *c == conn) {
-                    self.runners.remove(&name);
-                    let step = self
-                        .core
-                        .handle(Input::RunnerDisconnected { runner: name }, now);
-                    self.absorb(step, None, batch);
+                let store = self.store.as_deref().expect("held until run ends");
+                self.shell.handle(input, now, store);
+                if let Some(conn) = closed {
+                    self.outboxes.remove(&conn);
                 }
             }
-            Cmd::Runner { conn, name, cmd } => {
-                if self.runners.get(&name).is_none_or(|(c, _)| *c != conn) {
-                    debug!(runner = %name, conn, "message from a fenced connection ignored");
-                    return false;
-                }
-                match cmd {
-                    RunnerCmd::Heartbeat { holding } => {
-                        let step = self.core.handle(
-                            Input::Heartbeat {
-                                runner: name,
-                                holding,
-                            },
-                            now,
-                        );
-                        self.absorb(step, None, batch);
-                    }
-                    RunnerCmd::Ready => {
-                        let step = self.core.handle(Input::RunnerReady { runner: name }, now);
-                        self.absorb(step, None, batch);
-                    }
-                    RunnerCmd::HandBack { job } => {
-                        let step = self.core.handle(Input::HandBack { runner: name, job }, now);
-                        self.absorb(step, None, batch);
-                    }
-                    RunnerCmd::Result {
-                        job,
-                        report,
-                        output,
-                    } => {
-                        let output_bytes = output.len() as u64;
-                        let step = self.core.handle(
-                            Input::ResultReported {
-                                runner: name.clone(),
-                                job,
-                                report,
-                                output_bytes,
-                            },
-                            now,
-                        );
-                        let recorded = step.events.iter().any(|e| {
-                            matches!(e, Event::Result { job: j, attempt, .. } if *j == job.job && *attempt == job.attempt)
-                        });
-                        if recorded && !output.is_empty() {
-                            batch.outputs.push((job, output));
-                        }
-                        if let Some(Reply::ResultAck {
-                            accepted: false,
-                            reason,
-                            ..
-                        }) = &step.reply
-                        {
-                            warn!(runner = %name, %job, %reason, "stale result rejected");
-                        }
-                        if let Some(reply) = step.reply.clone() {
-                            batch
-                                .deliveries
-                                .push(Delivery::Runner(name, reply_msg(reply)));
-                        }
-                        let step = crate::core::Step {
-                            reply: None,
-                            ..step
-                        };
-                        self.absorb(step, None, batch);
-                    }
-                }
-            }
-            Cmd::Request { msg, reply } => self.request(msg, reply, now, batch),
         }
         false
     }
+}
 
-    fn request(
-        &mut self,
-        msg: ClientMsg,
-        reply: oneshot::Sender<ServerMsg>,
-        now: u64,
-        batch: &mut Batch,
-    ) {
-        let answer = match msg {
-            ClientMsg::Commits {
-                branch,
-                commits,
-                tip,
-            } => {
-                let step = self.core.handle(
-                    Input::CommitsReported {
-                        branch,
-                        commits,
-                        tip,
-                    },
-                    now,
-                );
-                self.absorb(step, Some(reply), batch);
-                return;
-            }
-            ClientMsg::GetTips => ServerMsg::Tips(
-                self.core
-                    .state
-                    .branch_tips()
-                    .iter()
-                    .map(|(b, c)| (b.clone(), *c))
-                    .collect(),
-            ),
-            ClientMsg::Status => ServerMsg::Status(StatusView::of(&self.core)),
-            ClientMsg::Results { commit } => {
-                let views = match commit {
-                    Some(c) => self
-                        .core
-                        .state
-                        .job_for_commit(&c)
-                        .map(|j| ResultView::of(&self.core.state, j))
-                        .into_iter()
-                        .collect(),
-                    None => {
-                        let state = &self.core.state;
-                        let jobs = state.jobs();
-                        let skip = jobs.len().saturating_sub(MAX_RESULTS);
-                        jobs[skip..]
-                            .iter()
-                            .map(|j| ResultView::of(state, j))
-                            .collect()
-                    }
-                };
-                ServerMsg::Results(views)
-            }
-            ClientMsg::Replay { from_seq, limit } => {
-                // Only what is durable: the log itself, not this batch.
-                let limit = (limit as usize).clamp(1, REPLAY_PAGE);
-                match self.log.read(from_seq, limit) {
-                    Ok(records) => ServerMsg::Events {
-                        records,
-                        last_seq: self.log.last_seq(),
-                    },
-                    Err(e) => ServerMsg::Error {
-                        message: e.to_string(),
-                        fatal: false,
-                    },
-                }
-            }
-            ClientMsg::Output { job } => {
-                let attempt = self.core.state.job(job).and_then(|j| match &j.status {
-                    crate::core::JobStatus::Done(f) => Some(f.attempt),
-                    _ => None,
-                });
-                match attempt {
-                    Some(attempt) => match self.log.output(JobRef { job, attempt }) {
-                        Ok(o) => ServerMsg::Output(Some(o.unwrap_or_default())),
-                        Err(e) => ServerMsg::Error {
-                            message: e.to_string(),
-                            fatal: false,
-                        },
-                    },
-                    None => ServerMsg::Output(None),
-                }
-            }
-            other => ServerMsg::Error {
-                message: format!("{} is not a request", other.kind()),
-                fatal: false,
-            },
-        };
-        batch.deliveries.push(Delivery::Reply(reply, answer));
+/// The flushing half of [`Driver::run`]: takes every batch handed over so
+/// far, flushes once if any of them wrote (one fsync covers all of them,
+/// and everything appended before them), then sends their messages in
+/// order and reports them durable. Nothing leaves before the records it
+/// depends on are durable; after a failed flush nothing leaves at all.
+fn flush_and_send(
+    flusher: Box<dyn Flusher>,
+    rx: mpsc::Receiver<Handoff>,
+    report: &FlusherReport,
+    wake: flume::Sender<Cmd>,
+) {
+    let mut ready = Vec::new();
+    while let Ok(first) = rx.recv() {
+        ready.push(first);
+        while let Ok(more) = rx.try_recv() {
+            ready.push(more);
+        }
+        if ready.iter().any(|h| h.wrote)
+            && let Err(e) = flusher.flush()
+        {
+            *report.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            let _ = wake.try_send(Cmd::FlusherFailed);
+            return;
+        }
+        for h in ready.drain(..) {
+            send_all(h.sends);
+            report.durable.store(h.id, Ordering::Release);
+        }
     }
 }
 
-fn reply_msg(reply: Reply) -> ServerMsg {
-    match reply {
-        Reply::None => ServerMsg::Error {
-            message: "no reply".into(),
-            fatal: false,
-        },
-        Reply::Commits {
-            accepted,
-            duplicates,
-        } => ServerMsg::CommitsAck {
-            accepted,
-            duplicates,
-        },
-        Reply::ResultAck {
-            job,
-            accepted,
-            reason,
-        } => ServerMsg::ResultAck {
-            job,
-            accepted,
-            reason,
-        },
-        Reply::Welcome { keep } => ServerMsg::Welcome { keep },
+fn send_all(sends: Vec<(Outbox, ServerMsg)>) {
+    for (outbox, msg) in sends {
+        outbox.deliver(msg);
     }
 }

@@ -1,36 +1,37 @@
 //! The dispatcher: the IO shell around the pure core.
 //!
-//! `start` opens the log (taking its lock), rebuilds the state, records the
-//! start, binds the listener and spawns the accept loop; one thread
-//! ([`actor`]) owns the core and the log; one task per connection ([`conn`]).
+//! [`start`] takes a store the caller opened (so it never knows which
+//! backend it writes to), rebuilds the state from it, records the start,
+//! binds the listener and runs three parts: the [`listener`] (accept loop
+//! and admission), one task per connection ([`conn`]), and the log writer
+//! thread ([`actor`]) that drives the sans-IO [`shell`].
 
 pub mod actor;
-pub mod auth;
 pub mod conn;
+pub mod listener;
+pub mod shell;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::core::{Core, CoreConfig};
-use crate::store::{self, EventLog, SledLog, StoreError};
+use crate::proto::auth::Auth;
+use crate::store::{self, Rebuild, Store, StoreError};
 
-pub use auth::{Auth, Tokens};
+pub use crate::proto::auth::Tokens;
 
-/// Most connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// Most connections served at once unless the descriptor limit says
+/// fewer; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 16_384;
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
     pub listen: String,
-    pub data_dir: PathBuf,
     pub heartbeat_timeout: Duration,
     /// Store a snapshot of the state every this many events.
     pub snapshot_every: u64,
@@ -39,18 +40,20 @@ pub struct DispatcherConfig {
     pub hello_timeout: Duration,
     /// Without tokens, listen on a non-loopback address anyway.
     pub insecure: bool,
+    /// Most connections at once (lowered to fit the descriptor limit).
+    pub max_connections: usize,
 }
 
 impl DispatcherConfig {
-    pub fn new(listen: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(listen: impl Into<String>) -> Self {
         DispatcherConfig {
             listen: listen.into(),
-            data_dir: data_dir.into(),
             heartbeat_timeout: Duration::from_secs(10),
             snapshot_every: 100_000,
             max_attempts: 3,
             hello_timeout: conn::HELLO_TIMEOUT,
             insecure: false,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -68,8 +71,10 @@ pub enum DispatcherError {
         "refusing to listen on {addr} without tokens: anyone who can reach it could submit commits and post results; give --token-file FILE, or --insecure if this network is trusted"
     )]
     NotLoopback { addr: String },
-    #[error("the log writer stopped: {0}")]
-    Writer(String),
+    #[error("cannot start the log writer: {0}")]
+    Thread(std::io::Error),
+    #[error("the log writer panicked")]
+    WriterPanicked,
 }
 
 /// A started dispatcher. Dropping it does not stop it; call `shutdown`.
@@ -79,6 +84,8 @@ pub struct Dispatcher {
     done: tokio::task::JoinHandle<Result<(), DispatcherError>>,
     pub replayed_events: u64,
     pub restart_ms: u64,
+    /// The connection cap in force (see [`listener::connection_cap`]).
+    pub connection_cap: usize,
 }
 
 impl Dispatcher {
@@ -96,11 +103,12 @@ impl Dispatcher {
         self.wait().await
     }
 
-    /// Waits until the dispatcher stops (shutdown or a fatal log error).
+    /// Waits until the dispatcher stops: after `shutdown`, or at once
+    /// when its storage fails (the error says what to do).
     pub async fn wait(self) -> Result<(), DispatcherError> {
         match self.done.await {
             Ok(r) => r,
-            Err(e) => Err(DispatcherError::Writer(e.to_string())),
+            Err(_) => Err(DispatcherError::WriterPanicked),
         }
     }
 }
@@ -128,7 +136,13 @@ fn release_free_memory() {
     }
 }
 
-pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, DispatcherError> {
+/// Starts a dispatcher on `store` (opened by the caller, e.g.
+/// [`store::SledLog::open`]).
+pub async fn start(
+    config: DispatcherConfig,
+    auth: Auth,
+    store: Box<dyn Store>,
+) -> Result<Dispatcher, DispatcherError> {
     let started = Instant::now();
     if auth.is_open() && !config.insecure {
         let loopback =
@@ -144,25 +158,22 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
             });
         }
     }
-    let data_dir = config.data_dir.clone();
-    let (log, state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+    let (store, state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
         let t = Instant::now();
-        let log = SledLog::open(&data_dir)?;
-        let open_ms = t.elapsed().as_millis() as u64;
-        let state = store::load_state(&log, true)?;
+        let state = store::load_state(&*store, Rebuild::FromSnapshot)?;
         release_free_memory();
         info!(
-            open_ms,
-            load_ms = t.elapsed().as_millis() as u64 - open_ms,
-            events = state.last_seq,
+            load_ms = t.elapsed().as_millis() as u64,
+            events = state.last_seq(),
             jobs = state.jobs().len(),
-            "log opened and state rebuilt"
+            store = %store.describe(),
+            "state rebuilt"
         );
-        Ok((log, state))
+        Ok((store, state))
     })
     .await
-    .map_err(|e| DispatcherError::Writer(e.to_string()))??;
-    let replayed_events = state.last_seq;
+    .map_err(|_| DispatcherError::WriterPanicked)??;
+    let replayed_events = state.last_seq();
     let core = Core::new(
         state,
         CoreConfig {
@@ -170,12 +181,14 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
             max_attempts: config.max_attempts,
         },
     );
-    let mut actor = actor::Actor::new(
+    let shell = shell::Shell::new(
         core,
-        Box::new(log) as Box<dyn EventLog>,
-        config.snapshot_every,
+        shell::ShellConfig {
+            snapshot_every: config.snapshot_every,
+        },
     );
-    actor.start()?;
+    let mut driver = actor::Driver::new(shell, store, actor::Clock::new());
+    driver.start()?;
     let listener =
         TcpListener::bind(&config.listen)
             .await
@@ -189,63 +202,54 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
             addr: config.listen.clone(),
             source,
         })?;
+    let fd_limit = listener::raise_fd_limit();
+    let cap = listener::connection_cap(config.max_connections, fd_limit);
+    if cap < config.max_connections {
+        warn!(
+            cap,
+            fd_limit,
+            "the open-file limit allows fewer connections than asked; raise it (ulimit -n, LimitNOFILE=) to serve more"
+        );
+    }
     let restart_ms = started.elapsed().as_millis() as u64;
-    info!(%addr, replayed_events, restart_ms, "dispatcher serving");
+    info!(%addr, replayed_events, restart_ms, cap, "dispatcher serving");
 
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = flume::bounded(actor::COMMAND_QUEUE);
+    let wake = tx.clone();
     let writer = std::thread::Builder::new()
         .name("log-writer".into())
-        .spawn(move || actor.run(rx))
-        .map_err(|e| DispatcherError::Writer(e.to_string()))?;
+        .spawn(move || driver.run(rx, wake))
+        .map_err(DispatcherError::Thread)?;
 
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let auth = Arc::new(auth);
+    let stop_listening = CancellationToken::new();
     let timing = conn::Timing {
         hello_timeout: config.hello_timeout,
         heartbeat_forward: config.heartbeat_timeout / 4,
     };
+    let accept = listener::Listener {
+        listener,
+        cmds: tx.clone(),
+        auth: Arc::new(auth),
+        timing,
+        cap,
+    };
+    let accepting = tokio::spawn(accept.run(stop_listening.clone()));
+    let token = shutdown.clone();
     let done = tokio::spawn(async move {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let next_conn = AtomicU64::new(1);
-        let conns = tokio_util::task::TaskTracker::new();
-        let conn_shutdown = CancellationToken::new();
         let mut writer_done = tokio::task::spawn_blocking(move || writer.join());
-        let outcome = loop {
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = token.cancelled() => break None,
-                r = &mut writer_done => break Some(r),
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = token.cancelled() => break None,
-                r = &mut writer_done => break Some(r),
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                    let cmds = tx.clone();
-                    let auth = auth.clone();
-                    let stop = conn_shutdown.clone();
-                    conns.spawn(async move {
-                        conn::serve(stream, id, cmds, auth, timing, stop).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+        let ended = tokio::select! {
+            _ = token.cancelled() => None,
+            r = &mut writer_done => Some(r),
         };
-        drop(listener);
-        conn_shutdown.cancel();
-        let joined = match outcome {
+        stop_listening.cancel();
+        let joined = match ended {
             Some(r) => r,
             None => {
-                let _ = tx.send(actor::Cmd::Shutdown);
+                // Stop accepting first, then let the writer finish what it
+                // took and make it durable.
+                let _ = accepting.await;
+                let _ = tx.send_async(actor::Cmd::Shutdown).await;
                 drop(tx);
                 writer_done.await
             }
@@ -255,12 +259,8 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
                 info!("dispatcher stopped; log durable");
                 Ok(())
             }
-            Ok(Ok(Err(e))) => {
-                error!(error = %e, "log writer failed");
-                Err(DispatcherError::Store(e))
-            }
-            Ok(Err(_)) => Err(DispatcherError::Writer("the log writer panicked".into())),
-            Err(e) => Err(DispatcherError::Writer(e.to_string())),
+            Ok(Ok(Err(e))) => Err(DispatcherError::Store(e)),
+            Ok(Err(_)) | Err(_) => Err(DispatcherError::WriterPanicked),
         }
     });
     Ok(Dispatcher {
@@ -269,5 +269,6 @@ pub async fn start(config: DispatcherConfig, auth: Auth) -> Result<Dispatcher, D
         done,
         replayed_events,
         restart_ms,
+        connection_cap: cap,
     })
 }

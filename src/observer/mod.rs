@@ -116,15 +116,7 @@ impl Observer {
         mut client: Client,
         stop: &CancellationToken,
     ) -> Result<bool, ClientError> {
-        let mut known: BTreeMap<String, CommitId> =
-            match client.request(&ClientMsg::GetTips).await? {
-                ServerMsg::Tips(t) => t.into_iter().collect(),
-                other => {
-                    return Err(ClientError::Refused(format!(
-                        "unexpected answer to get_tips: {other:?}"
-                    )));
-                }
-            };
+        let mut known: BTreeMap<String, CommitId> = client.tips().await?;
         loop {
             match self.poll(&known).await {
                 Ok(found) => {

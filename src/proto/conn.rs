@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use super::MAX_FRAME_BYTES;
+use super::{ErrorCode, MAX_FRAME_BYTES};
 use crate::encoding::{self, CodecError};
 
 /// A connection-level failure. Any of these closes that connection only.
@@ -22,12 +22,32 @@ pub enum ProtoError {
     Codec(#[from] CodecError),
     #[error("the peer closed the connection")]
     Closed,
-    #[error("{0}")]
-    Refused(String),
+    /// Refused with a code the peer decides on, and a message for people.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
     #[error("unexpected message: {0}")]
     Unexpected(String),
     #[error("timed out: {0}")]
     Timeout(&'static str),
+}
+
+impl ProtoError {
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> ProtoError {
+        ProtoError::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The code a peer is told when this ends its connection.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtoError::Refused { code, .. } => *code,
+            ProtoError::Timeout(_) => ErrorCode::Timeout,
+            ProtoError::Io(_) | ProtoError::Closed => ErrorCode::Unavailable,
+            ProtoError::Codec(_) | ProtoError::Unexpected(_) => ErrorCode::Invalid,
+        }
+    }
 }
 
 // A frame may never claim more memory in decoding than it may be long.

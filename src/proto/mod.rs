@@ -7,15 +7,17 @@
 //! Adding a variant at the end is compatible; anything else bumps
 //! [`PROTOCOL_VERSION`].
 
+pub mod auth;
 pub mod conn;
 pub mod views;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{CommitId, JobId, JobRef, JobReport, Record};
+use crate::core::{CommitId, JobId, JobRef, JobReport, LeftJob, Record};
 pub use views::{ResultView, RunnerView, RunningView, StatusView};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: typed refusals (`ErrorCode`), `Hello::left`, paged results and tips.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame either side accepts; checked before allocating.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
@@ -25,6 +27,89 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// Most events one `Replay` answer carries.
 pub const REPLAY_PAGE: usize = 10_000;
+
+/// Most bytes of records, results or tips one answer carries: every answer
+/// fits in a frame, whatever the history holds.
+pub const PAGE_BYTES: usize = MAX_FRAME_BYTES / 2;
+
+/// Longest name in a hello (runner names are validated further).
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Longest one-line message carried anywhere (a result's message, a
+/// refusal, a reason); longer ones are cut at a character boundary.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Why the dispatcher refused something. Clients decide from the code,
+/// never from the message text: [`ErrorCode::is_permanent`] says whether
+/// trying again can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request or hello is malformed or names something invalid.
+    Invalid,
+    /// This role may not do that (a read-only tool submitting...).
+    NotPermitted,
+    /// Missing or wrong token, or the role is not accepted here.
+    Unauthorized,
+    /// The two sides speak different protocol versions.
+    Version,
+    /// A newer connection with this runner's name took over.
+    Superseded,
+    /// The dispatcher is stopping (a signal, or its storage failed).
+    ShuttingDown,
+    /// Too many connections (from this address); try again later.
+    Busy,
+    /// The peer said nothing (a hello) in time.
+    Timeout,
+    /// Something the dispatcher needs is missing right now (randomness...).
+    Unavailable,
+    /// The peer was too slow to read what it was sent.
+    TooSlow,
+}
+
+impl ErrorCode {
+    /// Whether retrying cannot cure it: the client stops and says so.
+    pub fn is_permanent(self) -> bool {
+        match self {
+            ErrorCode::Invalid
+            | ErrorCode::NotPermitted
+            | ErrorCode::Unauthorized
+            | ErrorCode::Version
+            | ErrorCode::Superseded => true,
+            ErrorCode::ShuttingDown
+            | ErrorCode::Busy
+            | ErrorCode::Timeout
+            | ErrorCode::Unavailable
+            | ErrorCode::TooSlow => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::NotPermitted => "not_permitted",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Version => "version",
+            ErrorCode::Superseded => "superseded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TooSlow => "too_slow",
+        }
+    }
+}
 
 /// What a client is; decides which messages it may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,10 +145,12 @@ pub struct Hello {
     pub name: String,
     /// Proof of the role's token (see `auth`), if the client has one.
     pub proof: Option<Vec<u8>>,
-    /// Runners: the job still running from before a reconnection.
+    /// Runners: the job still running (or whose result is not yet
+    /// acknowledged) from before a reconnection.
     pub holding: Option<JobRef>,
-    /// Runners: the job that was running when this runner last died.
-    pub crashed: Option<JobRef>,
+    /// Runners: a job let go of while away (died running it, or stopped
+    /// and handed it back).
+    pub left: Option<LeftJob>,
 }
 
 /// Client to dispatcher.
@@ -89,11 +176,18 @@ pub enum ClientMsg {
         commits: Vec<CommitId>,
         tip: Option<CommitId>,
     },
-    GetTips,
+    /// The dispatcher's branch tips, by name, from after `after` on.
+    GetTips {
+        after: Option<String>,
+    },
     // Tools.
     Status,
+    /// One commit's result, or a page of results, newest first, of jobs
+    /// before job `before` (all when `None`), at most `limit`.
     Results {
         commit: Option<CommitId>,
+        before: Option<u64>,
+        limit: u32,
     },
     Replay {
         from_seq: u64,
@@ -113,7 +207,7 @@ impl ClientMsg {
             ClientMsg::Result { .. } => "result",
             ClientMsg::HandBack { .. } => "hand_back",
             ClientMsg::Commits { .. } => "commits",
-            ClientMsg::GetTips => "get_tips",
+            ClientMsg::GetTips { .. } => "get_tips",
             ClientMsg::Status => "status",
             ClientMsg::Results { .. } => "results",
             ClientMsg::Replay { .. } => "replay",
@@ -132,6 +226,7 @@ pub enum ServerMsg {
     },
     /// A refusal; the connection closes after it when `fatal`.
     Error {
+        code: ErrorCode,
         message: String,
         fatal: bool,
     },
@@ -153,12 +248,48 @@ pub enum ServerMsg {
         accepted: Vec<CommitId>,
         duplicates: u32,
     },
-    Tips(Vec<(String, CommitId)>),
+    /// Tips by branch name; `next` is the `after` for the next page.
+    Tips {
+        tips: Vec<(String, CommitId)>,
+        next: Option<String>,
+    },
     Status(StatusView),
-    Results(Vec<ResultView>),
+    /// Newest first; `next` is the `before` for the next page.
+    Results {
+        results: Vec<ResultView>,
+        next: Option<u64>,
+    },
     Events {
         records: Vec<Record>,
         last_seq: u64,
     },
     Output(Option<Vec<u8>>),
+}
+
+impl ServerMsg {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMsg::Greeting(_) => "greeting",
+            ServerMsg::Welcome { .. } => "welcome",
+            ServerMsg::Error { .. } => "error",
+            ServerMsg::Assign { .. } => "assign",
+            ServerMsg::Abandon { .. } => "abandon",
+            ServerMsg::ResultAck { .. } => "result_ack",
+            ServerMsg::CommitsAck { .. } => "commits_ack",
+            ServerMsg::Tips { .. } => "tips",
+            ServerMsg::Status(_) => "status",
+            ServerMsg::Results { .. } => "results",
+            ServerMsg::Events { .. } => "events",
+            ServerMsg::Output(_) => "output",
+        }
+    }
+
+    /// A refusal with its code; the message is cut to [`MAX_MESSAGE_BYTES`].
+    pub fn error(code: ErrorCode, message: impl Into<String>, fatal: bool) -> ServerMsg {
+        ServerMsg::Error {
+            code,
+            message: bounded(message.into(), MAX_MESSAGE_BYTES),
+            fatal,
+        }
+    }
 }

@@ -69,6 +69,15 @@ impl ResultView {
         }
     }
 
+    /// About how many bytes the view takes on the wire (an upper bound
+    /// for its fixed part plus its strings), to keep an answer in a frame.
+    pub fn size_hint(&self) -> usize {
+        96 + self.outcome.len()
+            + self.message.len()
+            + self.branch.as_ref().map_or(0, String::len)
+            + self.runner.as_ref().map_or(0, String::len)
+    }
+
     /// Whether the outcome is final.
     pub fn is_final(&self) -> bool {
         !matches!(self.outcome.as_str(), "pending" | "running")
@@ -148,8 +157,8 @@ impl StatusView {
             queued_total: state.queue_len() as u64,
             running,
             jobs_total: state.jobs().len() as u64,
-            jobs_done: state.results,
-            last_seq: state.last_seq,
+            jobs_done: state.results(),
+            last_seq: state.last_seq(),
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The runner's connection loop: says hello (with the job it still holds),
-//! heartbeats, runs assigned jobs, reports results until acknowledged, and
-//! reconnects with backoff whenever the dispatcher goes away, without ever
-//! stopping a running job for that.
+//! The runner's driver: carries out what the [`Machine`] decides, with
+//! tokio, the file system and the job's processes. The rules (hello,
+//! heartbeats, results kept until acknowledged, backoff, hand-back on
+//! SIGTERM) live in `machine.rs`; this file only does what it is told and
+//! reports what happened.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::job;
+use super::machine::{Effect, Exit, Finished, Machine, Marker, Saved};
 use crate::client::{Client, ClientError, Identity};
-use crate::core::{CommitId, JobRef, JobReport};
+use crate::core::{CommitId, JobId, JobRef};
 use crate::git::{GitError, Mirror};
-use crate::proto::{ClientMsg, Role, ServerMsg};
+use crate::proto::{ErrorCode, Role};
 
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
@@ -32,20 +34,13 @@ pub struct RunnerConfig {
 pub enum RunnerError {
     #[error(transparent)]
     Git(#[from] GitError),
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// One attempt's finished report, kept until the dispatcher acknowledges it.
-struct Finished {
-    job: JobRef,
-    report: JobReport,
-    output: Vec<u8>,
-}
-
-struct Running {
-    job: JobRef,
-    cancel: CancellationToken,
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("cannot keep the runner's state in {}: {source}", path.display())]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A default runner name that survives restarts: host name plus a short
@@ -71,41 +66,118 @@ pub fn default_name(work_dir: &Path) -> String {
     )
 }
 
-/// The marker file records the job in progress, so a runner that died
-/// mid-job tells the dispatcher on its next start (the job is then re-queued
-/// at once and counts as lost: a commit that kills runners cannot loop).
-struct Marker(PathBuf);
+/// The runner's own files in its work directory: the marker (which job is
+/// in progress, or was handed back) and the result waiting for its
+/// acknowledgement. Written atomically (a temporary file, fsync, rename),
+/// so a crash leaves the old or the new content, never a torn one.
+struct Disk {
+    marker: PathBuf,
+    result: PathBuf,
+}
 
-impl Marker {
-    fn read(&self) -> Option<JobRef> {
-        let text = std::fs::read_to_string(&self.0).ok()?;
-        let mut it = text.split_whitespace();
-        let job = it.next()?.parse().ok()?;
-        let attempt = it.next()?.parse().ok()?;
-        Some(JobRef {
-            job: crate::core::JobId(job),
-            attempt,
-        })
-    }
-    fn write(&self, job: JobRef) {
-        if let Err(e) = std::fs::write(&self.0, format!("{} {}\n", job.job.0, job.attempt)) {
-            warn!(error = %e, "cannot write the job marker");
+impl Disk {
+    fn new(work_dir: &Path) -> Disk {
+        Disk {
+            marker: work_dir.join("current-job"),
+            result: work_dir.join("pending-result"),
         }
     }
-    fn clear(&self) {
-        let _ = std::fs::remove_file(&self.0);
+
+    /// What a starting runner finds. Unreadable files are reported and
+    /// ignored: at worst the dispatcher counts a loss or re-runs a job.
+    fn load(&self) -> Saved {
+        let marker = std::fs::read_to_string(&self.marker)
+            .ok()
+            .and_then(|t| parse_marker(&t));
+        let result = match std::fs::read(&self.result) {
+            Ok(bytes) => match crate::encoding::decode::<Finished>(&bytes) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    warn!(file = %self.result.display(), error = %e, "a saved result cannot be read; ignoring it");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        Saved { marker, result }
     }
+
+    fn save_marker(&self, marker: Option<Marker>) -> std::io::Result<()> {
+        match marker {
+            None => remove(&self.marker),
+            Some(Marker::Running(j)) => write_atomic(
+                &self.marker,
+                format!("{} {}\n", j.job.0, j.attempt).as_bytes(),
+            ),
+            Some(Marker::HandedBack(j)) => write_atomic(
+                &self.marker,
+                format!("{} {} handed-back\n", j.job.0, j.attempt).as_bytes(),
+            ),
+        }
+    }
+
+    fn save_result(&self, result: Option<&Finished>) -> std::io::Result<()> {
+        match result {
+            None => remove(&self.result),
+            Some(f) => {
+                let bytes = crate::encoding::encode(f).map_err(std::io::Error::other)?;
+                write_atomic(&self.result, &bytes)
+            }
+        }
+    }
+}
+
+fn parse_marker(text: &str) -> Option<Marker> {
+    let mut it = text.split_whitespace();
+    let job = JobRef {
+        job: JobId(it.next()?.parse().ok()?),
+        attempt: it.next()?.parse().ok()?,
+    };
+    match it.next() {
+        None => Some(Marker::Running(job)),
+        Some("handed-back") => Some(Marker::HandedBack(job)),
+        Some(_) => None,
+    }
+}
+
+fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub struct Runner {
     cfg: RunnerConfig,
     mirror: Arc<Mutex<Mirror>>,
-    marker: Marker,
-    crashed: Option<JobRef>,
-    running: Option<Running>,
-    pending: Option<Finished>,
-    done_tx: mpsc::UnboundedSender<Finished>,
-    done_rx: mpsc::UnboundedReceiver<Finished>,
+    disk: Disk,
+    saved: Saved,
+}
+
+/// A connection under way.
+type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Client, ClientError>> + Send>>;
+
+/// What can happen while the driver waits.
+enum Happened {
+    Connected(Result<Client, ClientError>),
+    Frame(Result<Option<crate::proto::ServerMsg>, crate::proto::conn::ProtoError>),
+    JobDone(Finished),
+    Stop,
+    Timeout,
 }
 
 impl Runner {
@@ -113,261 +185,271 @@ impl Runner {
     /// the operator's to fix (bad path, unreachable repository).
     pub async fn prepare(cfg: RunnerConfig) -> Result<Runner, RunnerError> {
         let mirror = Mirror::prepare(&cfg.repo, &cfg.work_dir).await?;
-        let marker = Marker(cfg.work_dir.join("current-job"));
-        let crashed = marker.read();
-        if let Some(j) = crashed {
-            warn!(job = %j, "this runner died while running a job; reporting it lost");
+        let disk = Disk::new(&cfg.work_dir);
+        let saved = disk.load();
+        match (&saved.marker, &saved.result) {
+            (_, Some(r)) => {
+                info!(job = %r.job, "a finished result was saved before the last stop; delivering it")
+            }
+            (Some(Marker::Running(j)), None) => {
+                warn!(job = %j, "this runner died while running a job; reporting it lost")
+            }
+            (Some(Marker::HandedBack(j)), None) => {
+                info!(job = %j, "a job was handed back at the last stop; reporting it")
+            }
+            (None, None) => {}
         }
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(Runner {
             cfg,
             mirror: Arc::new(Mutex::new(mirror)),
-            marker,
-            crashed,
-            running: None,
-            pending: None,
-            done_tx,
-            done_rx,
+            disk,
+            saved,
         })
     }
 
     /// Serves until `stop` (SIGTERM): a running job is then killed and handed
     /// back to the dispatcher, which queues it again at the front.
-    pub async fn run(mut self, stop: CancellationToken) -> Result<(), RunnerError> {
+    pub async fn run(self, stop: CancellationToken) -> Result<(), RunnerError> {
         let id = Identity {
             role: Role::Runner,
             name: self.cfg.name.clone(),
             token: self.cfg.token.clone(),
         };
-        let mut backoff = Duration::from_millis(50);
-        let mut warned = false;
+        let epoch = Instant::now();
+        let now_ms = || epoch.elapsed().as_millis() as u64;
+        let mut machine = Machine::new(
+            self.saved.clone(),
+            self.cfg.heartbeat_interval.as_millis() as u64,
+            crate::client::random_seed(),
+            now_ms(),
+        );
+        let (done_tx, mut done_rx) = mpsc::channel::<Finished>(4);
+        let mut client: Option<Client> = None;
+        let mut connecting: Option<Connecting> = None;
+        let mut running: Option<(JobRef, CancellationToken)> = None;
+        let mut stop_seen = false;
+        let mut unreachable_warned = false;
         loop {
-            if stop.is_cancelled() {
-                self.stop_job();
-                return Ok(());
+            while let Some(effect) = machine.poll_effect() {
+                match effect {
+                    Effect::Connect { holding, left } => {
+                        let addr = self.cfg.dispatcher.clone();
+                        let id = id.clone();
+                        connecting = Some(Box::pin(async move {
+                            Client::connect(&addr, &id, holding, left).await
+                        }));
+                    }
+                    Effect::Send(msg) => {
+                        let sent = match client.as_mut() {
+                            Some(c) => c.writer.send(&msg).await,
+                            None => continue,
+                        };
+                        if let Err(e) = sent {
+                            info!(error = %e, "disconnected from the dispatcher; reconnecting");
+                            client = None;
+                            machine.disconnected(now_ms());
+                        }
+                    }
+                    Effect::Disconnect => client = None,
+                    Effect::StartJob {
+                        job,
+                        commit,
+                        branch,
+                    } => {
+                        let cancel = CancellationToken::new();
+                        running = Some((job, cancel.clone()));
+                        self.start_job(job, commit, branch, cancel, done_tx.clone());
+                    }
+                    Effect::KillJob(job) => {
+                        if let Some((j, cancel)) = running.take_if(|(j, _)| *j == job) {
+                            info!(job = %j, "killing the running job");
+                            cancel.cancel();
+                        }
+                    }
+                    Effect::SaveMarker(m) => {
+                        if let Err(e) = self.disk.save_marker(m) {
+                            warn!(error = %e, "cannot write the job marker");
+                        }
+                    }
+                    Effect::SaveResult(r) => {
+                        if let Err(source) = self.disk.save_result(r.as_ref()) {
+                            // Not fatal: the result is still sent; only a
+                            // stop before its acknowledgement would lose it.
+                            warn!(error = %source, "cannot save the finished result");
+                        }
+                    }
+                    Effect::Exit(Exit::Stopped) => {
+                        if let Some((_, cancel)) = running.take() {
+                            cancel.cancel();
+                        }
+                        return Ok(());
+                    }
+                    Effect::Exit(Exit::Refused { code, message }) => {
+                        if let Some((_, cancel)) = running.take() {
+                            cancel.cancel();
+                        }
+                        return Err(RunnerError::Refused { code, message });
+                    }
+                }
             }
-            let holding = self.holding();
-            let connect = Client::connect(&self.cfg.dispatcher, &id, holding, self.crashed);
-            let client = tokio::select! {
-                c = connect => c,
-                _ = stop.cancelled() => continue,
+            let wake = machine
+                .poll_timeout()
+                .map(|ms| epoch + Duration::from_millis(ms));
+            let happened = tokio::select! {
+                c = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                    connecting = None;
+                    Happened::Connected(c)
+                }
+                f = async { client.as_mut().expect("guarded").reader.recv().await }, if client.is_some() => {
+                    Happened::Frame(f)
+                }
+                Some(fin) = done_rx.recv() => Happened::JobDone(fin),
+                _ = stop.cancelled(), if !stop_seen => Happened::Stop,
+                _ = sleep_until(wake) => Happened::Timeout,
             };
-            match client {
-                Ok(client) => {
-                    if warned {
+            let now = now_ms();
+            match happened {
+                Happened::Connected(Ok(c)) => {
+                    if unreachable_warned {
                         info!(dispatcher = %self.cfg.dispatcher, "connected again");
                     } else {
                         info!(dispatcher = %self.cfg.dispatcher, "connected");
                     }
-                    backoff = Duration::from_millis(50);
-                    warned = false;
-                    self.crashed = None;
-                    match self.session(client, &stop).await {
-                        Ok(()) => {}
-                        Err(e) if e.is_fatal() => return Err(RunnerError::Refused(e.to_string())),
-                        Err(e) => {
-                            info!(error = %e, "disconnected from the dispatcher; reconnecting")
-                        }
-                    }
+                    unreachable_warned = false;
+                    client = Some(c);
+                    machine.connected(now);
                 }
-                Err(e) if e.is_fatal() => return Err(RunnerError::Refused(e.to_string())),
-                Err(e) => {
-                    if !warned {
-                        warn!(error = %e, "dispatcher unavailable; retrying with backoff");
-                        warned = true;
+                Happened::Connected(Err(e)) => {
+                    if e.is_fatal() {
+                        machine.connect_failed(e.code(), &e.to_string(), now);
                     } else {
-                        debug!(error = %e, "still cannot reach the dispatcher");
-                    }
-                    // A job that finishes meanwhile is kept until delivered.
-                    let deadline = tokio::time::sleep(backoff);
-                    tokio::pin!(deadline);
-                    loop {
-                        tokio::select! {
-                            _ = &mut deadline => break,
-                            _ = stop.cancelled() => break,
-                            Some(fin) = self.done_rx.recv() => self.finished(fin),
+                        if !unreachable_warned {
+                            warn!(error = %e, "dispatcher unavailable; retrying with backoff");
+                            unreachable_warned = true;
+                        } else {
+                            debug!(error = %e, "still cannot reach the dispatcher");
                         }
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    }
-
-    fn holding(&self) -> Option<JobRef> {
-        self.running
-            .as_ref()
-            .map(|r| r.job)
-            .or(self.pending.as_ref().map(|p| p.job))
-    }
-
-    fn stop_job(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.cancel.cancel();
-        }
-    }
-
-    fn finished(&mut self, fin: Finished) {
-        if self.running.as_ref().map(|r| r.job) == Some(fin.job) {
-            self.running = None;
-            info!(job = %fin.job, outcome = fin.report.outcome.as_str(), ms = fin.report.duration_ms, "job finished");
-            self.pending = Some(fin);
-        }
-    }
-
-    async fn session(
-        &mut self,
-        mut client: Client,
-        stop: &CancellationToken,
-    ) -> Result<(), ClientError> {
-        if let Some(p) = &self.pending {
-            client
-                .writer
-                .send(&ClientMsg::Result {
-                    job: p.job,
-                    report: p.report.clone(),
-                    output: p.output.clone(),
-                })
-                .await?;
-        }
-        let mut beat = tokio::time::interval(self.cfg.heartbeat_interval);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        beat.tick().await;
-        loop {
-            tokio::select! {
-                _ = beat.tick() => {
-                    client.writer.send(&ClientMsg::Heartbeat { holding: self.holding() }).await?;
-                }
-                msg = client.reader.recv() => {
-                    let Some(msg) = msg? else { return Err(ClientError::Proto(crate::proto::conn::ProtoError::Closed)) };
-                    self.on_message(&mut client, msg).await?;
-                }
-                Some(fin) = self.done_rx.recv() => {
-                    self.finished(fin);
-                    if let Some(p) = &self.pending {
-                        client.writer.send(&ClientMsg::Result {
-                            job: p.job,
-                            report: p.report.clone(),
-                            output: p.output.clone(),
-                        }).await?;
+                        machine.connect_failed(e.code(), &e.to_string(), now);
                     }
                 }
-                _ = stop.cancelled() => {
-                    if let Some(r) = self.running.take() {
-                        info!(job = %r.job, "stopping: killing the running job and handing it back");
-                        r.cancel.cancel();
-                        client.writer.send(&ClientMsg::HandBack { job: r.job }).await?;
-                        self.marker.clear();
-                    }
-                    // A finished result not yet acknowledged: give it a moment.
-                    if self.pending.is_some() {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                            while let Ok(Some(m)) = client.reader.recv().await {
-                                if let ServerMsg::ResultAck { .. } = m {
-                                    self.marker.clear();
-                                    break;
-                                }
-                            }
-                        }).await;
-                    }
-                    return Ok(());
+                Happened::Frame(Ok(Some(msg))) => machine.message(msg, now),
+                Happened::Frame(Ok(None)) | Happened::Frame(Err(_)) => {
+                    info!("disconnected from the dispatcher; reconnecting");
+                    client = None;
+                    machine.disconnected(now);
                 }
+                Happened::JobDone(fin) => {
+                    if running.as_ref().is_some_and(|(j, _)| *j == fin.job) {
+                        running = None;
+                    }
+                    info!(job = %fin.job, outcome = fin.report.outcome.as_str(), ms = fin.report.duration_ms, "job finished");
+                    machine.job_finished(fin);
+                }
+                Happened::Stop => {
+                    stop_seen = true;
+                    info!("stopping: handing back any running job");
+                    machine.stop(now);
+                }
+                Happened::Timeout => machine.handle_timeout(now),
             }
         }
     }
 
-    async fn on_message(&mut self, client: &mut Client, msg: ServerMsg) -> Result<(), ClientError> {
-        match msg {
-            ServerMsg::Assign {
-                job,
-                commit,
-                branch,
-            } => {
-                if self.holding() == Some(job) {
-                    debug!(%job, "assignment already in hand");
-                    return Ok(());
-                }
-                if let Some(h) = self.holding() {
-                    warn!(held = %h, offered = %job, "assigned a job while holding another; ignoring");
-                    return Ok(());
-                }
-                self.start_job(job, commit, branch);
-            }
-            ServerMsg::Abandon { job, reason } => {
-                let mut dropped = false;
-                if self.running.as_ref().map(|r| r.job) == Some(job) {
-                    warn!(%job, %reason, "told to abandon the running job; killing it");
-                    self.stop_job();
-                    dropped = true;
-                }
-                if self.pending.as_ref().map(|p| p.job) == Some(job) {
-                    warn!(%job, %reason, "result refused as stale; dropping it");
-                    self.pending = None;
-                    dropped = true;
-                }
-                if dropped {
-                    self.marker.clear();
-                    client.writer.send(&ClientMsg::Ready).await?;
-                }
-            }
-            ServerMsg::ResultAck {
-                job,
-                accepted,
-                reason,
-            } => {
-                if self.pending.as_ref().map(|p| p.job) == Some(job) {
-                    self.pending = None;
-                    self.marker.clear();
-                    if !accepted {
-                        warn!(%job, %reason, "result rejected as stale");
-                        client.writer.send(&ClientMsg::Ready).await?;
-                    }
-                }
-            }
-            ServerMsg::Error { message, fatal } => {
-                warn!(%message, "dispatcher error");
-                if fatal {
-                    return Err(ClientError::Refused(message));
-                }
-            }
-            other => debug!(?other, "unexpected message ignored"),
-        }
-        Ok(())
-    }
-
-    fn start_job(&mut self, job: JobRef, commit: CommitId, branch: Option<String>) {
-        self.marker.write(job);
-        let cancel = CancellationToken::new();
-        self.running = Some(Running {
-            job,
-            cancel: cancel.clone(),
-        });
+    fn start_job(
+        &self,
+        job: JobRef,
+        commit: CommitId,
+        branch: Option<String>,
+        cancel: CancellationToken,
+        done: mpsc::Sender<Finished>,
+    ) {
         let span =
             info_span!("job", job = job.job.0, attempt = job.attempt, commit = %commit.short());
         let mirror = self.mirror.clone();
         let work_dir = self.cfg.work_dir.clone();
         let job_timeout = self.cfg.job_timeout;
-        let done = self.done_tx.clone();
         info!(%job, %commit, branch = branch.as_deref().unwrap_or("-"), "job assigned");
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let (report, output) =
+                let (mut report, output) =
                     job::execute(mirror, &work_dir, commit, job_timeout, cancel.clone()).await;
-                let mut report = report;
                 if report.duration_ms == 0 {
                     // Never ran: the time went to fetching and checking out.
                     report.duration_ms = started.elapsed().as_millis() as u64;
                 }
                 if !cancel.is_cancelled() {
-                    let _ = done.send(Finished {
-                        job,
-                        report,
-                        output,
-                    });
+                    let _ = done
+                        .send(Finished {
+                            job,
+                            report,
+                            output,
+                        })
+                        .await;
                 }
             }
             .instrument(span),
         );
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::new(dir.path());
+        let j = JobRef {
+            job: JobId(7),
+            attempt: 2,
+        };
+        assert_eq!(disk.load(), Saved::default());
+        for m in [Marker::Running(j), Marker::HandedBack(j)] {
+            disk.save_marker(Some(m)).unwrap();
+            assert_eq!(disk.load().marker, Some(m));
+        }
+        disk.save_marker(None).unwrap();
+        disk.save_marker(None).unwrap();
+        assert_eq!(disk.load().marker, None);
+        // The first release's marker ("job attempt") still reads.
+        std::fs::write(dir.path().join("current-job"), "7 2\n").unwrap();
+        assert_eq!(disk.load().marker, Some(Marker::Running(j)));
+        std::fs::write(dir.path().join("current-job"), "garbage").unwrap();
+        assert_eq!(disk.load().marker, None);
+    }
+
+    #[test]
+    fn results_round_trip_and_damage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::new(dir.path());
+        let f = Finished {
+            job: JobRef {
+                job: JobId(3),
+                attempt: 1,
+            },
+            report: crate::core::JobReport {
+                outcome: crate::core::Outcome::Pass,
+                exit_code: Some(0),
+                duration_ms: 12,
+                tests: None,
+                message: "Ran 3 tests: OK".into(),
+            },
+            output: b"ok\n".to_vec(),
+        };
+        disk.save_result(Some(&f)).unwrap();
+        assert_eq!(disk.load().result, Some(f));
+        std::fs::write(dir.path().join("pending-result"), [1, 2, 3]).unwrap();
+        assert_eq!(disk.load().result, None);
+        disk.save_result(None).unwrap();
+        assert!(!dir.path().join("pending-result").exists());
     }
 }

@@ -4,4 +4,5 @@ pub mod agent;
 pub mod config;
 pub mod exec;
 pub mod job;
+pub mod machine;
 pub mod unittest;

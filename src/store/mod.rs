@@ -1,47 +1,138 @@
-//! The event log and the output store behind a small interface.
+//! The event log, the output store and the snapshot store, behind three
+//! small interfaces.
 //!
 //! The core never sees this module; the dispatcher shell appends a batch,
 //! makes it durable with one `flush` (group commit), and only then lets
-//! anything that depends on it leave the process. `SledLog` is the embedded
-//! default; a replicated backend implements the same [`EventLog`] trait.
+//! anything that depends on it leave the process. [`SledLog`] is the
+//! embedded default; [`mem::MemStore`] keeps everything in memory and can
+//! be told to fail, for the simulator and tests; a replicated backend
+//! implements the same traits. Errors are [`StoreError`]s, which name no
+//! backend's types: the shell decides on their kind, never their text.
 
 pub mod format;
+pub mod mem;
 pub mod sled_log;
 
 use std::path::PathBuf;
 
-use crate::core::{Event, JobRef, Record, State};
+use crate::core::{JobRef, Record, State};
 
 pub use sled_log::SledLog;
+
+/// What kind of input/output failure a backend met, so the shell and the
+/// operator know what to do about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoFailure {
+    /// No space left on the device, or a quota reached.
+    NoSpace,
+    /// The process ran out of file descriptors.
+    TooManyFiles,
+    /// The file system is read-only, or permissions forbid writing.
+    NotWritable,
+    /// Anything else the operating system reported.
+    Other,
+}
+
+impl IoFailure {
+    pub fn of(e: &std::io::Error) -> IoFailure {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => IoFailure::NoSpace,
+            Some(libc::EMFILE) | Some(libc::ENFILE) => IoFailure::TooManyFiles,
+            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => IoFailure::NotWritable,
+            _ => IoFailure::Other,
+        }
+    }
+
+    /// What the operator can do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            IoFailure::NoSpace => "free space on that file system, then start the dispatcher again",
+            IoFailure::TooManyFiles => {
+                "raise the open-file limit (ulimit -n, LimitNOFILE=) or lower the connection cap, then start the dispatcher again"
+            }
+            IoFailure::NotWritable => {
+                "make the data directory writable by this user, then start the dispatcher again"
+            }
+            IoFailure::Other => {
+                "check the disk and the system log, then start the dispatcher again"
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "the data directory {dir} is in use by another dispatcher (its lock is held); stop that dispatcher, or use --dispatcher ADDR to read from it"
+        "the data directory {} is in use by another dispatcher (its lock is held); stop that dispatcher, or use --dispatcher ADDR to read from it",
+        dir.display()
     )]
     Locked { dir: PathBuf },
-    #[error("cannot open the data directory {dir}: {detail}")]
+    #[error("cannot open the data directory {}: {detail}", dir.display())]
     Open { dir: PathBuf, detail: String },
-    #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
+    /// Writing or syncing failed: the log cannot take more events.
+    #[error(
+        "cannot write the event log in {}: {detail}; nothing that was not yet durable was acknowledged; {}",
+        dir.display(),
+        failure.advice()
+    )]
+    Write {
+        dir: PathBuf,
+        failure: IoFailure,
+        detail: String,
+    },
+    #[error("cannot read the event log in {}: {detail}", dir.display())]
+    Read { dir: PathBuf, detail: String },
+    /// The database files themselves are damaged.
+    #[error(
+        "the database in {} is damaged ({detail}); nothing was changed. Restore {} from a backup, or move it aside and start with an empty one (losing the history)",
+        dir.display(),
+        dir.display()
+    )]
+    Damaged { dir: PathBuf, detail: String },
+    /// The data directory was deleted, moved or replaced under the
+    /// dispatcher: what it writes would be lost.
+    #[error(
+        "the data directory {} was deleted, moved or replaced while the dispatcher ran; stopping so that nothing more is acknowledged into files nobody will find. Restore it (or point --data-dir at where it went) and start again",
+        dir.display()
+    )]
+    Vanished { dir: PathBuf },
     #[error(
         "log record {seq} cannot be read: {detail}. The log is damaged or was written by a newer version; nothing was skipped. Restore the data directory from a backup or run the newer version"
     )]
     Corrupt { seq: u64, detail: String },
     #[error("snapshot at event {seq} cannot be read: {detail}")]
     BadSnapshot { seq: u64, detail: String },
-    #[error("the log flusher thread panicked")]
-    FlusherPanicked,
+    /// A batch did not follow on from the log's last record: a bug.
+    #[error("records appended out of order: expected event {expected}, got {got}")]
+    OutOfOrder { expected: u64, got: u64 },
+    /// Copying a data directory for reading failed.
+    #[error("cannot copy {} for reading: {detail}", dir.display())]
+    Copy { dir: PathBuf, detail: String },
+    #[error("the log flusher thread stopped")]
+    FlusherStopped,
     #[error("{0}")]
     Apply(#[from] crate::core::state::ApplyError),
 }
 
-/// An append-only, durable event log plus the per-attempt output store.
+impl StoreError {
+    /// Whether this failure means the log can take no more writes (the
+    /// dispatcher must stop), as opposed to one read going wrong.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::Read { .. } | StoreError::Corrupt { .. } | StoreError::BadSnapshot { .. }
+        )
+    }
+}
+
+/// An append-only, durable event log.
 pub trait EventLog: Send {
-    /// Appends events after the last one, stamped `at_ms`. Not yet durable:
-    /// call `flush` before anything depends on them.
-    fn append(&mut self, at_ms: u64, events: &[Event]) -> Result<u64, StoreError>;
-    /// Makes everything appended so far durable (one fsync for the batch).
+    /// Appends records that follow on from the last one (their sequence
+    /// numbers were given by the core). Not yet durable: call `flush`
+    /// before anything depends on them.
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError>;
+    /// Makes everything appended so far durable (one fsync for the batch),
+    /// outputs included, after checking the storage is still where it was.
     fn flush(&mut self) -> Result<(), StoreError>;
     /// A handle that does what `flush` does from another thread, while
     /// appends go on: the dispatcher decides and appends the next batch
@@ -50,12 +141,6 @@ pub trait EventLog: Send {
     /// Up to `limit` records from `from_seq` on, in order.
     fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError>;
     fn last_seq(&self) -> u64;
-    /// Stores the (bounded) output of one attempt; durable with the next flush.
-    fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError>;
-    fn output(&self, job: JobRef) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Stores a snapshot of the state folded up to `state.last_seq`.
-    fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError>;
-    fn latest_snapshot(&self) -> Result<Option<State>, StoreError>;
 }
 
 /// Makes durable everything appended to its log before the call.
@@ -63,18 +148,94 @@ pub trait Flusher: Send {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
-/// Rebuilds the state: newest snapshot (if `use_snapshot`), then the tail.
-pub fn load_state(log: &dyn EventLog, use_snapshot: bool) -> Result<State, StoreError> {
-    let t = std::time::Instant::now();
-    let mut state = if use_snapshot {
-        log.latest_snapshot()?.unwrap_or_default()
-    } else {
-        State::default()
+/// The (bounded) output of each attempt, kept beside the log so replay
+/// never reads it.
+pub trait OutputStore: Send {
+    /// Stores one attempt's output; durable with the log's next flush.
+    fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError>;
+    fn output(&self, job: JobRef) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// Snapshots of the folded state, a cache of the log: any of them may be
+/// missing or damaged, and the log alone still rebuilds everything.
+pub trait SnapshotStore: Send {
+    /// Stores a snapshot of the state folded up to `state.last_seq()`.
+    fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError>;
+    /// The sequence numbers of the stored snapshots, newest first.
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError>;
+    /// The snapshot covering events up to `seq`; `Ok(None)` if it is in a
+    /// layout this build does not read.
+    fn load_snapshot(&self, seq: u64) -> Result<Option<State>, StoreError>;
+}
+
+/// Everything a dispatcher keeps on disk: one backend behind its three
+/// interfaces. Handed to `dispatcher::start`, which never opens storage
+/// itself.
+pub trait Store: EventLog + OutputStore + SnapshotStore {
+    /// Where it lives, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Whether a rebuild may start from a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebuild {
+    /// The newest usable snapshot, then the log's tail.
+    FromSnapshot,
+    /// Every record from the first (what `replay --verify` compares with).
+    FromScratch,
+}
+
+/// The newest snapshot that loads and fits the log. A damaged one is
+/// skipped with a warning (the next older, or none, is used instead):
+/// snapshots are a cache, never a reason not to start.
+pub fn newest_usable_snapshot<S: SnapshotStore + ?Sized>(
+    snapshots: &S,
+    log_last_seq: u64,
+) -> Result<Option<State>, StoreError> {
+    let seqs = match snapshots.snapshot_seqs() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the snapshots; rebuilding from the whole log");
+            return Ok(None);
+        }
     };
-    let snapshot_seq = state.last_seq;
+    for seq in seqs {
+        match snapshots.load_snapshot(seq) {
+            Ok(Some(state)) if state.last_seq() <= log_last_seq => return Ok(Some(state)),
+            Ok(Some(state)) => tracing::warn!(
+                seq,
+                covers = state.last_seq(),
+                log_ends = log_last_seq,
+                "a snapshot covers more than the log holds; not using it"
+            ),
+            Ok(None) => {
+                tracing::info!(seq, "a snapshot in an older layout; not using it")
+            }
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "a damaged snapshot; trying an older one")
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Rebuilds the state: the newest usable snapshot (if asked), then the tail.
+pub fn load_state<S: EventLog + SnapshotStore + ?Sized>(
+    store: &S,
+    how: Rebuild,
+) -> Result<State, StoreError> {
+    let t = std::time::Instant::now();
+    let mut state = match how {
+        Rebuild::FromSnapshot => {
+            newest_usable_snapshot(store, store.last_seq())?.unwrap_or_default()
+        }
+        Rebuild::FromScratch => State::default(),
+    };
+    let snapshot_seq = state.last_seq();
     let snapshot_ms = t.elapsed().as_millis() as u64;
     loop {
-        let batch = log.read(state.last_seq + 1, 8192)?;
+        let batch = store.read(state.last_seq() + 1, 8192)?;
         if batch.is_empty() {
             break;
         }
@@ -85,7 +246,7 @@ pub fn load_state(log: &dyn EventLog, use_snapshot: bool) -> Result<State, Store
     tracing::debug!(
         snapshot_seq,
         snapshot_ms,
-        tail_events = state.last_seq - snapshot_seq,
+        tail_events = state.last_seq() - snapshot_seq,
         tail_ms = t.elapsed().as_millis() as u64 - snapshot_ms,
         "state loaded"
     );

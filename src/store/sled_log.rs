@@ -1,12 +1,15 @@
 //! The embedded default log on sled: one tree of events, one of outputs, one
-//! of snapshots, in one database under the data directory.
+//! of snapshots, in one database under the data directory. The only file
+//! that knows sled: its errors become [`StoreError`]s here.
 
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::core::{Event, JobRef, Record, State};
+use crate::core::{JobRef, Record, State};
 
 use super::format;
-use super::{EventLog, Flusher, StoreError};
+use super::{EventLog, Flusher, IoFailure, OutputStore, SnapshotStore, Store, StoreError};
 
 /// sled's page cache, in bytes.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -16,13 +19,143 @@ pub struct SledLog {
     /// sled's own flush ends in `sync_file_range`, which survives a process
     /// crash but not a power cut (it neither commits the file's metadata nor
     /// flushes the device cache). An `fdatasync` on the same file after it
-    /// does, so an acknowledged event survives both.
-    data_file: Option<std::fs::File>,
+    /// does, so an acknowledged event survives both. Also how the log
+    /// notices that its files were deleted or replaced (see [`Presence`]).
+    data_file: File,
+    presence: Presence,
     events: sled::Tree,
     outputs: sled::Tree,
     snapshots: sled::Tree,
     last_seq: u64,
     dir: PathBuf,
+    /// For a read-only copy: the temporary directory that holds it.
+    _copy: Option<tempfile::TempDir>,
+}
+
+/// Whether the data file this process writes is still the one at the data
+/// directory's path: `rm -rf` of the directory (the open file lives on with
+/// no name), a `mv` or a replacement would otherwise go unnoticed while
+/// acknowledged events went into files nobody will find.
+struct Presence {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Presence {
+    fn of(file: &File, path: &Path) -> std::io::Result<Presence> {
+        let m = file.metadata()?;
+        Ok(Presence {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Fails when the open file has no name any more or the path names
+    /// another file.
+    fn check(&self, file: &File, dir: &Path) -> Result<(), StoreError> {
+        let vanished = || StoreError::Vanished {
+            dir: dir.to_path_buf(),
+        };
+        let open = file.metadata().map_err(|e| write_error(dir, e))?;
+        if open.nlink() == 0 {
+            return Err(vanished());
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => Ok(()),
+            Ok(_) => Err(vanished()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(vanished()),
+            Err(e) => Err(write_error(dir, e)),
+        }
+    }
+}
+
+fn write_error(dir: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Write {
+        dir: dir.to_path_buf(),
+        failure: io_failure(&e),
+        detail: e.to_string(),
+    }
+}
+
+/// What kind of failure an `io::Error` is, looking through sled's wrapping
+/// (it re-wraps OS errors, keeping their kind but not their code).
+fn io_failure(e: &std::io::Error) -> IoFailure {
+    use std::io::ErrorKind;
+    if e.raw_os_error().is_some() {
+        return IoFailure::of(e);
+    }
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<std::io::Error>()) {
+        return io_failure(inner);
+    }
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => IoFailure::NoSpace,
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => IoFailure::NotWritable,
+        _ => IoFailure::Other,
+    }
+}
+
+/// A sled error met while writing (appending, flushing, storing).
+fn sled_write(dir: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) => write_error(dir, io),
+        sled::Error::Corruption { .. } => StoreError::Damaged {
+            dir: dir.to_path_buf(),
+            detail: e.to_string(),
+        },
+        other => StoreError::Write {
+            dir: dir.to_path_buf(),
+            failure: IoFailure::Other,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// A sled error met while reading.
+fn sled_read(dir: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Damaged {
+            dir: dir.to_path_buf(),
+            detail: e.to_string(),
+        },
+        other => StoreError::Read {
+            dir: dir.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Whether another process holds sled's lock on the data file.
+fn locked_by_another(data_path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = File::open(data_path) else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor we own; LOCK_NB never blocks.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK);
+    }
+    // SAFETY: as above; releases the shared lock just taken.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+    false
+}
+
+/// Copies a directory tree (files and subdirectories), for a read-only copy.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 impl SledLog {
@@ -33,8 +166,57 @@ impl SledLog {
             dir: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
+        Self::open_db(dir, &dir.join("db"), None)
+    }
+
+    /// Opens a log for reading only, leaving `dir` exactly as it was: sled
+    /// writes while it opens (recovery, its own snapshot files), so the
+    /// database is copied to a private temporary directory and opened
+    /// there. Works on a read-only backup; refuses, saying so, while a
+    /// dispatcher holds `dir`. Needs free space for the copy in the
+    /// temporary directory (`TMPDIR`).
+    pub fn open_read_only(dir: &Path) -> Result<SledLog, StoreError> {
+        let db_dir = dir.join("db");
+        if !db_dir.join("db").is_file() {
+            return Err(StoreError::Open {
+                dir: dir.to_path_buf(),
+                detail: "it holds no event log (no dispatcher ever ran there)".into(),
+            });
+        }
+        if locked_by_another(&db_dir.join("db")) {
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let copy_err = |e: std::io::Error| StoreError::Copy {
+            dir: dir.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix("ci-replay-")
+            .tempdir()
+            .map_err(copy_err)?;
+        copy_tree(&db_dir, &tmp.path().join("db")).map_err(copy_err)?;
+        let copy_db = tmp.path().join("db");
+        let mut log = Self::open_db(dir, &copy_db, Some(tmp)).map_err(|e| match e {
+            // Name the directory the user gave, not the copy.
+            StoreError::Open { detail, .. } => StoreError::Open {
+                dir: dir.to_path_buf(),
+                detail,
+            },
+            other => other,
+        })?;
+        log.dir = dir.to_path_buf();
+        Ok(log)
+    }
+
+    fn open_db(
+        dir: &Path,
+        db_dir: &Path,
+        copy: Option<tempfile::TempDir>,
+    ) -> Result<SledLog, StoreError> {
         let db = sled::Config::new()
-            .path(dir.join("db"))
+            .path(db_dir)
             .mode(sled::Mode::HighThroughput)
             // sled's default page cache is 1 GiB; the dispatcher reads the
             // log once at start and then only appends, so a small cache
@@ -42,17 +224,18 @@ impl SledLog {
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| classify_open_error(dir, e))?;
-        let events = db.open_tree("events")?;
-        let outputs = db.open_tree("outputs")?;
-        let snapshots = db.open_tree("snapshots")?;
-        let data_path = dir.join("db").join("db");
-        let data_file = Some(
-            std::fs::File::open(&data_path).map_err(|e| StoreError::Open {
-                dir: data_path.clone(),
-                detail: format!("cannot open sled's data file to sync it: {e}"),
-            })?,
-        );
-        let last_seq = match events.last()? {
+        let tree = |name: &str| db.open_tree(name).map_err(|e| sled_read(dir, e));
+        let events = tree("events")?;
+        let outputs = tree("outputs")?;
+        let snapshots = tree("snapshots")?;
+        let data_path = db_dir.join("db");
+        let cannot_sync = |e: std::io::Error| StoreError::Open {
+            dir: data_path.clone(),
+            detail: format!("cannot open sled's data file to sync it: {e}"),
+        };
+        let data_file = File::open(&data_path).map_err(cannot_sync)?;
+        let presence = Presence::of(&data_file, &data_path).map_err(cannot_sync)?;
+        let last_seq = match events.last().map_err(|e| sled_read(dir, e))? {
             Some((k, v)) => {
                 let first = format::seq_of(&k).ok_or_else(|| StoreError::Corrupt {
                     seq: 0,
@@ -70,11 +253,13 @@ impl SledLog {
         Ok(SledLog {
             db,
             data_file,
+            presence,
             events,
             outputs,
             snapshots,
             last_seq,
             dir: dir.to_path_buf(),
+            _copy: copy,
         })
     }
 
@@ -85,8 +270,19 @@ impl SledLog {
     /// Writes a raw value at `seq`, for tests of damaged and old records.
     #[doc(hidden)]
     pub fn put_raw(&mut self, seq: u64, value: &[u8]) -> Result<(), StoreError> {
-        self.events.insert(format::key(seq), value)?;
+        self.events
+            .insert(format::key(seq), value)
+            .map_err(|e| sled_write(&self.dir, e))?;
         self.last_seq = self.last_seq.max(seq);
+        Ok(())
+    }
+
+    /// Writes a raw snapshot value at `seq`, for tests of damaged snapshots.
+    #[doc(hidden)]
+    pub fn put_raw_snapshot(&mut self, seq: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.snapshots
+            .insert(format::key(seq), value)
+            .map_err(|e| sled_write(&self.dir, e))?;
         Ok(())
     }
 
@@ -97,19 +293,28 @@ impl SledLog {
 }
 
 fn classify_open_error(dir: &Path, e: sled::Error) -> StoreError {
-    let text = e.to_string();
-    if text.contains("lock")
-        || text.contains("WouldBlock")
-        || text.contains("temporarily unavailable")
-    {
-        StoreError::Locked {
-            dir: dir.to_path_buf(),
+    match &e {
+        // sled reports its lock as an `Other` I/O error; the lock itself
+        // says whether that is what it was.
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::Other
+                && locked_by_another(&dir.join("db").join("db")) =>
+        {
+            return StoreError::Locked {
+                dir: dir.to_path_buf(),
+            };
         }
-    } else {
-        StoreError::Open {
-            dir: dir.to_path_buf(),
-            detail: text,
+        sled::Error::Corruption { .. } => {
+            return StoreError::Damaged {
+                dir: dir.to_path_buf(),
+                detail: "sled found corrupted data while opening".into(),
+            };
         }
+        _ => {}
+    }
+    StoreError::Open {
+        dir: dir.to_path_buf(),
+        detail: e.to_string(),
     }
 }
 
@@ -121,66 +326,102 @@ fn output_key(job: JobRef) -> [u8; 12] {
 }
 
 /// sled's flush, then the `fdatasync` that makes it survive a power cut
-/// (see `SledLog::data_file`).
-fn flush_db(db: &sled::Db, data_file: Option<&std::fs::File>) -> Result<(), StoreError> {
-    db.flush()?;
-    if let Some(f) = data_file {
-        f.sync_data()
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-    }
-    Ok(())
+/// (see `SledLog::data_file`), then the check that the files are still
+/// where the next start will look.
+fn flush_db(
+    db: &sled::Db,
+    data_file: &File,
+    presence: &Presence,
+    dir: &Path,
+) -> Result<(), StoreError> {
+    db.flush().map_err(|e| sled_write(dir, e))?;
+    data_file.sync_data().map_err(|e| write_error(dir, e))?;
+    presence.check(data_file, dir)
 }
 
 /// [`SledLog::flush`] from another thread: sled's handles are shared, and
 /// its flush covers every write made before it began.
 struct SledFlusher {
     db: sled::Db,
-    data_file: Option<std::fs::File>,
+    data_file: File,
+    presence: Presence,
+    dir: PathBuf,
 }
 
 impl Flusher for SledFlusher {
     fn flush(&self) -> Result<(), StoreError> {
-        flush_db(&self.db, self.data_file.as_ref())
+        flush_db(&self.db, &self.data_file, &self.presence, &self.dir)
     }
 }
 
 impl EventLog for SledLog {
-    fn append(&mut self, at_ms: u64, events: &[Event]) -> Result<u64, StoreError> {
-        if events.is_empty() {
-            return Ok(self.last_seq);
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let Some(first) = records.first() else {
+            return Ok(());
+        };
+        if first.seq != self.last_seq + 1 {
+            return Err(StoreError::OutOfOrder {
+                expected: self.last_seq + 1,
+                got: first.seq,
+            });
         }
-        // One key per chunk of the batch (format 2), applied atomically.
+        // One key per run of records stamped alike (format 2: a batch
+        // shares its `at_ms`), at most MAX_BATCH_EVENTS each, applied
+        // atomically.
         let mut batch = sled::Batch::default();
         let mut seq = self.last_seq;
-        for chunk in events.chunks(format::MAX_BATCH_EVENTS) {
-            let first = seq + 1;
-            let value = format::encode_batch(at_ms, chunk).map_err(|e| StoreError::Corrupt {
-                seq: first,
+        let mut events = Vec::new();
+        let mut i = 0;
+        while i < records.len() {
+            let at_ms = records[i].at_ms;
+            let start = seq + 1;
+            events.clear();
+            while i < records.len()
+                && records[i].at_ms == at_ms
+                && events.len() < format::MAX_BATCH_EVENTS
+            {
+                let r = &records[i];
+                if r.seq != seq + 1 {
+                    return Err(StoreError::OutOfOrder {
+                        expected: seq + 1,
+                        got: r.seq,
+                    });
+                }
+                events.push(r.event.clone());
+                seq += 1;
+                i += 1;
+            }
+            let value = format::encode_batch(at_ms, &events).map_err(|e| StoreError::Corrupt {
+                seq: start,
                 detail: e.to_string(),
             })?;
-            batch.insert(&format::key(first), value);
-            seq += chunk.len() as u64;
+            batch.insert(&format::key(start), value);
         }
-        self.events.apply_batch(batch)?;
+        self.events
+            .apply_batch(batch)
+            .map_err(|e| sled_write(&self.dir, e))?;
         self.last_seq = seq;
-        Ok(seq)
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        flush_db(&self.db, self.data_file.as_ref())
+        flush_db(&self.db, &self.data_file, &self.presence, &self.dir)
     }
 
     fn flusher(&self) -> Result<Box<dyn Flusher>, StoreError> {
-        let data_file = match &self.data_file {
-            Some(f) => Some(
-                f.try_clone()
-                    .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?,
-            ),
-            None => None,
-        };
+        let data_file = self
+            .data_file
+            .try_clone()
+            .map_err(|e| write_error(&self.dir, e))?;
         Ok(Box::new(SledFlusher {
             db: self.db.clone(),
             data_file,
+            presence: Presence {
+                path: self.presence.path.clone(),
+                dev: self.presence.dev,
+                ino: self.presence.ino,
+            },
+            dir: self.dir.clone(),
         }))
     }
 
@@ -190,14 +431,15 @@ impl EventLog for SledLog {
         if limit == 0 {
             return Ok(out);
         }
+        let read_err = |e| sled_read(&self.dir, e);
         // The key holding `from` is the last one at or before it (a batch
         // keyed by its first event).
         let start = match self.events.range(..=format::key(from)).next_back() {
-            Some(item) => item?.0,
+            Some(item) => item.map_err(read_err)?.0,
             None => sled::IVec::from(&format::key(from)),
         };
         for item in self.events.range(start..) {
-            let (k, v) = item?;
+            let (k, v) = item.map_err(read_err)?;
             let seq = format::seq_of(&k).ok_or_else(|| StoreError::Corrupt {
                 seq: 0,
                 detail: "a key in the events tree is not 8 bytes".into(),
@@ -219,20 +461,33 @@ impl EventLog for SledLog {
     fn last_seq(&self) -> u64 {
         self.last_seq
     }
+}
 
+impl OutputStore for SledLog {
     fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError> {
-        self.outputs.insert(output_key(job), output)?;
+        self.outputs
+            .insert(output_key(job), output)
+            .map_err(|e| sled_write(&self.dir, e))?;
         Ok(())
     }
 
     fn output(&self, job: JobRef) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.outputs.get(output_key(job))?.map(|v| v.to_vec()))
+        Ok(self
+            .outputs
+            .get(output_key(job))
+            .map_err(|e| sled_read(&self.dir, e))?
+            .map(|v| v.to_vec()))
     }
+}
 
+impl SnapshotStore for SledLog {
     fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError> {
         let mut value = vec![format::SNAPSHOT_VERSION];
         state.write_snapshot(&mut value);
-        self.snapshots.insert(format::key(state.last_seq), value)?;
+        let write = |e| sled_write(&self.dir, e);
+        self.snapshots
+            .insert(format::key(state.last_seq()), value)
+            .map_err(write)?;
         // Keep the newest two: one spare in case the newest is damaged.
         let keys: Vec<sled::IVec> = self
             .snapshots
@@ -242,49 +497,84 @@ impl EventLog for SledLog {
             .collect();
         if keys.len() > 2 {
             for k in &keys[..keys.len() - 2] {
-                self.snapshots.remove(k)?;
+                self.snapshots.remove(k).map_err(write)?;
             }
         }
         Ok(())
     }
 
-    fn latest_snapshot(&self) -> Result<Option<State>, StoreError> {
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        let mut seqs = Vec::new();
+        for k in self.snapshots.iter().keys() {
+            let k = k.map_err(|e| sled_read(&self.dir, e))?;
+            if let Some(seq) = format::seq_of(&k) {
+                seqs.push(seq);
+            }
+        }
+        seqs.reverse();
+        Ok(seqs)
+    }
+
+    fn load_snapshot(&self, seq: u64) -> Result<Option<State>, StoreError> {
         let t = std::time::Instant::now();
-        let Some((k, v)) = self.snapshots.last()? else {
+        let bad = |detail: String| StoreError::BadSnapshot { seq, detail };
+        let Some(v) = self
+            .snapshots
+            .get(format::key(seq))
+            .map_err(|e| bad(e.to_string()))?
+        else {
             return Ok(None);
         };
         let read_ms = t.elapsed().as_millis() as u64;
-        let seq = format::seq_of(&k).unwrap_or(0);
-        let bad = |detail: String| StoreError::BadSnapshot { seq, detail };
         let (&version, body) = v.split_first().ok_or_else(|| bad("empty".into()))?;
         if version != format::SNAPSHOT_VERSION {
             // Snapshots are a cache: an old format is simply not used.
             return Ok(None);
         }
         let state = State::from_snapshot(body).map_err(bad)?;
+        if state.last_seq() != seq {
+            return Err(bad(format!(
+                "it is stored as covering event {seq} but holds the state at event {}",
+                state.last_seq()
+            )));
+        }
         tracing::debug!(
             bytes = v.len(),
             read_ms,
             decode_ms = t.elapsed().as_millis() as u64 - read_ms,
             "snapshot read"
         );
-        if state.last_seq > self.last_seq {
-            return Err(bad(format!(
-                "it covers event {} but the log ends at {}",
-                state.last_seq, self.last_seq
-            )));
-        }
         Ok(Some(state))
+    }
+}
+
+impl Store for SledLog {
+    fn describe(&self) -> String {
+        format!("sled in {}", self.dir.display())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{CommitId, JobId};
+    use crate::core::{CommitId, Event, JobId};
+    use crate::store::Rebuild;
 
     fn commit(n: u8) -> CommitId {
         CommitId::from_bytes(&[n; 20]).unwrap()
+    }
+
+    /// `events` as records numbered from `first`, stamped `at_ms`.
+    fn recs(first: u64, at_ms: u64, events: &[Event]) -> Vec<Record> {
+        events
+            .iter()
+            .zip(first..)
+            .map(|(e, seq)| Record {
+                seq,
+                at_ms,
+                event: e.clone(),
+            })
+            .collect()
     }
 
     #[test]
@@ -299,7 +589,8 @@ mod tests {
                     branch: Some("main".into()),
                 })
                 .collect();
-            assert_eq!(log.append(7, &evs).unwrap(), 3);
+            log.append(&recs(1, 7, &evs)).unwrap();
+            assert_eq!(log.last_seq(), 3);
             log.flush().unwrap();
         }
         let log = SledLog::open(dir.path()).unwrap();
@@ -308,7 +599,7 @@ mod tests {
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].seq, 2);
         assert_eq!(recs[0].at_ms, 7);
-        let state = super::super::load_state(&log, true).unwrap();
+        let state = super::super::load_state(&log, Rebuild::FromSnapshot).unwrap();
         assert_eq!(state.jobs().len(), 3);
     }
 
@@ -316,11 +607,11 @@ mod tests {
     fn a_damaged_record_names_its_sequence_number() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = SledLog::open(dir.path()).unwrap();
-        log.append(1, &[Event::DispatcherStarted { pid: 1 }])
+        log.append(&recs(1, 1, &[Event::DispatcherStarted { pid: 1 }]))
             .unwrap();
         log.put_raw(2, &[1, 0xff, 0xff, 0xff]).unwrap();
         log.put_raw(3, &[9, 0]).unwrap();
-        let err = super::super::load_state(&log, false)
+        let err = super::super::load_state(&log, Rebuild::FromScratch)
             .unwrap_err()
             .to_string();
         assert!(err.contains("record 2"), "{err}");
@@ -344,9 +635,21 @@ mod tests {
                 branch: None,
             })
             .collect();
-        assert_eq!(log.append(7, &evs[..3]).unwrap(), 5);
-        assert_eq!(log.append(8, &evs[3..]).unwrap(), 7);
-        assert_eq!(log.append(9, &[]).unwrap(), 7);
+        log.append(&recs(3, 7, &evs[..3])).unwrap();
+        assert_eq!(log.last_seq(), 5);
+        log.append(&recs(6, 8, &evs[3..])).unwrap();
+        assert_eq!(log.last_seq(), 7);
+        log.append(&[]).unwrap();
+        assert_eq!(log.last_seq(), 7);
+        // A batch that does not follow on is refused and changes nothing.
+        assert!(matches!(
+            log.append(&recs(9, 9, &evs[..1])),
+            Err(StoreError::OutOfOrder {
+                expected: 8,
+                got: 9
+            })
+        ));
+        assert_eq!(log.last_seq(), 7);
         log.flush().unwrap();
         drop(log);
         let log = SledLog::open(dir.path()).unwrap();
@@ -366,8 +669,8 @@ mod tests {
         let recs = log.read(6, 1).unwrap();
         assert_eq!(recs[0].at_ms, 8);
         assert_eq!(recs[0].event, evs[3]);
-        let state = super::super::load_state(&log, false).unwrap();
-        assert_eq!(state.last_seq, 7);
+        let state = super::super::load_state(&log, Rebuild::FromScratch).unwrap();
+        assert_eq!(state.last_seq(), 7);
         assert_eq!(state.jobs().len(), 5);
     }
 }

@@ -22,9 +22,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
 use crate::client::{Client, Identity};
-use crate::core::{CommitId, Event, JobId, JobRef, JobReport, Outcome, State};
+use crate::core::{CommitId, Event, JobId, JobRef, JobReport, Outcome, Record, State};
 use crate::proto::{ClientMsg, Role, ServerMsg};
-use crate::store::{EventLog, SledLog};
+use crate::store::{EventLog, SledLog, SnapshotStore};
 use crate::util::now_ms;
 
 /// The figures `bench` can measure; `--only` picks some.
@@ -307,14 +307,18 @@ pub fn generate_history(dir: &Path, events: u64, per_batch: usize) -> anyhow::Re
     let per_batch = per_batch.max(1);
     let mut log = SledLog::open(dir)?;
     let mut state = State::default();
-    let mut batch: Vec<Event> = Vec::with_capacity(30_000);
+    let mut batch: Vec<Record> = Vec::with_capacity(30_000);
     let mut job = 0u64;
     let mut written = 0u64;
     let at = now_ms();
-    let push = |batch: &mut Vec<Event>, state: &mut State, ev: Event| -> anyhow::Result<()> {
-        state.apply(&ev, at).map_err(anyhow::Error::msg)?;
-        state.last_seq += 1;
-        batch.push(ev);
+    let push = |batch: &mut Vec<Record>, state: &mut State, event: Event| -> anyhow::Result<()> {
+        let rec = Record {
+            seq: state.last_seq() + 1,
+            at_ms: at,
+            event,
+        };
+        state.apply_record(&rec)?;
+        batch.push(rec);
         Ok(())
     };
     while written < events {
@@ -362,12 +366,12 @@ pub fn generate_history(dir: &Path, events: u64, per_batch: usize) -> anyhow::Re
         // Append in commit-sized batches, as a dispatcher does; flush once.
         while batch.len() >= per_batch {
             let rest = batch.split_off(per_batch);
-            log.append(at, &batch)?;
+            log.append(&batch)?;
             batch = rest;
         }
     }
     if !batch.is_empty() {
-        log.append(at, &batch)?;
+        log.append(&batch)?;
     }
     log.flush()?;
     Ok(state)
@@ -557,11 +561,11 @@ async fn appends(
                         commits: (from..to).map(|i| fake_commit(salt, i)).collect(),
                         tip: None,
                     },
-                    Load::NoWrite => ClientMsg::GetTips,
+                    Load::NoWrite => ClientMsg::GetTips { after: None },
                 };
                 match (load, c.request(&msg).await?) {
                     (Load::Commits, ServerMsg::CommitsAck { .. }) => {}
-                    (Load::NoWrite, ServerMsg::Tips(_)) => {}
+                    (Load::NoWrite, ServerMsg::Tips { .. }) => {}
                     (_, other) => bail!("unexpected answer: {other:?}"),
                 }
             }
@@ -787,8 +791,8 @@ async fn push_to_result(tmp: &Path, reps: usize) -> anyhow::Result<(Vec<f64>, f6
         }
         let deadline = started + Duration::from_secs(60);
         loop {
-            let r = super::fetch_results(&mut tool, Some(c)).await?;
-            if let Some(v) = r.first()
+            let r = super::fetch_result(&mut tool, c).await?;
+            if let Some(v) = r.as_ref()
                 && v.is_final()
             {
                 if v.outcome != "pass" {
@@ -1191,7 +1195,7 @@ mod tests {
         let state = generate_history(dir.path(), 1000, 7).unwrap();
         let log = SledLog::open(dir.path()).unwrap();
         assert_eq!(log.last_seq(), 1000);
-        let replayed = crate::store::load_state(&log, false).unwrap();
+        let replayed = crate::store::load_state(&log, crate::store::Rebuild::FromScratch).unwrap();
         assert_eq!(replayed, state);
     }
 }

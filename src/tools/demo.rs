@@ -123,7 +123,7 @@ async fn wait_all(
     loop {
         let mut views = Vec::new();
         for c in commits {
-            if let Some(v) = super::fetch_results(&mut client, Some(*c)).await?.pop() {
+            if let Some(v) = super::fetch_result(&mut client, *c).await? {
                 views.push(v);
             }
         }

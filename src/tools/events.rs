@@ -47,6 +47,13 @@ pub fn to_row(rec: &Record) -> Vec<String> {
     let dash = || "-".to_string();
     let (job, commit, runner, attempt, detail) = match &rec.event {
         Event::DispatcherStarted { pid } => (dash(), dash(), dash(), dash(), format!("pid {pid}")),
+        Event::DispatcherPaused { gap_ms } => (
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            format!("did not run for {gap_ms} ms; runners given grace"),
+        ),
         Event::CommitSeen {
             job,
             commit,

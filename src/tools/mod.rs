@@ -16,10 +16,37 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::client::{Client, Identity};
+use crate::client::{Backoff, Client, Identity};
 use crate::core::{CommitId, Record};
 use crate::proto::{ClientMsg, REPLAY_PAGE, ResultView, Role, ServerMsg, StatusView};
-use crate::store::{self, EventLog, SledLog};
+use crate::store::{self, EventLog, Rebuild, SledLog, SnapshotStore};
+
+/// How a tool prints: a table for people, JSON for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+impl Format {
+    pub fn json(json: bool) -> Format {
+        if json { Format::Json } else { Format::Table }
+    }
+}
+
+/// What `replay --data-dir` does with the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    Print(Format),
+    /// Rebuild from event 1 and compare with the snapshot-based state.
+    Verify,
+}
+
+/// Standard output, buffered; every write error (a closed pipe included)
+/// comes back as an error, never a panic (`println!` panics on EPIPE).
+fn stdout() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+    std::io::BufWriter::new(std::io::stdout().lock())
+}
 
 /// How a tool identifies itself.
 pub fn tool_identity(token: Option<Vec<u8>>) -> Identity {
@@ -51,33 +78,28 @@ fn print_json_lines(records: &[Record], out: &mut impl Write) -> anyhow::Result<
     Ok(())
 }
 
-/// Reads the whole history from a data directory no dispatcher holds.
-pub fn replay_offline(data_dir: &Path, json: bool, verify: bool) -> anyhow::Result<ExitCode> {
-    if !data_dir.join("db").exists() {
-        bail!(
-            "{} holds no event log (no dispatcher ever ran there)",
-            data_dir.display()
-        );
-    }
-    let log = SledLog::open(data_dir)?;
-    if verify {
-        return verify_log(&log);
-    }
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+/// Reads the whole history from a data directory no dispatcher holds,
+/// without changing it (a read-only backup works too): see
+/// [`SledLog::open_read_only`].
+pub fn replay_offline(data_dir: &Path, what: Replay) -> anyhow::Result<ExitCode> {
+    let log = SledLog::open_read_only(data_dir)?;
+    let format = match what {
+        Replay::Verify => return verify_log(&log),
+        Replay::Print(f) => f,
+    };
+    let mut out = stdout();
     let mut from = 1;
     let mut rows = Vec::new();
     loop {
         let batch = log.read(from, REPLAY_PAGE)?;
         let Some(last) = batch.last() else { break };
         from = last.seq + 1;
-        if json {
-            print_json_lines(&batch, &mut out)?;
-        } else {
-            rows.extend(batch.iter().map(events::to_row));
+        match format {
+            Format::Json => print_json_lines(&batch, &mut out)?,
+            Format::Table => rows.extend(batch.iter().map(events::to_row)),
         }
     }
-    if !json {
+    if format == Format::Table {
         out.write_all(table::render(&events::HEADER, &rows).as_bytes())?;
     }
     out.flush()?;
@@ -85,42 +107,51 @@ pub fn replay_offline(data_dir: &Path, json: bool, verify: bool) -> anyhow::Resu
 }
 
 /// Rebuilds the state from event 1 and compares it with the state from the
-/// newest snapshot plus the tail.
+/// newest usable snapshot plus the tail.
 fn verify_log(log: &SledLog) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let full = store::load_state(log, false)?;
+    let full = store::load_state(log, Rebuild::FromScratch)?;
     let full_ms = started.elapsed().as_millis();
-    let snap = log.latest_snapshot()?;
-    let snap_seq = snap.as_ref().map(|s| s.last_seq);
-    let from_snapshot = store::load_state(log, true)?;
-    println!(
+    let newest = log.snapshot_seqs()?.first().copied();
+    let from_snapshot = store::load_state(log, Rebuild::FromSnapshot)?;
+    let mut out = stdout();
+    writeln!(
+        out,
         "replayed {} events in {full_ms} ms ({:.0} events/s); {} jobs, {} results",
-        full.last_seq,
-        full.last_seq as f64 / (full_ms.max(1) as f64 / 1000.0),
+        full.last_seq(),
+        full.last_seq() as f64 / (full_ms.max(1) as f64 / 1000.0),
         full.jobs().len(),
-        full.results
-    );
-    match snap_seq {
-        Some(seq) => println!("newest snapshot covers events 1..={seq}"),
-        None => println!("no snapshot stored"),
+        full.results()
+    )?;
+    match newest {
+        Some(seq) => writeln!(out, "newest snapshot covers events 1..={seq}")?,
+        None => writeln!(out, "no snapshot stored")?,
     }
-    if full == from_snapshot {
-        println!("ok: the state from the snapshot plus the tail equals the full replay");
-        Ok(ExitCode::SUCCESS)
+    let code = if full == from_snapshot {
+        writeln!(
+            out,
+            "ok: the state from the snapshot plus the tail equals the full replay"
+        )?;
+        ExitCode::SUCCESS
     } else {
-        println!("MISMATCH between the full replay and the snapshot-based state:");
+        writeln!(
+            out,
+            "MISMATCH between the full replay and the snapshot-based state:"
+        )?;
         for line in state_diff(&full, &from_snapshot) {
-            println!("  {line}");
+            writeln!(out, "  {line}")?;
         }
-        Ok(ExitCode::from(1))
-    }
+        ExitCode::from(1)
+    };
+    out.flush()?;
+    Ok(code)
 }
 
 /// Where two states differ, job by job, for `replay --verify`.
 pub fn state_diff(a: &crate::core::State, b: &crate::core::State) -> Vec<String> {
     let mut out = Vec::new();
-    if a.last_seq != b.last_seq {
-        out.push(format!("last_seq: {} vs {}", a.last_seq, b.last_seq));
+    if a.last_seq() != b.last_seq() {
+        out.push(format!("last_seq: {} vs {}", a.last_seq(), b.last_seq()));
     }
     if a.jobs().len() != b.jobs().len() {
         out.push(format!(
@@ -173,7 +204,7 @@ pub async fn fetch_history(client: &mut Client) -> anyhow::Result<Vec<Record>> {
             })
             .await?;
         let ServerMsg::Events { records, .. } = answer else {
-            bail!("unexpected answer to replay: {answer:?}");
+            bail!("unexpected answer to replay: {}", answer.kind());
         };
         let Some(last) = records.last() else { break };
         from = last.seq + 1;
@@ -185,17 +216,17 @@ pub async fn fetch_history(client: &mut Client) -> anyhow::Result<Vec<Record>> {
 pub async fn replay_online(
     addr: &str,
     token: Option<Vec<u8>>,
-    json: bool,
+    format: Format,
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr, token).await?;
     let records = fetch_history(&mut client).await?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if json {
-        print_json_lines(&records, &mut out)?;
-    } else {
-        let rows: Vec<_> = records.iter().map(events::to_row).collect();
-        out.write_all(table::render(&events::HEADER, &rows).as_bytes())?;
+    let mut out = stdout();
+    match format {
+        Format::Json => print_json_lines(&records, &mut out)?,
+        Format::Table => {
+            let rows: Vec<_> = records.iter().map(events::to_row).collect();
+            out.write_all(table::render(&events::HEADER, &rows).as_bytes())?;
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -204,26 +235,33 @@ pub async fn replay_online(
 pub async fn fetch_status(client: &mut Client) -> anyhow::Result<StatusView> {
     match client.request(&ClientMsg::Status).await? {
         ServerMsg::Status(s) => Ok(s),
-        other => bail!("unexpected answer to status: {other:?}"),
+        other => bail!("unexpected answer to status: {}", other.kind()),
     }
 }
 
-pub async fn status(addr: &str, token: Option<Vec<u8>>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn status(
+    addr: &str,
+    token: Option<Vec<u8>>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr, token).await?;
     let s = fetch_status(&mut client).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+    let mut out = stdout();
+    if format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+        out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    writeln!(
+        out,
         "{} jobs, {} done, {} queued, {} running; log at event {}",
         s.jobs_total,
         s.jobs_done,
         s.queued_total,
         s.running.len(),
         s.last_seq
-    );
-    println!();
+    )?;
+    writeln!(out)?;
     let rows: Vec<Vec<String>> = s
         .runners
         .iter()
@@ -244,13 +282,15 @@ pub async fn status(addr: &str, token: Option<Vec<u8>>, json: bool) -> anyhow::R
             ]
         })
         .collect();
-    print!(
+    write!(
+        out,
         "{}",
         table::render(&["RUNNER", "STATE", "JOB", "COMMIT", "ATTEMPT"], &rows)
-    );
+    )?;
     if !s.queued.is_empty() {
-        println!();
-        println!(
+        writeln!(out)?;
+        writeln!(
+            out,
             "queued (oldest first): {}{}",
             s.queued
                 .iter()
@@ -259,19 +299,52 @@ pub async fn status(addr: &str, token: Option<Vec<u8>>, json: bool) -> anyhow::R
                 .collect::<Vec<_>>()
                 .join(" "),
             if s.queued_total > 10 { " ..." } else { "" }
-        );
+        )?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn fetch_results(
+/// One commit's result, if the dispatcher knows the commit.
+pub async fn fetch_result(
     client: &mut Client,
-    commit: Option<CommitId>,
-) -> anyhow::Result<Vec<ResultView>> {
-    match client.request(&ClientMsg::Results { commit }).await? {
-        ServerMsg::Results(r) => Ok(r),
-        other => bail!("unexpected answer to results: {other:?}"),
+    commit: CommitId,
+) -> anyhow::Result<Option<ResultView>> {
+    let msg = ClientMsg::Results {
+        commit: Some(commit),
+        before: None,
+        limit: 1,
+    };
+    match client.request(&msg).await? {
+        ServerMsg::Results { mut results, .. } => Ok(results.pop()),
+        other => bail!("unexpected answer to results: {}", other.kind()),
     }
+}
+
+/// Every result, oldest first, fetched page by page (newest pages first).
+pub async fn fetch_results(client: &mut Client) -> anyhow::Result<Vec<ResultView>> {
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let msg = ClientMsg::Results {
+            commit: None,
+            before,
+            limit: u32::MAX,
+        };
+        match client.request(&msg).await? {
+            ServerMsg::Results { results, next } => {
+                pages.push(results);
+                match next {
+                    Some(n) => before = Some(n),
+                    None => break,
+                }
+            }
+            other => bail!("unexpected answer to results: {}", other.kind()),
+        }
+    }
+    let mut all: Vec<ResultView> = pages.into_iter().flatten().collect();
+    all.reverse();
+    Ok(all)
 }
 
 pub fn results_table(results: &[ResultView]) -> String {
@@ -310,21 +383,26 @@ pub async fn results(
     addr: &str,
     token: Option<Vec<u8>>,
     commit: Option<String>,
-    json: bool,
+    format: Format,
 ) -> anyhow::Result<ExitCode> {
     let commit = match commit {
         Some(c) => Some(CommitId::parse(&c)?),
         None => None,
     };
     let mut client = connect(addr, token).await?;
-    let r = fetch_results(&mut client, commit).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let r = match commit {
+        Some(c) => fetch_result(&mut client, c).await?.into_iter().collect(),
+        None => fetch_results(&mut client).await?,
+    };
+    let mut out = stdout();
+    if format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
     } else if r.is_empty() {
-        println!("no results yet");
+        writeln!(out, "no results yet")?;
     } else {
-        print!("{}", results_table(&r));
+        write!(out, "{}", results_table(&r))?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -338,6 +416,11 @@ pub async fn submit(
         bail!("give at least one commit id to submit");
     }
     let commits = parse_commits(shas)?;
+    if let Some(zero) = commits.iter().find(|c| c.is_zero()) {
+        bail!(
+            "{zero} is not a commit: the all-zero id means \"no commit\" in git hooks (a branch created or deleted); skip it in the hook"
+        );
+    }
     if let Some(b) = &branch {
         crate::core::ids::validate_branch_name(b)?;
     }
@@ -355,40 +438,58 @@ pub async fn submit(
             accepted,
             duplicates,
         } => {
-            println!(
+            let mut out = stdout();
+            writeln!(
+                out,
                 "queued {} commit(s); {duplicates} already known",
                 accepted.len()
-            );
+            )?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unexpected answer to submit: {other:?}"),
+        other => bail!("unexpected answer to submit: {}", other.kind()),
     }
 }
 
+/// How long `wait` lets a commit stay unknown to the dispatcher before it
+/// says so (the observer may simply not have polled yet).
+pub const UNKNOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often `wait` asks while commits are still running.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
 /// Blocks until every commit has a final outcome. Survives dispatcher
-/// restarts (it reconnects) until the timeout.
+/// restarts (it reconnects, backing off) until the timeout; says so once
+/// when a commit stays unknown to the dispatcher.
 pub async fn wait(
     addr: &str,
     token: Option<Vec<u8>>,
     timeout: Duration,
     shas: &[String],
-    json: bool,
+    format: Format,
 ) -> anyhow::Result<ExitCode> {
     if shas.is_empty() {
         bail!("give at least one commit id to wait for");
     }
     let commits = parse_commits(shas)?;
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut progress = progress::Progress::new();
-    let mut client: Option<Client> = None;
+    let mut client: Option<(Client, Instant)> = None;
+    let mut backoff = Backoff::random();
     let mut last: HashMap<CommitId, ResultView> = HashMap::new();
+    let mut warned_unknown = false;
     loop {
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             progress.finish();
             let missing: Vec<String> = commits
                 .iter()
                 .filter(|c| !last.get(c).is_some_and(|r| r.is_final()))
-                .map(|c| c.short())
+                .map(|c| match last.get(c) {
+                    Some(r) => format!("{} ({})", c.short(), r.outcome),
+                    None => format!("{} (never seen by the dispatcher)", c.short()),
+                })
                 .collect();
             bail!(
                 "timed out after {:.0} s waiting for {}",
@@ -398,26 +499,26 @@ pub async fn wait(
         }
         if client.is_none() {
             match connect(addr, token.clone()).await {
-                Ok(c) => client = Some(c),
+                Ok(c) => client = Some((c, Instant::now())),
                 Err(e) => {
                     progress.update(&format!("waiting for the dispatcher at {addr}: {e:#}"));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let pause = backoff.next_delay().min(deadline - Instant::now());
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             }
         }
-        let c = client.as_mut().expect("connected above");
+        let (c, since) = client.as_mut().expect("connected above");
         let mut failed = false;
         for commit in &commits {
             if last.get(commit).is_some_and(|r| r.is_final()) {
                 continue;
             }
-            match fetch_results(c, Some(*commit)).await {
-                Ok(mut r) => {
-                    if let Some(v) = r.pop() {
-                        last.insert(*commit, v);
-                    }
+            match fetch_result(c, *commit).await {
+                Ok(Some(v)) => {
+                    last.insert(*commit, v);
                 }
+                Ok(None) => {}
                 Err(_) => {
                     failed = true;
                     break;
@@ -425,19 +526,38 @@ pub async fn wait(
             }
         }
         if failed {
+            backoff.session_ended(since.elapsed().as_millis() as u64);
             client = None;
+            let pause = backoff.next_delay().min(deadline - Instant::now());
+            tokio::time::sleep(pause).await;
             continue;
+        }
+        let unknown: Vec<&CommitId> = commits.iter().filter(|c| !last.contains_key(c)).collect();
+        if !warned_unknown && !unknown.is_empty() && started.elapsed() >= UNKNOWN_GRACE {
+            warned_unknown = true;
+            progress.finish();
+            crate::cli::stderr_line(format_args!(
+                "ci-tools: warning: the dispatcher has not seen {} after {} s: submit {} (ci-tools submit) or check that an observer watches {} branch; still waiting",
+                unknown
+                    .iter()
+                    .map(|c| c.short())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                UNKNOWN_GRACE.as_secs(),
+                if unknown.len() == 1 { "it" } else { "them" },
+                if unknown.len() == 1 { "its" } else { "their" },
+            ));
         }
         let count = |o: &str| last.values().filter(|r| r.outcome == o).count();
         let done = last.values().filter(|r| r.is_final()).count();
-        let unseen = commits.len() - last.len();
         progress.update(&format!(
-            "{done}/{} done: {} passed, {} not passed; {} running, {} queued, {unseen} not yet seen",
+            "{done}/{} done: {} passed, {} not passed; {} running, {} queued, {} not yet seen",
             commits.len(),
             count("pass"),
             done - count("pass"),
             count("running"),
             count("pending"),
+            unknown.len(),
         ));
         if done == commits.len() {
             progress.finish();
@@ -445,11 +565,12 @@ pub async fn wait(
                 .iter()
                 .filter_map(|c| last.get(c).cloned())
                 .collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&ordered)?);
-            } else {
-                print!("{}", results_table(&ordered));
+            let mut out = stdout();
+            match format {
+                Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&ordered)?)?,
+                Format::Table => write!(out, "{}", results_table(&ordered))?,
             }
+            out.flush()?;
             let all_pass = ordered.iter().all(|r| r.outcome == "pass");
             return Ok(if all_pass {
                 ExitCode::SUCCESS
@@ -457,7 +578,7 @@ pub async fn wait(
                 ExitCode::from(1)
             });
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(WAIT_POLL.min(deadline - Instant::now())).await;
     }
 }
 
@@ -465,8 +586,7 @@ pub async fn wait(
 pub async fn output(addr: &str, token: Option<Vec<u8>>, sha: &str) -> anyhow::Result<ExitCode> {
     let commit = CommitId::parse(sha)?;
     let mut client = connect(addr, token).await?;
-    let r = fetch_results(&mut client, Some(commit)).await?;
-    let Some(view) = r.first() else {
+    let Some(view) = fetch_result(&mut client, commit).await? else {
         bail!("the dispatcher has not seen commit {commit}");
     };
     match client
@@ -477,7 +597,9 @@ pub async fn output(addr: &str, token: Option<Vec<u8>>, sha: &str) -> anyhow::Re
         .context("fetching output")?
     {
         ServerMsg::Output(Some(bytes)) => {
-            std::io::stdout().write_all(&bytes)?;
+            let mut out = stdout();
+            out.write_all(&bytes)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         ServerMsg::Output(None) => bail!(
@@ -485,6 +607,6 @@ pub async fn output(addr: &str, token: Option<Vec<u8>>, sha: &str) -> anyhow::Re
             commit.short(),
             view.outcome
         ),
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!("unexpected answer to output: {}", other.kind()),
     }
 }

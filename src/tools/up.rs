@@ -9,9 +9,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use crate::dispatcher::{self, Auth, Dispatcher, DispatcherConfig};
+use crate::dispatcher::{self, Dispatcher, DispatcherConfig};
 use crate::observer::{Observer, ObserverConfig};
+use crate::proto::auth::Auth;
 use crate::runner::agent::{Runner, RunnerConfig};
+use crate::store::SledLog;
 
 #[derive(Clone, Debug)]
 pub struct UpOptions {
@@ -48,9 +50,13 @@ impl Cluster {
 }
 
 pub async fn launch(opts: UpOptions) -> anyhow::Result<Cluster> {
-    let mut cfg = DispatcherConfig::new(opts.listen.clone(), opts.data_dir.clone());
+    let mut cfg = DispatcherConfig::new(opts.listen.clone());
     cfg.heartbeat_timeout = opts.heartbeat_timeout;
-    let d = dispatcher::start(cfg, Auth::open())
+    let dir = opts.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SledLog::open(&dir))
+        .await?
+        .with_context(|| format!("cannot start the dispatcher on {}", opts.data_dir.display()))?;
+    let d = dispatcher::start(cfg, Auth::open(), Box::new(store))
         .await
         .with_context(|| format!("cannot start the dispatcher on {}", opts.data_dir.display()))?;
     let addr = d.local_addr().to_string();

@@ -17,11 +17,11 @@
 //! client's token file holds just its own secret (or, for convenience, the
 //! dispatcher's format: the client then uses its role's line).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hmac::{KeyInit, Mac};
 
-use crate::proto::{Hello, Role};
+use super::{Hello, Role};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -34,11 +34,90 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 /// The roles a dispatcher token file names, in file order.
 pub const TOKEN_ROLES: [&str; 4] = ["runner", "observer", "tool", "tool-write"];
 
+/// The roles, for messages.
+const ROLES_LIST: &str = "runner, observer, tool, tool-write";
+
 /// What an authenticated client may do beyond its role's reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
     /// Tools: may submit commits.
     pub write: bool,
+}
+
+/// What is wrong with one secret. Never carries the secret itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretProblem {
+    #[error(
+        "the secret is shorter than {MIN_SECRET_BYTES} characters (make one with `openssl rand -hex 32`)"
+    )]
+    TooShort,
+    #[error("the secret contains spaces or control characters")]
+    Whitespace,
+}
+
+/// Why a token file or token cannot be used. Messages name the file, the
+/// line and the rule, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("line {line} is not `ROLE: SECRET` (roles: {ROLES_LIST})")]
+    NotRoleSecret { line: usize },
+    #[error("line {line}: unknown role {role:?} (roles: {ROLES_LIST})")]
+    UnknownRole { line: usize, role: String },
+    #[error("line {line}: a second secret for role {role}")]
+    SecondSecret { line: usize, role: &'static str },
+    #[error("line {line} ({role}): {problem}")]
+    BadSecret {
+        line: usize,
+        role: &'static str,
+        problem: SecretProblem,
+    },
+    #[error("no secrets: give one `ROLE: SECRET` line per role ({ROLES_LIST})")]
+    NoSecrets,
+    #[error(
+        "roles {first} and {second} have the same secret; each role needs its own, or roles cannot be told apart"
+    )]
+    SharedSecret {
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error(
+        "cannot read the token file {}: {source}; check the path and that this user may read it",
+        path.display()
+    )]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token file {} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error(
+        "the token file {} is larger than {MAX_TOKEN_FILE_BYTES} bytes; it should hold a few lines",
+        path.display()
+    )]
+    TooLarge { path: PathBuf },
+    #[error("the token file {} is not UTF-8 text", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error("the token file {} is empty", path.display())]
+    Empty { path: PathBuf },
+    /// A problem inside a named token file.
+    #[error("the token file {}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        source: Box<TokenError>,
+    },
+    #[error("the token file {} has no line for role {}", path.display(), role.as_str())]
+    NoLineForRole { path: PathBuf, role: Role },
+    #[error("the token file {} must hold exactly one secret (one line)", path.display())]
+    NotOneSecret { path: PathBuf },
+    #[error("the token file {}: {problem}", path.display())]
+    BadFileSecret {
+        path: PathBuf,
+        problem: SecretProblem,
+    },
+    #[error("{TOKEN_ENV}: {0}")]
+    BadEnvSecret(SecretProblem),
+    #[error("{TOKEN_ENV} is not UTF-8")]
+    EnvNotUtf8,
 }
 
 /// The dispatcher's secrets, one per role; a role without one is refused.
@@ -65,58 +144,70 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// A line without its comment: `#` at the start, or after whitespace, starts
+/// one (a secret holds no whitespace, so `SECRET   # note` is unambiguous).
+fn strip_comment(line: &str) -> &str {
+    let line = line.trim();
+    if line.starts_with('#') {
+        return "";
+    }
+    let bytes = line.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'#' && i > 0 && bytes[i - 1].is_ascii_whitespace() {
+            return line[..i].trim_end();
+        }
+    }
+    line
+}
+
 impl Tokens {
     /// Parses the dispatcher's token file format. Errors name the line and
     /// the rule, never the secret.
-    pub fn parse(text: &str) -> Result<Tokens, String> {
+    pub fn parse(text: &str) -> Result<Tokens, TokenError> {
         let mut t = Tokens::default();
         for (i, line) in text.lines().enumerate() {
             let n = i + 1;
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let line = strip_comment(line);
+            if line.is_empty() {
                 continue;
             }
             let Some((role, secret)) = line.split_once(':') else {
-                return Err(format!(
-                    "line {n} is not `ROLE: SECRET` (roles: {})",
-                    TOKEN_ROLES.join(", ")
-                ));
+                return Err(TokenError::NotRoleSecret { line: n });
             };
-            let role = role.trim();
             let secret = secret.trim();
-            let slot = match role {
-                "runner" => &mut t.runner,
-                "observer" => &mut t.observer,
-                "tool" => &mut t.tool,
-                "tool-write" => &mut t.tool_write,
+            let (slot, role) = match role.trim() {
+                "runner" => (&mut t.runner, TOKEN_ROLES[0]),
+                "observer" => (&mut t.observer, TOKEN_ROLES[1]),
+                "tool" => (&mut t.tool, TOKEN_ROLES[2]),
+                "tool-write" => (&mut t.tool_write, TOKEN_ROLES[3]),
                 other => {
-                    return Err(format!(
-                        "line {n}: unknown role {:?} (roles: {})",
-                        other.chars().take(40).collect::<String>(),
-                        TOKEN_ROLES.join(", ")
-                    ));
+                    return Err(TokenError::UnknownRole {
+                        line: n,
+                        role: other.chars().take(40).collect(),
+                    });
                 }
             };
             if slot.is_some() {
-                return Err(format!("line {n}: a second secret for role {role}"));
+                return Err(TokenError::SecondSecret { line: n, role });
             }
-            check_secret(secret).map_err(|e| format!("line {n} ({role}): {e}"))?;
+            check_secret(secret).map_err(|problem| TokenError::BadSecret {
+                line: n,
+                role,
+                problem,
+            })?;
             *slot = Some(secret.as_bytes().to_vec());
         }
         let all = [&t.runner, &t.observer, &t.tool, &t.tool_write];
         if all.iter().all(|s| s.is_none()) {
-            return Err(format!(
-                "no secrets: give one `ROLE: SECRET` line per role ({})",
-                TOKEN_ROLES.join(", ")
-            ));
+            return Err(TokenError::NoSecrets);
         }
         for (i, a) in all.iter().enumerate() {
             for (j, b) in all.iter().enumerate().skip(i + 1) {
                 if a.is_some() && a == b {
-                    return Err(format!(
-                        "roles {} and {} have the same secret; each role needs its own, or roles cannot be told apart",
-                        TOKEN_ROLES[i], TOKEN_ROLES[j]
-                    ));
+                    return Err(TokenError::SharedSecret {
+                        first: TOKEN_ROLES[i],
+                        second: TOKEN_ROLES[j],
+                    });
                 }
             }
         }
@@ -124,9 +215,12 @@ impl Tokens {
     }
 
     /// Reads and parses a dispatcher token file.
-    pub fn from_file(path: &Path) -> Result<Tokens, String> {
+    pub fn from_file(path: &Path) -> Result<Tokens, TokenError> {
         let text = read_text(path)?;
-        Tokens::parse(&text).map_err(|e| format!("the token file {}: {e}", path.display()))
+        Tokens::parse(&text).map_err(|e| TokenError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// The secret a client of `role` uses (tools prefer write access).
@@ -139,49 +233,46 @@ impl Tokens {
     }
 }
 
-fn check_secret(secret: &str) -> Result<(), String> {
+fn check_secret(secret: &str) -> Result<(), SecretProblem> {
     if secret.len() < MIN_SECRET_BYTES {
-        return Err(format!(
-            "the secret is shorter than {MIN_SECRET_BYTES} characters (make one with `openssl rand -hex 32`)"
-        ));
+        return Err(SecretProblem::TooShort);
     }
     if secret.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("the secret contains spaces or control characters".into());
+        return Err(SecretProblem::Whitespace);
     }
     Ok(())
 }
 
 /// A token file's text; unreadable, oversized, non-UTF-8 or empty files
 /// are errors naming the file and what to do.
-fn read_text(path: &Path) -> Result<String, String> {
+fn read_text(path: &Path) -> Result<String, TokenError> {
     use std::io::Read;
-    let unreadable = |e: std::io::Error| {
-        format!(
-            "cannot read the token file {}: {e}; check the path and that this user may read it",
-            path.display()
-        )
+    let unreadable = |source: std::io::Error| TokenError::Unreadable {
+        path: path.to_path_buf(),
+        source,
     };
     let meta = std::fs::metadata(path).map_err(unreadable)?;
     if !meta.is_file() {
-        return Err(format!(
-            "the token file {} is not a regular file",
-            path.display()
-        ));
+        return Err(TokenError::NotAFile {
+            path: path.to_path_buf(),
+        });
     }
     let mut raw = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES + 1).read_to_end(&mut raw))
         .map_err(unreadable)?;
     if raw.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        return Err(format!(
-            "the token file {} is larger than {MAX_TOKEN_FILE_BYTES} bytes; it should hold a few lines",
-            path.display()
-        ));
+        return Err(TokenError::TooLarge {
+            path: path.to_path_buf(),
+        });
     }
-    let text = String::from_utf8(raw)
-        .map_err(|_| format!("the token file {} is not UTF-8 text", path.display()))?;
+    let text = String::from_utf8(raw).map_err(|_| TokenError::NotUtf8 {
+        path: path.to_path_buf(),
+    })?;
     if text.trim().is_empty() {
-        return Err(format!("the token file {} is empty", path.display()));
+        return Err(TokenError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     #[cfg(unix)]
     {
@@ -198,39 +289,39 @@ fn read_text(path: &Path) -> Result<String, String> {
 
 /// A client's secret from its token file: the whole file trimmed, or, if
 /// the file is in the dispatcher's `ROLE: SECRET` format, `role`'s line.
-pub fn client_token_from_file(path: &Path, role: Role) -> Result<Vec<u8>, String> {
+pub fn client_token_from_file(path: &Path, role: Role) -> Result<Vec<u8>, TokenError> {
     let text = read_text(path)?;
-    let first = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .unwrap_or("");
-    let role_file = first
-        .split_once(':')
-        .is_some_and(|(r, _)| TOKEN_ROLES.contains(&r.trim()));
-    if role_file {
-        let tokens =
-            Tokens::parse(&text).map_err(|e| format!("the token file {}: {e}", path.display()))?;
-        return tokens.for_role(role).map(<[u8]>::to_vec).ok_or_else(|| {
-            format!(
-                "the token file {} has no line for role {}",
-                path.display(),
-                role.as_str()
-            )
-        });
-    }
     let lines: Vec<&str> = text
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(strip_comment)
+        .filter(|l| !l.is_empty())
         .collect();
-    if lines.len() != 1 {
-        return Err(format!(
-            "the token file {} must hold exactly one secret (one line)",
-            path.display()
-        ));
+    let role_file = lines.first().is_some_and(|first| {
+        first
+            .split_once(':')
+            .is_some_and(|(r, _)| TOKEN_ROLES.contains(&r.trim()))
+    });
+    if role_file {
+        let tokens = Tokens::parse(&text).map_err(|e| TokenError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        return tokens.for_role(role).map(<[u8]>::to_vec).ok_or_else(|| {
+            TokenError::NoLineForRole {
+                path: path.to_path_buf(),
+                role,
+            }
+        });
     }
-    check_secret(lines[0]).map_err(|e| format!("the token file {}: {e}", path.display()))?;
+    if lines.len() != 1 {
+        return Err(TokenError::NotOneSecret {
+            path: path.to_path_buf(),
+        });
+    }
+    check_secret(lines[0]).map_err(|problem| TokenError::BadFileSecret {
+        path: path.to_path_buf(),
+        problem,
+    })?;
     Ok(lines[0].as_bytes().to_vec())
 }
 
@@ -239,19 +330,52 @@ pub const TOKEN_ENV: &str = "CI_TOKEN";
 
 /// A client's secret: from `--token-file` if given, else from `CI_TOKEN`,
 /// else none.
-pub fn client_token(file: Option<&Path>, role: Role) -> Result<Option<Vec<u8>>, String> {
+pub fn client_token(file: Option<&Path>, role: Role) -> Result<Option<Vec<u8>>, TokenError> {
     if let Some(path) = file {
         return client_token_from_file(path, role).map(Some);
     }
     match std::env::var(TOKEN_ENV) {
         Ok(v) if !v.trim().is_empty() => {
             let v = v.trim();
-            check_secret(v).map_err(|e| format!("{TOKEN_ENV}: {e}"))?;
+            check_secret(v).map_err(TokenError::BadEnvSecret)?;
             Ok(Some(v.as_bytes().to_vec()))
         }
         Ok(_) => Ok(None),
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{TOKEN_ENV} is not UTF-8")),
+        Err(std::env::VarError::NotUnicode(_)) => Err(TokenError::EnvNotUtf8),
+    }
+}
+
+/// Why a hello was refused. The message is what the client is told; it
+/// never says which part of a proof was wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "this dispatcher requires a token: give this {} its secret with --token-file FILE or {TOKEN_ENV}",
+        role.as_str()
+    )]
+    TokenRequired { role: Role },
+    #[error(
+        "this dispatcher accepts no {role} (its token file has no {role} line)",
+        role = role.as_str()
+    )]
+    RoleNotAccepted { role: Role },
+    #[error(
+        "wrong token for role {role}: check this {role}'s --token-file (or {TOKEN_ENV}) against the dispatcher's token file",
+        role = role.as_str()
+    )]
+    WrongToken { role: Role },
+    #[error("no randomness available for the connection's nonce: {0}")]
+    NoRandomness(String),
+}
+
+impl AuthError {
+    /// The code the refusal carries on the wire.
+    pub fn code(&self) -> super::ErrorCode {
+        match self {
+            AuthError::NoRandomness(_) => super::ErrorCode::Unavailable,
+            _ => super::ErrorCode::Unauthorized,
+        }
     }
 }
 
@@ -279,31 +403,21 @@ impl Auth {
     }
 
     /// 16 bytes from the operating system's random source.
-    pub fn nonce(&self) -> Result<[u8; 16], String> {
+    pub fn nonce(&self) -> Result<[u8; 16], AuthError> {
         let mut n = [0u8; 16];
-        match getrandom::fill(&mut n) {
-            Ok(()) => Ok(n),
-            Err(e) => {
-                use std::io::Read;
-                std::fs::File::open("/dev/urandom")
-                    .and_then(|mut f| f.read_exact(&mut n))
-                    .map_err(|e2| format!("no randomness available ({e}; /dev/urandom: {e2})"))?;
-                Ok(n)
-            }
-        }
+        getrandom::fill(&mut n).map_err(|e| AuthError::NoRandomness(e.to_string()))?;
+        Ok(n)
     }
 
     /// Checks a hello's proof against its role's token. The error is the
     /// message sent to the client; it never says which part was wrong.
-    pub fn check(&self, hello: &Hello, nonce: &[u8; 16]) -> Result<Grant, String> {
+    pub fn check(&self, hello: &Hello, nonce: &[u8; 16]) -> Result<Grant, AuthError> {
         let Some(tokens) = &self.tokens else {
             return Ok(Grant { write: true });
         };
-        let role = hello.role.as_str();
+        let role = hello.role;
         let Some(proof) = &hello.proof else {
-            return Err(format!(
-                "this dispatcher requires a token: give this {role} its secret with --token-file FILE or {TOKEN_ENV}"
-            ));
+            return Err(AuthError::TokenRequired { role });
         };
         let verifies = |secret: &Option<Vec<u8>>| {
             secret
@@ -332,12 +446,8 @@ impl Auth {
         };
         match grant {
             Some(g) => Ok(g),
-            None if !configured => Err(format!(
-                "this dispatcher accepts no {role} (its token file has no {role} line)"
-            )),
-            None => Err(format!(
-                "wrong token for role {role}: check this {role}'s --token-file (or {TOKEN_ENV}) against the dispatcher's token file"
-            )),
+            None if !configured => Err(AuthError::RoleNotAccepted { role }),
+            None => Err(AuthError::WrongToken { role }),
         }
     }
 }
@@ -390,7 +500,7 @@ mod tests {
             name: name.into(),
             proof,
             holding: None,
-            crashed: None,
+            left: None,
         }
     }
 
@@ -412,6 +522,7 @@ mod tests {
         assert!(
             ok(Role::Runner, O, "r1")
                 .unwrap_err()
+                .to_string()
                 .contains("wrong token")
         );
         assert!(ok(Role::Observer, R, "o").is_err());
@@ -431,7 +542,8 @@ mod tests {
         // Missing or garbage proofs.
         let e = auth
             .check(&hello(Role::Runner, "r1", None), &n)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("requires a token"), "{e}");
         assert!(
             auth.check(&hello(Role::Runner, "r1", Some(vec![])), &n)
@@ -455,7 +567,8 @@ mod tests {
         let p = proof(T.as_bytes(), &n, Role::Tool, "t");
         let e = auth
             .check(&hello(Role::Tool, "t", Some(p)), &n)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("accepts no tool"), "{e}");
     }
 
@@ -475,7 +588,7 @@ mod tests {
             ),
             ("# nothing\n", "no secrets"),
         ] {
-            let e = Tokens::parse(text).unwrap_err();
+            let e = Tokens::parse(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
             assert!(!e.contains("aaaaaaaa") && !e.contains("xyzzy"), "{e}");
         }
@@ -497,12 +610,40 @@ mod tests {
             client_token_from_file(&all, Role::Tool).unwrap(),
             W.as_bytes()
         );
-        let e = client_token_from_file(&all, Role::Observer).unwrap_err();
+        let e = client_token_from_file(&all, Role::Observer)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no line for role observer"), "{e}");
         let two = dir.path().join("two");
         std::fs::write(&two, format!("{R}\n{T}\n")).unwrap();
         assert!(client_token_from_file(&two, Role::Runner).is_err());
-        let e = client_token_from_file(&dir.path().join("missing"), Role::Runner).unwrap_err();
+        let e = client_token_from_file(&dir.path().join("missing"), Role::Runner)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read the token file"), "{e}");
+    }
+
+    /// The README's example: a `# comment` after the secret. It was refused
+    /// as a secret with spaces.
+    #[test]
+    fn trailing_comments_are_ignored() {
+        let t = Tokens::parse(&format!(
+            "# /etc/ci/dispatcher.tokens\nrunner:     {R}   # every ci-runner\nobserver:   {O}\t# the observer\ntool: {T}#not-a-comment-without-space\n"
+        ))
+        .unwrap();
+        assert_eq!(t.runner.as_deref(), Some(R.as_bytes()));
+        assert_eq!(t.observer.as_deref(), Some(O.as_bytes()));
+        // A `#` inside a secret is part of it.
+        assert_eq!(
+            t.tool.as_deref(),
+            Some(format!("{T}#not-a-comment-without-space").as_bytes())
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one");
+        std::fs::write(&one, format!("# mine\n{R}  # the runner's secret\n")).unwrap();
+        assert_eq!(
+            client_token_from_file(&one, Role::Runner).unwrap(),
+            R.as_bytes()
+        );
     }
 }

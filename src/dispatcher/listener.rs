@@ -1,0 +1,187 @@
+//! The accept loop and who gets in: a cap on connections that fits under
+//! the process's descriptor limit, and a cap on connections per source
+//! address that have not yet proved who they are. A stranger may hold at
+//! most a few descriptors, for at most the hello timeout.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::actor::Cmd;
+use super::conn::{self, Timing};
+use crate::proto::auth::Auth;
+use crate::proto::conn::Writer;
+use crate::proto::{ErrorCode, ServerMsg};
+
+/// Descriptors kept free for everything but client connections: the log's
+/// files, the listener, the runtime, standard streams, sled's blob files.
+pub const FD_RESERVE: u64 = 64;
+
+/// Most connections per source address that have not yet said a valid
+/// hello. Generous for many runners behind one address reconnecting at
+/// once (each is unproven only for its handshake); small next to the cap.
+pub const MAX_UNPROVEN_PER_ADDR: u32 = 128;
+
+/// Raises the soft limit on open files to the hard limit, and returns the
+/// soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    {
+        lim.rlim_cur as u64
+    }
+}
+
+/// The connection cap: what was asked, but never more than the descriptor
+/// limit leaves after the reserve (and at least a few).
+pub fn connection_cap(asked: usize, fd_limit: u64) -> usize {
+    let room = fd_limit.saturating_sub(FD_RESERVE).max(8);
+    asked.min(room as usize)
+}
+
+/// Counts unproven connections per source address.
+#[derive(Debug, Default)]
+pub(crate) struct Admission {
+    unproven: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One unproven connection's place; given back when dropped (after the
+/// hello was checked, or when the connection ends).
+pub(crate) struct Admitted {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+        let mut m = self.unproven.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_UNPROVEN_PER_ADDR {
+            return None;
+        }
+        *n += 1;
+        Some(Admitted {
+            admission: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut m = self
+            .admission
+            .unproven
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+pub(crate) struct Listener {
+    pub listener: TcpListener,
+    pub cmds: flume::Sender<Cmd>,
+    pub auth: Arc<Auth>,
+    pub timing: Timing,
+    pub cap: usize,
+}
+
+impl Listener {
+    /// Accepts until `stop`; then closes every connection and returns.
+    pub async fn run(self, stop: CancellationToken) {
+        let limit = Arc::new(Semaphore::new(self.cap));
+        let admission = Arc::new(Admission::default());
+        let next_conn = AtomicU64::new(1);
+        let conns = TaskTracker::new();
+        let conn_stop = CancellationToken::new();
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = stop.cancelled() => break,
+            };
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = stop.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => {
+                    backoff = Duration::from_millis(5);
+                    a
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+            };
+            let Some(admitted) = admission.admit(peer.ip()) else {
+                conns.spawn(refuse_busy(stream, peer.ip()));
+                continue;
+            };
+            let id = next_conn.fetch_add(1, Ordering::Relaxed);
+            let cmds = self.cmds.clone();
+            let auth = self.auth.clone();
+            let timing = self.timing;
+            let stop = conn_stop.clone();
+            conns.spawn(async move {
+                conn::serve(stream, id, cmds, auth, timing, admitted, stop).await;
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        conn_stop.cancel();
+        conns.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
+        info!("listener closed");
+    }
+}
+
+/// Tells a connection from an address with too many unproven connections
+/// to come back later, and closes it.
+async fn refuse_busy(stream: TcpStream, ip: IpAddr) {
+    warn!(%ip, "too many connections without a hello from this address; refusing one");
+    let mut w: Writer<TcpStream, ServerMsg> = Writer::new(stream);
+    let msg = ServerMsg::error(
+        ErrorCode::Busy,
+        "too many connections from this address are still in their handshake; try again shortly",
+        true,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.send(&msg)).await;
+}

@@ -1,0 +1,771 @@
+//! The dispatcher's shell as a state machine: no sockets, no threads, no
+//! clock, no disk writes. The real dispatcher (`actor.rs`) and the
+//! simulator (`tests/sim.rs`) drive this same code; quinn-proto and str0m
+//! are the models.
+//!
+//! What it owns: the [`Core`], the table of connections (who is which
+//! runner, what each role may send), fencing (a newer connection with a
+//! runner's name wins), turning the core's decisions into messages for
+//! connections, and the group-commit pipeline's rules: every message rides
+//! in a [`Batch`] with the records it depends on, and the batch says how it
+//! is made durable ([`FlushPlan`]). What it is told: frames and connection
+//! ends ([`ShellInput`]), the time ([`Now`]), which batches are durable
+//! ([`Shell::durable`]) and whether storage failed
+//! ([`Shell::storage_failed`]).
+//!
+//! The driver's loop, in both worlds:
+//! 1. feed inputs with [`Shell::handle`]; call [`Shell::handle_timeout`]
+//!    when [`Shell::poll_timeout`] is due;
+//! 2. [`Shell::take_batch`]: append its records and outputs, then follow
+//!    its plan: send at once, flush here then send, or hand it to the
+//!    flusher, which flushes once for every batch waiting, sends them in
+//!    order and reports them with [`Shell::durable`];
+//! 3. when [`Shell::snapshot_due`], store a snapshot of [`Shell::state`].
+//!
+//! Any storage error goes to [`Shell::storage_failed`]; from then on the
+//! shell accepts nothing, and the driver stops.
+
+use std::collections::HashMap;
+
+use tracing::{debug, info, warn};
+
+use crate::core::ids::{validate_branch_name, validate_runner_name};
+use crate::core::{
+    Core, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftJob, Now, Record, Reply,
+    RunnerName, State, Step, ToRunner,
+};
+use crate::proto::auth::Grant;
+use crate::proto::{
+    ClientMsg, ErrorCode, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES, PAGE_BYTES, REPLAY_PAGE, ResultView,
+    Role, ServerMsg, StatusView, bounded,
+};
+use crate::store::{EventLog, OutputStore, StoreError};
+
+/// A connection's number, given by the driver.
+pub type ConnId = u64;
+
+/// Most commits one report may carry.
+pub const MAX_COMMITS_PER_REPORT: usize = 100_000;
+
+/// Most results one `Results` answer lists, whatever the limit asked.
+pub const MAX_RESULTS_PAGE: usize = 20_000;
+
+/// Most tips one `Tips` answer lists.
+pub const MAX_TIPS_PAGE: usize = 10_000;
+
+/// A wait at least this long for the first command of a batch means the
+/// dispatcher is quiet: a lone command is then flushed on the deciding
+/// thread (waking the flusher would add a thread switch to every request
+/// of a quiet dispatcher; under load, blocking there would stall the
+/// pipeline).
+pub const QUIET_MS: u64 = 1;
+
+/// Most commands taken into one batch.
+pub const MAX_BATCH: usize = 4096;
+
+/// The shell's tunables.
+#[derive(Clone, Debug)]
+pub struct ShellConfig {
+    /// Store a snapshot every this many events.
+    pub snapshot_every: u64,
+}
+
+/// What a connection task reports, past its handshake.
+#[derive(Debug)]
+pub enum ShellInput {
+    /// A runner proved itself; it says what it holds and what it let go.
+    RunnerHello {
+        conn: ConnId,
+        name: RunnerName,
+        holding: Option<JobRef>,
+        left: Option<LeftJob>,
+    },
+    /// An observer or tool proved itself (it was welcomed already).
+    ClientHello {
+        conn: ConnId,
+        role: Role,
+        grant: Grant,
+    },
+    /// A frame from a connection that said hello.
+    Frame { conn: ConnId, msg: ClientMsg },
+    /// The connection ended (either side).
+    Closed { conn: ConnId },
+}
+
+/// One message for one connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transmit {
+    pub conn: ConnId,
+    pub msg: ServerMsg,
+}
+
+/// How a batch becomes durable before its messages leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPlan {
+    /// Nothing to wait for: it wrote nothing and no batch is in flight.
+    SendNow,
+    /// Flush on the deciding thread, then send: a lone command after a
+    /// quiet spell, with nothing in flight.
+    Inline,
+    /// Hand to the flusher, which flushes once for every batch waiting
+    /// (when any of them wrote) and sends them in order. A batch that
+    /// wrote nothing still waits for the batches handed over before it.
+    Handoff { wrote: bool },
+}
+
+/// One batch of decisions: records to append, outputs to store, messages
+/// that may leave only once the records (and every earlier batch's) are
+/// durable.
+#[derive(Debug)]
+pub struct Batch {
+    pub id: u64,
+    pub records: Vec<Record>,
+    pub outputs: Vec<(JobRef, Vec<u8>)>,
+    pub sends: Vec<Transmit>,
+    pub plan: FlushPlan,
+}
+
+/// Where the shell stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShellStatus {
+    Serving,
+    /// Storage failed: nothing more is accepted, decided or acknowledged.
+    Failed,
+}
+
+/// What the shell knows of a connection.
+#[derive(Clone, Debug)]
+enum Peer {
+    Runner { name: RunnerName },
+    Client { role: Role, grant: Grant },
+}
+
+pub struct Shell {
+    core: Core,
+    conns: HashMap<ConnId, Peer>,
+    /// The current connection of each runner name; others are fenced.
+    runners: HashMap<RunnerName, ConnId>,
+    open: Open,
+    next_batch: u64,
+    /// The newest batch handed to the flusher.
+    handed_off: u64,
+    /// The newest batch the flusher has made durable and sent.
+    durable: u64,
+    status: ShellStatus,
+    config: ShellConfig,
+    last_snapshot_seq: u64,
+    next_tick_mono_ms: Option<u64>,
+}
+
+/// The batch being decided.
+#[derive(Default)]
+struct Open {
+    records: Vec<Record>,
+    outputs: Vec<(JobRef, Vec<u8>)>,
+    sends: Vec<Transmit>,
+    inputs: usize,
+}
+
+impl Shell {
+    /// A shell over a core rebuilt from the log. Call [`Shell::start`]
+    /// before anything else.
+    pub fn new(core: Core, config: ShellConfig) -> Shell {
+        let last_snapshot_seq = core.state.last_seq();
+        Shell {
+            core,
+            conns: HashMap::new(),
+            runners: HashMap::new(),
+            open: Open::default(),
+            next_batch: 1,
+            handed_off: 0,
+            durable: 0,
+            status: ShellStatus::Serving,
+            config,
+            last_snapshot_seq,
+            next_tick_mono_ms: None,
+        }
+    }
+
+    /// Records the start; the batch this leaves must be durable before
+    /// the dispatcher serves.
+    pub fn start(&mut self, pid: u32, now: Now) {
+        self.next_tick_mono_ms = Some(now.mono_ms + self.core.config().tick_ms());
+        let step = self.core.handle(Input::Started { pid }, now);
+        self.absorb(step);
+    }
+
+    pub fn state(&self) -> &State {
+        &self.core.state
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    pub fn status(&self) -> ShellStatus {
+        self.status
+    }
+
+    /// The connection a runner name is served on, if any.
+    pub fn runner_conn(&self, runner: &str) -> Option<ConnId> {
+        self.runners.get(runner).copied()
+    }
+
+    /// Connections the shell knows (past their hello).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Batches handed to the flusher and not yet reported durable.
+    pub fn in_flight(&self) -> u64 {
+        self.handed_off - self.durable
+    }
+
+    /// When [`Shell::handle_timeout`] is next due (monotonic).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.status {
+            ShellStatus::Serving => self.next_tick_mono_ms,
+            ShellStatus::Failed => None,
+        }
+    }
+
+    /// Time passed: heartbeat deadlines (and the pause check) run.
+    pub fn handle_timeout(&mut self, now: Now) {
+        if self.status != ShellStatus::Serving {
+            return;
+        }
+        let tick_ms = self.core.config().tick_ms();
+        match self.next_tick_mono_ms {
+            Some(due) if now.mono_ms < due => return,
+            _ => {}
+        }
+        self.next_tick_mono_ms = Some(now.mono_ms + tick_ms);
+        let step = self.core.handle(Input::Tick, now);
+        self.absorb(step);
+    }
+
+    /// One input from a connection; `log` answers reads (replay, output).
+    pub fn handle<L: EventLog + OutputStore + ?Sized>(
+        &mut self,
+        input: ShellInput,
+        now: Now,
+        log: &L,
+    ) {
+        if self.status != ShellStatus::Serving {
+            if let ShellInput::Frame { conn, .. } | ShellInput::RunnerHello { conn, .. } = input {
+                self.send(
+                    conn,
+                    ServerMsg::error(ErrorCode::ShuttingDown, "the dispatcher is stopping", true),
+                );
+            }
+            return;
+        }
+        self.open.inputs += 1;
+        match input {
+            ShellInput::RunnerHello {
+                conn,
+                name,
+                holding,
+                left,
+            } => self.runner_hello(conn, name, holding, left, now),
+            ShellInput::ClientHello { conn, role, grant } => {
+                self.conns.insert(conn, Peer::Client { role, grant });
+            }
+            ShellInput::Frame { conn, msg } => match self.conns.get(&conn).cloned() {
+                Some(Peer::Runner { name }) => self.runner_frame(conn, name, msg, now),
+                Some(Peer::Client { role, grant }) => {
+                    self.request(conn, role, grant, msg, now, log)
+                }
+                None => debug!(conn, "a frame from a connection without hello ignored"),
+            },
+            ShellInput::Closed { conn } => self.closed(conn, now),
+        }
+    }
+
+    fn runner_hello(
+        &mut self,
+        conn: ConnId,
+        name: RunnerName,
+        holding: Option<JobRef>,
+        left: Option<LeftJob>,
+        now: Now,
+    ) {
+        if let Err(e) = validate_runner_name(&name) {
+            self.send(
+                conn,
+                ServerMsg::error(ErrorCode::Invalid, e.to_string(), true),
+            );
+            return;
+        }
+        if let Some(old) = self.runners.insert(name.clone(), conn) {
+            info!(runner = %name, old_conn = old, conn, "runner reconnected; older connection fenced");
+            self.send(
+                old,
+                ServerMsg::error(
+                    ErrorCode::Superseded,
+                    format!(
+                        "another connection took over runner {name}: two runners may not share a name; give each its own --name"
+                    ),
+                    true,
+                ),
+            );
+            self.conns.remove(&old);
+        }
+        self.conns.insert(conn, Peer::Runner { name: name.clone() });
+        let mut step = self.core.handle(
+            Input::RunnerConnected {
+                runner: name,
+                holding,
+                left,
+            },
+            now,
+        );
+        if let Some(Reply::Welcome { keep }) = step.reply.take() {
+            self.send(conn, ServerMsg::Welcome { keep });
+        }
+        self.absorb(step);
+    }
+
+    fn closed(&mut self, conn: ConnId, now: Now) {
+        let Some(peer) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Peer::Runner { name } = peer
+            && self.runners.get(&name) == Some(&conn)
+        {
+            self.runners.remove(&name);
+            let step = self
+                .core
+                .handle(Input::RunnerDisconnected { runner: name }, now);
+            self.absorb(step);
+        }
+    }
+
+    fn runner_frame(&mut self, conn: ConnId, name: RunnerName, msg: ClientMsg, now: Now) {
+        if self.runners.get(&name) != Some(&conn) {
+            debug!(runner = %name, conn, "message from a fenced connection ignored");
+            return;
+        }
+        let input = match msg {
+            ClientMsg::Heartbeat { holding } => Input::Heartbeat {
+                runner: name,
+                holding,
+            },
+            ClientMsg::Ready => Input::RunnerReady { runner: name },
+            ClientMsg::HandBack { job } => Input::HandBack { runner: name, job },
+            ClientMsg::Result {
+                job,
+                report,
+                output,
+            } => return self.result(conn, name, job, report, output, now),
+            other => {
+                self.send(
+                    conn,
+                    ServerMsg::error(
+                        ErrorCode::NotPermitted,
+                        format!("a runner may not send {}", other.kind()),
+                        true,
+                    ),
+                );
+                return;
+            }
+        };
+        let step = self.core.handle(input, now);
+        self.absorb(step);
+    }
+
+    fn result(
+        &mut self,
+        conn: ConnId,
+        name: RunnerName,
+        job: JobRef,
+        mut report: JobReport,
+        mut output: Vec<u8>,
+        now: Now,
+    ) {
+        // Bounded at the edge: the tail of the output, the start of the line.
+        if output.len() > MAX_OUTPUT_BYTES {
+            output.drain(..output.len() - MAX_OUTPUT_BYTES);
+        }
+        report.message = bounded(report.message, MAX_MESSAGE_BYTES);
+        let mut step = self.core.handle(
+            Input::ResultReported {
+                runner: name.clone(),
+                job,
+                report,
+                output_bytes: output.len() as u64,
+            },
+            now,
+        );
+        let recorded = step.records.iter().any(|r| {
+            matches!(&r.event, Event::Result { job: j, attempt, .. } if *j == job.job && *attempt == job.attempt)
+        });
+        if recorded && !output.is_empty() {
+            self.open.outputs.push((job, output));
+        }
+        if let Some(Reply::ResultAck {
+            job,
+            accepted,
+            reason,
+        }) = step.reply.take()
+        {
+            if !accepted {
+                warn!(runner = %name, %job, %reason, "stale result rejected");
+            }
+            self.send(
+                conn,
+                ServerMsg::ResultAck {
+                    job,
+                    accepted,
+                    reason,
+                },
+            );
+        }
+        self.absorb(step);
+    }
+
+    fn request<L: EventLog + OutputStore + ?Sized>(
+        &mut self,
+        conn: ConnId,
+        role: Role,
+        grant: Grant,
+        msg: ClientMsg,
+        now: Now,
+        log: &L,
+    ) {
+        if let Err((code, why)) = permitted(role, grant, &msg).and_then(|()| validate(&msg)) {
+            self.send(conn, ServerMsg::error(code, why, false));
+            return;
+        }
+        let answer = match msg {
+            ClientMsg::Commits {
+                branch,
+                commits,
+                tip,
+            } => {
+                let mut step = self.core.handle(
+                    Input::CommitsReported {
+                        branch,
+                        commits,
+                        tip,
+                    },
+                    now,
+                );
+                if let Some(Reply::Commits {
+                    accepted,
+                    duplicates,
+                }) = step.reply.take()
+                {
+                    self.send(
+                        conn,
+                        ServerMsg::CommitsAck {
+                            accepted,
+                            duplicates,
+                        },
+                    );
+                }
+                self.absorb(step);
+                return;
+            }
+            ClientMsg::GetTips { after } => self.tips(after),
+            ClientMsg::Status => ServerMsg::Status(StatusView::of(&self.core)),
+            ClientMsg::Results {
+                commit,
+                before,
+                limit,
+            } => self.results(commit, before, limit),
+            ClientMsg::Replay { from_seq, limit } => {
+                let limit = (limit as usize).clamp(1, REPLAY_PAGE);
+                match log.read(from_seq, limit) {
+                    Ok(records) => ServerMsg::Events {
+                        records: fit_page(records, PAGE_BYTES),
+                        last_seq: self.core.state.last_seq(),
+                    },
+                    Err(e) => read_failed(e),
+                }
+            }
+            ClientMsg::Output { job } => self.output(job, log),
+            other => ServerMsg::error(
+                ErrorCode::Invalid,
+                format!("{} is not a request", other.kind()),
+                false,
+            ),
+        };
+        self.send(conn, answer);
+    }
+
+    fn tips(&self, after: Option<String>) -> ServerMsg {
+        let tips = self.core.state.branch_tips();
+        let range = match &after {
+            Some(a) => {
+                tips.range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => tips.range::<String, _>(..),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        for (b, c) in range {
+            if out.len() == MAX_TIPS_PAGE || bytes + b.len() + 40 > PAGE_BYTES {
+                next = out.last().map(|(b, _): &(String, _)| b.clone());
+                break;
+            }
+            bytes += b.len() + 40;
+            out.push((b.clone(), *c));
+        }
+        ServerMsg::Tips { tips: out, next }
+    }
+
+    fn results(
+        &self,
+        commit: Option<crate::core::CommitId>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> ServerMsg {
+        let state = &self.core.state;
+        if let Some(c) = commit {
+            return ServerMsg::Results {
+                results: state
+                    .job_for_commit(&c)
+                    .map(|j| ResultView::of(state, j))
+                    .into_iter()
+                    .collect(),
+                next: None,
+            };
+        }
+        let jobs = state.jobs();
+        let end = before.map_or(jobs.len(), |b| {
+            (b.saturating_sub(1) as usize).min(jobs.len())
+        });
+        let limit = (limit as usize).clamp(1, MAX_RESULTS_PAGE);
+        let mut results = Vec::new();
+        let mut bytes = 0;
+        for j in jobs[..end].iter().rev() {
+            let view = ResultView::of(state, j);
+            let size = view.size_hint();
+            if results.len() == limit || bytes + size > PAGE_BYTES {
+                break;
+            }
+            bytes += size;
+            results.push(view);
+        }
+        let next = results.last().map(|v| v.job).filter(|&first| first > 1);
+        ServerMsg::Results { results, next }
+    }
+
+    fn output<L: OutputStore + ?Sized>(&self, job: JobId, log: &L) -> ServerMsg {
+        let attempt = self.core.state.job(job).and_then(|j| match &j.status {
+            JobStatus::Done(f) => Some(f.attempt),
+            _ => None,
+        });
+        match attempt {
+            Some(attempt) => match log.output(JobRef { job, attempt }) {
+                Ok(o) => ServerMsg::Output(Some(o.unwrap_or_default())),
+                Err(e) => read_failed(e),
+            },
+            None => ServerMsg::Output(None),
+        }
+    }
+
+    /// Moves a core step's records and messages into the open batch.
+    fn absorb(&mut self, step: Step) {
+        for rec in &step.records {
+            match &rec.event {
+                Event::HeartbeatLost {
+                    runner,
+                    job,
+                    attempt,
+                    reason,
+                } => {
+                    warn!(%runner, %job, attempt, ?reason, "runner lost its job; re-queued")
+                }
+                Event::Result {
+                    job,
+                    commit,
+                    runner: None,
+                    ..
+                } => warn!(%job, %commit, "giving up on job: too many lost runners"),
+                Event::DispatcherPaused { gap_ms } => warn!(
+                    gap_ms,
+                    "the dispatcher did not run for a while (paused, frozen or blocked); every runner gets a full heartbeat timeout"
+                ),
+                _ => {}
+            }
+        }
+        self.open.records.extend(step.records);
+        for (runner, msg) in step.sends {
+            let msg = match msg {
+                ToRunner::Assign {
+                    job,
+                    commit,
+                    branch,
+                } => ServerMsg::Assign {
+                    job,
+                    commit,
+                    branch,
+                },
+                ToRunner::Abandon { job, reason } => {
+                    info!(%runner, %job, %reason, "told runner to abandon a stale job");
+                    ServerMsg::Abandon { job, reason }
+                }
+            };
+            // Addressed now, in decision order: a runner that reconnects
+            // later must not get what was meant for its fenced connection.
+            if let Some(conn) = self.runners.get(&runner).copied() {
+                self.send(conn, msg);
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ServerMsg) {
+        self.open.sends.push(Transmit { conn, msg });
+    }
+
+    /// Closes the open batch, if it holds anything. `idle_wait_ms` is how
+    /// long the driver waited for its first input (0 when it did not).
+    pub fn take_batch(&mut self, idle_wait_ms: u64) -> Option<Batch> {
+        let open = std::mem::take(&mut self.open);
+        if open.records.is_empty() && open.outputs.is_empty() && open.sends.is_empty() {
+            return None;
+        }
+        let wrote = !open.records.is_empty() || !open.outputs.is_empty();
+        let pipeline_idle = self.in_flight() == 0;
+        let plan = if !wrote && pipeline_idle {
+            FlushPlan::SendNow
+        } else if pipeline_idle && idle_wait_ms >= QUIET_MS && open.inputs <= 1 {
+            FlushPlan::Inline
+        } else {
+            FlushPlan::Handoff { wrote }
+        };
+        let id = self.next_batch;
+        self.next_batch += 1;
+        if let FlushPlan::Handoff { .. } = plan {
+            self.handed_off = id;
+        }
+        Some(Batch {
+            id,
+            records: open.records,
+            outputs: open.outputs,
+            sends: open.sends,
+            plan,
+        })
+    }
+
+    /// Every batch up to `batch` is durable and its messages were sent.
+    pub fn durable(&mut self, batch: u64) {
+        self.durable = self.durable.max(batch.min(self.handed_off));
+    }
+
+    /// Appending, flushing or snapshotting failed: the log can take no
+    /// more. Nothing further is decided or acknowledged; every connection
+    /// is told, and the driver stops. Returns what to send (these depend
+    /// on nothing durable).
+    pub fn storage_failed(&mut self, error: &StoreError) -> Vec<Transmit> {
+        self.status = ShellStatus::Failed;
+        self.open = Open::default();
+        let message = format!("the dispatcher is stopping: {error}");
+        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        conns.sort_unstable();
+        conns
+            .into_iter()
+            .map(|conn| Transmit {
+                conn,
+                msg: ServerMsg::error(ErrorCode::ShuttingDown, message.clone(), true),
+            })
+            .collect()
+    }
+
+    /// Whether a snapshot is due (every `snapshot_every` events).
+    pub fn snapshot_due(&self) -> bool {
+        self.status == ShellStatus::Serving
+            && self.core.state.last_seq() >= self.last_snapshot_seq + self.config.snapshot_every
+    }
+
+    /// A snapshot of the state at `seq` was stored.
+    pub fn snapshot_saved(&mut self, seq: u64) {
+        self.last_snapshot_seq = seq;
+    }
+}
+
+/// Whether `role` may send `msg`.
+fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode, String)> {
+    let ok = match msg {
+        ClientMsg::Commits { .. } => role == Role::Observer || grant.write,
+        ClientMsg::GetTips { .. }
+        | ClientMsg::Status
+        | ClientMsg::Results { .. }
+        | ClientMsg::Replay { .. }
+        | ClientMsg::Output { .. } => true,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    warn!(
+        role = role.as_str(),
+        msg = msg.kind(),
+        "refused: not permitted for this role"
+    );
+    let hint = if role == Role::Tool && matches!(msg, ClientMsg::Commits { .. }) {
+        " (this tool's token is read-only; submitting needs the tool-write secret)"
+    } else {
+        ""
+    };
+    let article = if role == Role::Observer { "an" } else { "a" };
+    Err((
+        ErrorCode::NotPermitted,
+        format!(
+            "{article} {} may not send {}{hint}",
+            role.as_str(),
+            msg.kind()
+        ),
+    ))
+}
+
+/// Checks what a request names before anything is decided on it.
+fn validate(msg: &ClientMsg) -> Result<(), (ErrorCode, String)> {
+    let invalid = |why: String| (ErrorCode::Invalid, why);
+    if let ClientMsg::Commits {
+        branch,
+        commits,
+        tip,
+    } = msg
+    {
+        if let Some(b) = branch {
+            validate_branch_name(b).map_err(|e| invalid(e.to_string()))?;
+        }
+        if commits.len() > MAX_COMMITS_PER_REPORT {
+            return Err(invalid(format!(
+                "{} commits in one report; at most {MAX_COMMITS_PER_REPORT}",
+                commits.len()
+            )));
+        }
+        if let Some(c) = commits.iter().chain(tip).find(|c| c.is_zero()) {
+            return Err(invalid(format!(
+                "{c} is not a commit: the all-zero id means \"no commit\" in git hooks"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A read failed: the tool is told; the dispatcher goes on.
+fn read_failed(e: StoreError) -> ServerMsg {
+    warn!(error = %e, "a read from the log failed");
+    ServerMsg::error(ErrorCode::Unavailable, e.to_string(), false)
+}
+
+/// The leading records that fit in `max_bytes` encoded (at least one).
+fn fit_page(mut records: Vec<Record>, max_bytes: usize) -> Vec<Record> {
+    let mut bytes = 0;
+    let mut keep = records.len();
+    for (i, r) in records.iter().enumerate() {
+        bytes += crate::encoding::encoded_len(r).unwrap_or(max_bytes);
+        if bytes > max_bytes && i > 0 {
+            keep = i;
+            break;
+        }
+    }
+    records.truncate(keep);
+    records
+}

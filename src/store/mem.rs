@@ -1,0 +1,264 @@
+//! A store that keeps everything in memory and fails when told to: the
+//! simulator's disk, and a test double for the shell.
+//!
+//! What was appended and what was flushed are kept apart, so a simulated
+//! crash ([`MemDisk::crash`]) loses exactly what a real one could: records
+//! and outputs not yet flushed. Faults ([`MemFault`]) make the next append
+//! or flush fail the way a full disk, a lost descriptor or a vanished
+//! directory makes the sled log fail.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::core::{JobRef, Record, State};
+
+use super::format;
+use super::{EventLog, Flusher, IoFailure, OutputStore, SnapshotStore, Store, StoreError};
+
+/// A failure the disk will show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemFault {
+    /// Appends fail (no space, no descriptors...) until cleared.
+    Append(IoFailure),
+    /// Flushes fail until cleared.
+    Flush(IoFailure),
+    /// The directory was deleted: flushes report it.
+    Vanished,
+}
+
+/// The simulated disk: shared by the store and whoever inspects it.
+#[derive(Debug, Default)]
+pub struct MemDisk {
+    /// What survives a crash.
+    durable: Vec<Record>,
+    /// Appended after the last flush.
+    pending: Vec<Record>,
+    durable_outputs: BTreeMap<JobRef, Vec<u8>>,
+    pending_outputs: BTreeMap<JobRef, Vec<u8>>,
+    /// Encoded snapshots by the event they cover (written durably at once).
+    snapshots: BTreeMap<u64, Vec<u8>>,
+    fault: Option<MemFault>,
+    /// Appends and flushes that failed, for tests.
+    pub failures: u64,
+}
+
+impl MemDisk {
+    /// Every record that survives a crash, in order.
+    pub fn durable(&self) -> &[Record] {
+        &self.durable
+    }
+
+    /// The last record appended, durable or not.
+    pub fn appended_seq(&self) -> u64 {
+        self.pending
+            .last()
+            .or(self.durable.last())
+            .map_or(0, |r| r.seq)
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.last().map_or(0, |r| r.seq)
+    }
+
+    /// Makes records up to `seq` durable (a flush that began when `seq`
+    /// was the last appended, finishing now), with every output appended
+    /// so far (outputs are few; a real flush covers them too).
+    pub fn make_durable(&mut self, seq: u64) {
+        let n = self.pending.iter().take_while(|r| r.seq <= seq).count();
+        self.durable.extend(self.pending.drain(..n));
+        self.durable_outputs.append(&mut self.pending_outputs);
+    }
+
+    /// The process died: everything not flushed is gone.
+    pub fn crash(&mut self) {
+        self.pending.clear();
+        self.pending_outputs.clear();
+    }
+
+    pub fn set_fault(&mut self, fault: Option<MemFault>) {
+        self.fault = fault;
+    }
+
+    pub fn fault(&self) -> Option<MemFault> {
+        self.fault
+    }
+
+    /// Overwrites the newest snapshot's bytes (a damaged snapshot).
+    pub fn damage_newest_snapshot(&mut self) {
+        if let Some((_, bytes)) = self.snapshots.iter_mut().next_back() {
+            for b in bytes.iter_mut().skip(1).step_by(3) {
+                *b ^= 0x5a;
+            }
+        }
+    }
+
+    pub fn durable_output(&self, job: JobRef) -> Option<&[u8]> {
+        self.durable_outputs.get(&job).map(Vec::as_slice)
+    }
+
+    fn check_flush(&mut self) -> Result<(), StoreError> {
+        match self.fault {
+            Some(MemFault::Flush(failure)) => {
+                self.failures += 1;
+                Err(write_error(failure))
+            }
+            Some(MemFault::Vanished) => {
+                self.failures += 1;
+                Err(StoreError::Vanished { dir: dir() })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from("<memory>")
+}
+
+fn write_error(failure: IoFailure) -> StoreError {
+    StoreError::Write {
+        dir: dir(),
+        failure,
+        detail: format!("simulated {failure:?}"),
+    }
+}
+
+/// A [`Store`] over a shared [`MemDisk`].
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    disk: Arc<Mutex<MemDisk>>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    /// The disk, to inspect it or to inject faults.
+    pub fn disk(&self) -> MutexGuard<'_, MemDisk> {
+        self.disk.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl EventLog for MemStore {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut d = self.disk();
+        if let Some(MemFault::Append(failure)) = d.fault {
+            d.failures += 1;
+            return Err(write_error(failure));
+        }
+        for (expected, r) in (d.appended_seq() + 1..).zip(records) {
+            if r.seq != expected {
+                return Err(StoreError::OutOfOrder {
+                    expected,
+                    got: r.seq,
+                });
+            }
+        }
+        d.pending.extend_from_slice(records);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        MemFlusher(self.disk.clone()).flush()
+    }
+
+    fn flusher(&self) -> Result<Box<dyn Flusher>, StoreError> {
+        Ok(Box::new(MemFlusher(self.disk.clone())))
+    }
+
+    fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let d = self.disk();
+        Ok(d.durable
+            .iter()
+            .chain(&d.pending)
+            .filter(|r| r.seq >= from_seq)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.disk().appended_seq()
+    }
+}
+
+struct MemFlusher(Arc<Mutex<MemDisk>>);
+
+impl Flusher for MemFlusher {
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut d = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        d.check_flush()?;
+        let seq = d.appended_seq();
+        d.make_durable(seq);
+        Ok(())
+    }
+}
+
+impl OutputStore for MemStore {
+    fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError> {
+        let mut d = self.disk();
+        if let Some(MemFault::Append(failure)) = d.fault {
+            d.failures += 1;
+            return Err(write_error(failure));
+        }
+        d.pending_outputs.insert(job, output.to_vec());
+        Ok(())
+    }
+
+    fn output(&self, job: JobRef) -> Result<Option<Vec<u8>>, StoreError> {
+        let d = self.disk();
+        Ok(d.pending_outputs
+            .get(&job)
+            .or(d.durable_outputs.get(&job))
+            .cloned())
+    }
+}
+
+impl SnapshotStore for MemStore {
+    fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError> {
+        let mut d = self.disk();
+        if let Some(MemFault::Append(failure)) = d.fault {
+            d.failures += 1;
+            return Err(write_error(failure));
+        }
+        let mut value = vec![format::SNAPSHOT_VERSION];
+        state.write_snapshot(&mut value);
+        d.snapshots.insert(state.last_seq(), value);
+        while d.snapshots.len() > 2 {
+            d.snapshots.pop_first();
+        }
+        Ok(())
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.disk().snapshots.keys().rev().copied().collect())
+    }
+
+    fn load_snapshot(&self, seq: u64) -> Result<Option<State>, StoreError> {
+        let d = self.disk();
+        let Some(v) = d.snapshots.get(&seq) else {
+            return Ok(None);
+        };
+        let bad = |detail: String| StoreError::BadSnapshot { seq, detail };
+        let (&version, body) = v.split_first().ok_or_else(|| bad("empty".into()))?;
+        if version != format::SNAPSHOT_VERSION {
+            return Ok(None);
+        }
+        let state = State::from_snapshot(body).map_err(bad)?;
+        if state.last_seq() != seq {
+            return Err(bad(format!(
+                "holds the state at event {}",
+                state.last_seq()
+            )));
+        }
+        Ok(Some(state))
+    }
+}
+
+impl Store for MemStore {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
