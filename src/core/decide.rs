@@ -94,10 +94,10 @@ impl CoreConfig {
     /// A gap longer than this between two inputs means the dispatcher
     /// itself did not run (SIGSTOP, a frozen VM, swapping, a disk that
     /// blocked the deciding thread): the runners could not have been heard,
-    /// so none is condemned for it. Half the timeout, and at least four
-    /// ticks, so an ordinary late tick is no pause.
+    /// so none is condemned for it. Half the timeout: at least two ticks,
+    /// so an ordinary late tick is no pause.
     pub fn pause_gap_ms(&self) -> u64 {
-        (self.heartbeat_timeout_ms / 2).max(4 * self.tick_ms())
+        self.heartbeat_timeout_ms / 2
     }
 }
 
@@ -146,6 +146,12 @@ pub enum Input {
     },
     /// Time passed; check heartbeats.
     Tick,
+    /// The dispatcher could not make progress for `gap_ms` although it ran
+    /// (its disk held every acknowledgement back): as after a pause,
+    /// nobody is condemned for what it could not hear or answer.
+    Stalled {
+        gap_ms: u64,
+    },
 }
 
 /// A message for one runner.
@@ -325,6 +331,7 @@ impl Core {
                 self.idle.retain(|r| *r != runner);
             }
             Input::Tick => self.on_tick(&mut step, now),
+            Input::Stalled { gap_ms } => self.grace_all(&mut step, gap_ms, now),
         }
         self.schedule(&mut step, now);
         step
@@ -337,9 +344,13 @@ impl Core {
         let last = self.last_input_mono_ms.replace(now.mono_ms);
         let Some(last) = last else { return };
         let gap_ms = now.mono_ms.saturating_sub(last);
-        if gap_ms <= self.config.pause_gap_ms() {
-            return;
+        if gap_ms > self.config.pause_gap_ms() {
+            self.grace_all(step, gap_ms, now);
         }
+    }
+
+    /// Every runner gets a full timeout from now; the gap goes on record.
+    fn grace_all(&mut self, step: &mut Step, gap_ms: u64, now: Now) {
         for s in self.sessions.values_mut() {
             s.last_heard_mono_ms = s.last_heard_mono_ms.max(now.mono_ms);
         }

@@ -120,9 +120,10 @@ pub enum Event {
         /// Bytes of output stored under (job, attempt) in the output store.
         output_bytes: u64,
     },
-    /// The dispatcher itself did not run for `gap_ms` (SIGSTOP, a frozen
-    /// VM, swapping, a blocked disk); every runner got a full heartbeat
-    /// timeout from then, as after a restart.
+    /// The dispatcher could not run or make progress for `gap_ms`
+    /// (SIGSTOP, a frozen VM, swapping, a disk that blocked its writes);
+    /// every runner got a full heartbeat timeout from then, as after a
+    /// restart.
     DispatcherPaused { gap_ms: u64 },
 }
 

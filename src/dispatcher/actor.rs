@@ -138,7 +138,7 @@ impl Driver {
     pub fn start(&mut self) -> Result<(), StoreError> {
         let now = self.clock.now();
         self.shell.start(std::process::id(), now);
-        if let Some(batch) = self.shell.take_batch(0) {
+        if let Some(batch) = self.shell.take_batch(now, 0) {
             self.store().append(&batch.records)?;
             self.store().flush()?;
         }
@@ -245,8 +245,9 @@ impl Driver {
             {
                 return Err(e);
             }
-            self.shell.durable(report.durable.load(Ordering::Acquire));
             let now = self.clock.now();
+            self.shell
+                .durable(report.durable.load(Ordering::Acquire), now);
             let mut stop = false;
             if let Some(cmd) = first {
                 stop = self.process(cmd, now);
@@ -260,7 +261,7 @@ impl Driver {
                 }
             }
             self.shell.handle_timeout(now);
-            if let Some(batch) = self.shell.take_batch(idle_wait_ms) {
+            if let Some(batch) = self.shell.take_batch(now, idle_wait_ms) {
                 self.carry_out(batch, out)?;
             }
             if self.shell.snapshot_due() {

@@ -41,7 +41,9 @@ use crate::proto::{
 };
 use crate::store::{EventLog, OutputStore, StoreError};
 
-/// A connection's number, given by the driver.
+/// A connection's number, given by the driver in the order connections
+/// were accepted: of two connections with one runner's name, the one
+/// accepted later wins, whichever hello arrives first.
 pub type ConnId = u64;
 
 /// Most commits one report may carry.
@@ -149,6 +151,9 @@ pub struct Shell {
     next_batch: u64,
     /// The newest batch handed to the flusher.
     handed_off: u64,
+    /// Batches handed to the flusher and not yet durable, with when
+    /// (monotonic): how the shell notices a disk that holds everything back.
+    waiting: std::collections::VecDeque<(u64, u64)>,
     /// The newest batch the flusher has made durable and sent.
     durable: u64,
     status: ShellStatus,
@@ -178,6 +183,7 @@ impl Shell {
             open: Open::default(),
             next_batch: 1,
             handed_off: 0,
+            waiting: std::collections::VecDeque::new(),
             durable: 0,
             status: ShellStatus::Serving,
             config,
@@ -240,8 +246,20 @@ impl Shell {
             _ => {}
         }
         self.next_tick_mono_ms = Some(now.mono_ms + tick_ms);
+        if self.stalled_ms(now) > self.core.config().pause_gap_ms() {
+            // Every acknowledgement and welcome waits on the disk: runners
+            // cannot be judged on what they could not be answered.
+            return;
+        }
         let step = self.core.handle(Input::Tick, now);
         self.absorb(step);
+    }
+
+    /// How long the oldest batch waiting for the flusher has waited.
+    fn stalled_ms(&self, now: Now) -> u64 {
+        self.waiting
+            .front()
+            .map_or(0, |(_, at)| now.mono_ms.saturating_sub(*at))
     }
 
     /// One input from a connection; `log` answers reads (replay, output).
@@ -297,18 +315,17 @@ impl Shell {
             );
             return;
         }
+        if let Some(&newer) = self.runners.get(&name)
+            && newer > conn
+        {
+            // A hello that was slow to arrive on a connection accepted
+            // before the current one: the older connection loses.
+            self.send(conn, superseded(&name));
+            return;
+        }
         if let Some(old) = self.runners.insert(name.clone(), conn) {
             info!(runner = %name, old_conn = old, conn, "runner reconnected; older connection fenced");
-            self.send(
-                old,
-                ServerMsg::error(
-                    ErrorCode::Superseded,
-                    format!(
-                        "another connection took over runner {name}: two runners may not share a name; give each its own --name"
-                    ),
-                    true,
-                ),
-            );
+            self.send(old, superseded(&name));
             self.conns.remove(&old);
         }
         self.conns.insert(conn, Peer::Runner { name: name.clone() });
@@ -623,7 +640,7 @@ impl Shell {
 
     /// Closes the open batch, if it holds anything. `idle_wait_ms` is how
     /// long the driver waited for its first input (0 when it did not).
-    pub fn take_batch(&mut self, idle_wait_ms: u64) -> Option<Batch> {
+    pub fn take_batch(&mut self, now: Now, idle_wait_ms: u64) -> Option<Batch> {
         let open = std::mem::take(&mut self.open);
         if open.records.is_empty() && open.outputs.is_empty() && open.sends.is_empty() {
             return None;
@@ -641,6 +658,7 @@ impl Shell {
         self.next_batch += 1;
         if let FlushPlan::Handoff { .. } = plan {
             self.handed_off = id;
+            self.waiting.push_back((id, now.mono_ms));
         }
         Some(Batch {
             id,
@@ -652,8 +670,21 @@ impl Shell {
     }
 
     /// Every batch up to `batch` is durable and its messages were sent.
-    pub fn durable(&mut self, batch: u64) {
+    /// A batch that waited longer than the pause gap means the disk held
+    /// the dispatcher back: every runner gets a full timeout from now.
+    pub fn durable(&mut self, batch: u64, now: Now) {
         self.durable = self.durable.max(batch.min(self.handed_off));
+        let mut stalled_ms = 0;
+        while let Some(&(id, at)) = self.waiting.front()
+            && id <= self.durable
+        {
+            stalled_ms = stalled_ms.max(now.mono_ms.saturating_sub(at));
+            self.waiting.pop_front();
+        }
+        if stalled_ms > self.core.config().pause_gap_ms() && self.status == ShellStatus::Serving {
+            let step = self.core.handle(Input::Stalled { gap_ms: stalled_ms }, now);
+            self.absorb(step);
+        }
     }
 
     /// Appending, flushing or snapshotting failed: the log can take no
@@ -685,6 +716,17 @@ impl Shell {
     pub fn snapshot_saved(&mut self, seq: u64) {
         self.last_snapshot_seq = seq;
     }
+}
+
+/// What a connection fenced by a newer one with its runner's name is told.
+fn superseded(name: &str) -> ServerMsg {
+    ServerMsg::error(
+        ErrorCode::Superseded,
+        format!(
+            "another connection took over runner {name}: two runners may not share a name; give each its own --name"
+        ),
+        true,
+    )
 }
 
 /// Whether `role` may send `msg`.

@@ -36,8 +36,11 @@ pub struct MemDisk {
     pending: Vec<Record>,
     durable_outputs: BTreeMap<JobRef, Vec<u8>>,
     pending_outputs: BTreeMap<JobRef, Vec<u8>>,
-    /// Encoded snapshots by the event they cover (written durably at once).
+    /// Encoded snapshots by the event they cover; durable with the flush
+    /// that covers that event, as in a log-structured store (a snapshot
+    /// never survives a crash that the events before it did not).
     snapshots: BTreeMap<u64, Vec<u8>>,
+    pending_snapshots: BTreeMap<u64, Vec<u8>>,
     fault: Option<MemFault>,
     /// Appends and flushes that failed, for tests.
     pub failures: u64,
@@ -68,12 +71,27 @@ impl MemDisk {
         let n = self.pending.iter().take_while(|r| r.seq <= seq).count();
         self.durable.extend(self.pending.drain(..n));
         self.durable_outputs.append(&mut self.pending_outputs);
+        let later = self.pending_snapshots.split_off(&(seq + 1));
+        let covered = std::mem::replace(&mut self.pending_snapshots, later);
+        self.snapshots.extend(covered);
+        while self.snapshots.len() > 2 {
+            self.snapshots.pop_first();
+        }
+    }
+
+    /// A flush that began when `seq` was the last record appended ends
+    /// now: it fails if a fault says so, else makes them durable.
+    pub fn flush_upto(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.check_flush()?;
+        self.make_durable(seq);
+        Ok(())
     }
 
     /// The process died: everything not flushed is gone.
     pub fn crash(&mut self) {
         self.pending.clear();
         self.pending_outputs.clear();
+        self.pending_snapshots.clear();
     }
 
     pub fn set_fault(&mut self, fault: Option<MemFault>) {
@@ -225,9 +243,14 @@ impl SnapshotStore for MemStore {
         }
         let mut value = vec![format::SNAPSHOT_VERSION];
         state.write_snapshot(&mut value);
-        d.snapshots.insert(state.last_seq(), value);
-        while d.snapshots.len() > 2 {
-            d.snapshots.pop_first();
+        let seq = state.last_seq();
+        if seq <= d.durable_seq() {
+            d.snapshots.insert(seq, value);
+            while d.snapshots.len() > 2 {
+                d.snapshots.pop_first();
+            }
+        } else {
+            d.pending_snapshots.insert(seq, value);
         }
         Ok(())
     }
