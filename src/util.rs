@@ -30,13 +30,22 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 pub fn init_tracing(verbose: u8, daemon: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    // sled reports each failed write itself, several lines at a time; the
+    // dispatcher says once what failed and what to do (`-vv` or RUST_LOG
+    // shows sled's own lines).
     let default = match verbose {
-        0 if !daemon => "warn",
-        0 => "warn,ci=info",
-        1 => "info,ci=debug",
+        0 if !daemon => "warn,sled=off",
+        0 => "warn,ci=info,sled=off",
+        1 => "info,ci=debug,sled=off",
         _ => "debug,ci=trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match std::env::var("RUST_LOG") {
+        // sled stays quiet unless asked for by name.
+        Ok(v) if !v.contains("sled") => EnvFilter::try_new(format!("{v},sled=off")),
+        Ok(v) => EnvFilter::try_new(v),
+        Err(_) => EnvFilter::try_new(default),
+    }
+    .unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -179,7 +179,7 @@ impl Driver {
                     .take();
                 match (failed, joined) {
                     (Some(e), _) => Err(e),
-                    (None, Ok(())) => self.store().flush(),
+                    (None, Ok(())) => self.store().stopped_cleanly(),
                     (None, Err(_)) => Err(StoreError::FlusherStopped),
                 }
             }

@@ -26,9 +26,13 @@ use crate::proto::{ErrorCode, ServerMsg};
 pub const FD_RESERVE: u64 = 64;
 
 /// Most connections per source address that have not yet said a valid
-/// hello. Generous for many runners behind one address reconnecting at
-/// once (each is unproven only for its handshake); small next to the cap.
-pub const MAX_UNPROVEN_PER_ADDR: u32 = 128;
+/// hello: an eighth of the cap, between 4 and 128. Generous for many
+/// runners behind one address reconnecting at once (each is unproven only
+/// for its handshake); small next to the cap, so one stranger cannot hold
+/// the descriptors everyone needs.
+pub fn max_unproven_per_addr(cap: usize) -> u32 {
+    (cap / 8).clamp(4, 128) as u32
+}
 
 /// Raises the soft limit on open files to the hard limit, and returns the
 /// soft limit now in force.
@@ -66,9 +70,10 @@ pub fn connection_cap(asked: usize, fd_limit: u64) -> usize {
 }
 
 /// Counts unproven connections per source address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Admission {
     unproven: Mutex<HashMap<IpAddr, u32>>,
+    max_per_addr: u32,
 }
 
 /// One unproven connection's place; given back when dropped (after the
@@ -82,7 +87,7 @@ impl Admission {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
         let mut m = self.unproven.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_default();
-        if *n >= MAX_UNPROVEN_PER_ADDR {
+        if *n >= self.max_per_addr {
             return None;
         }
         *n += 1;
@@ -121,7 +126,10 @@ impl Listener {
     /// Accepts until `stop`; then closes every connection and returns.
     pub async fn run(self, stop: CancellationToken) {
         let limit = Arc::new(Semaphore::new(self.cap));
-        let admission = Arc::new(Admission::default());
+        let admission = Arc::new(Admission {
+            unproven: Mutex::new(HashMap::new()),
+            max_per_addr: max_unproven_per_addr(self.cap),
+        });
         let next_conn = AtomicU64::new(1);
         let conns = TaskTracker::new();
         let conn_stop = CancellationToken::new();

@@ -33,6 +33,17 @@ pub enum IoFailure {
     Other,
 }
 
+impl std::fmt::Display for IoFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoFailure::NoSpace => "no space left on the device",
+            IoFailure::TooManyFiles => "too many open files",
+            IoFailure::NotWritable => "the file system is read-only or not writable",
+            IoFailure::Other => "an input/output error",
+        })
+    }
+}
+
 impl IoFailure {
     pub fn of(e: &std::io::Error) -> IoFailure {
         match e.raw_os_error() {
@@ -174,6 +185,13 @@ pub trait SnapshotStore: Send {
 pub trait Store: EventLog + OutputStore + SnapshotStore {
     /// Where it lives, for messages.
     fn describe(&self) -> String;
+
+    /// Everything appended is flushed and the dispatcher stops: a chance
+    /// to note how long the log is, so damage can be told from a short log
+    /// on the next open.
+    fn stopped_cleanly(&mut self) -> Result<(), StoreError> {
+        self.flush()
+    }
 }
 
 /// Whether a rebuild may start from a snapshot.

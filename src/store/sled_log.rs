@@ -14,6 +14,31 @@ use super::{EventLog, Flusher, IoFailure, OutputStore, SnapshotStore, Store, Sto
 /// sled's page cache, in bytes.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// A small file beside the database holding how many events the log held
+/// when it was last opened or cleanly stopped. sled reads a damaged file as
+/// a shorter (even empty) log without a word; a log that holds fewer events
+/// than it once did is damaged, and is refused instead of overwritten.
+const HIGH_WATER_FILE: &str = "log-high-water";
+
+fn read_high_water(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join(HIGH_WATER_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn write_high_water(dir: &Path, seq: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(HIGH_WATER_FILE);
+    let tmp = dir.join(format!("{HIGH_WATER_FILE}.tmp"));
+    let mut f = File::create(&tmp)?;
+    writeln!(f, "{seq}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()
+}
+
 pub struct SledLog {
     db: sled::Db,
     /// sled's own flush ends in `sync_file_range`, which survives a process
@@ -72,10 +97,17 @@ impl Presence {
 }
 
 fn write_error(dir: &Path, e: std::io::Error) -> StoreError {
+    let failure = io_failure(&e);
+    // sled re-wraps OS errors as their `Debug` text (`Os { code: 28, ...
+    // }`); for the failures we know, say it in words.
+    let detail = match (failure, e.raw_os_error()) {
+        (_, Some(_)) | (IoFailure::Other, _) => e.to_string(),
+        (f, None) => f.to_string(),
+    };
     StoreError::Write {
         dir: dir.to_path_buf(),
-        failure: io_failure(&e),
-        detail: e.to_string(),
+        failure,
+        detail,
     }
 }
 
@@ -166,7 +198,20 @@ impl SledLog {
             dir: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
-        Self::open_db(dir, &dir.join("db"), None)
+        let log = Self::open_db(dir, &dir.join("db"), None)?;
+        // The events read back are durable: a later open must find them.
+        write_high_water(dir, log.last_seq).map_err(|e| write_error(dir, e))?;
+        Ok(log)
+    }
+
+    /// Notes that every appended event is durable (after a final flush),
+    /// so the next open can tell a damaged log from a short one.
+    pub fn mark_clean_stop(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        if self._copy.is_none() {
+            write_high_water(&self.dir, self.last_seq).map_err(|e| write_error(&self.dir, e))?;
+        }
+        Ok(())
     }
 
     /// Opens a log for reading only, leaving `dir` exactly as it was: sled
@@ -250,6 +295,16 @@ impl SledLog {
             }
             None => 0,
         };
+        if let Some(high) = read_high_water(dir)
+            && last_seq < high
+        {
+            return Err(StoreError::Damaged {
+                dir: dir.to_path_buf(),
+                detail: format!(
+                    "the log reads as {last_seq} events, but it held {high} when it was last opened or stopped; sled could not read the rest"
+                ),
+            });
+        }
         Ok(SledLog {
             db,
             data_file,
@@ -551,6 +606,10 @@ impl SnapshotStore for SledLog {
 impl Store for SledLog {
     fn describe(&self) -> String {
         format!("sled in {}", self.dir.display())
+    }
+
+    fn stopped_cleanly(&mut self) -> Result<(), StoreError> {
+        self.mark_clean_stop()
     }
 }
 

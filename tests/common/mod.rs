@@ -201,6 +201,23 @@ impl Proc {
         Proc::spawn_command(cmd, cmdline, args, dir, label)
     }
 
+    /// As [`Proc::spawn`], with extra environment variables (an
+    /// `LD_PRELOAD`, say).
+    pub fn spawn_with_env<A: AsRef<str>>(
+        program: &str,
+        args: &[A],
+        dir: &Path,
+        label: &str,
+        env: &[(&str, String)],
+    ) -> Proc {
+        let cmdline = command_line(program, args);
+        let mut cmd = command(program);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc::spawn_command(cmd, cmdline, args, dir, label)
+    }
+
     fn spawn_command<A: AsRef<str>>(
         mut cmd: Command,
         cmdline: String,
