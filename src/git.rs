@@ -198,6 +198,25 @@ fn validate_source(source: &str) -> Result<String, GitError> {
     }
 }
 
+/// Why `source` (validated into `url`) could not be read: a local path
+/// that has gone says so plainly (git2 would call it an unsupported URL).
+fn source_error(url: &str, source: &str, err: git2::Error) -> GitError {
+    let local = match url.split_once("://") {
+        None => Some(url),
+        Some((scheme, path)) if scheme.eq_ignore_ascii_case("file") => Some(path),
+        Some(_) => None,
+    };
+    match local {
+        Some(path) if !Path::new(path).exists() => GitError::SourceMissing {
+            source: source.to_string(),
+        },
+        _ => GitError::CannotRead {
+            source: source.to_string(),
+            err,
+        },
+    }
+}
+
 fn to_oid(c: CommitId) -> Option<Oid> {
     // SHA-256 ids do not convert without git2's unstable feature: such a
     // commit cannot be in the mirror, which callers already handle.
@@ -319,10 +338,7 @@ fn build_fresh(dir: &Path, url: &str, source: &str) -> Result<Repository, GitErr
         dir: dir.to_path_buf(),
         err,
     })?;
-    fetch_into(&repo, url).map_err(|err| GitError::CannotRead {
-        source: source.to_string(),
-        err,
-    })?;
+    fetch_into(&repo, url).map_err(|err| source_error(url, source, err))?;
     Ok(repo)
 }
 
@@ -463,19 +479,17 @@ impl Mirror {
     /// Every failure is reported as the source's ([`GitError::CannotRead`]);
     /// [`Mirror::sync`] tells the source's failures from the mirror's.
     pub fn fetch(&self) -> Result<(), GitError> {
-        fetch_into(&self.repo, &self.url).map_err(|err| GitError::CannotRead {
-            source: self.source.clone(),
-            err,
-        })
+        fetch_into(&self.repo, &self.url).map_err(|err| self.source_error(err))
+    }
+
+    fn source_error(&self, err: git2::Error) -> GitError {
+        source_error(&self.url, &self.source, err)
     }
 
     /// Whether the source answers at all, without the mirror: lists its
     /// references over a connection of its own.
     fn probe_source(&self) -> Result<(), GitError> {
-        let cannot_read = |err| GitError::CannotRead {
-            source: self.source.clone(),
-            err,
-        };
+        let cannot_read = |err| self.source_error(err);
         let mut remote = Remote::create_detached(self.url.as_str()).map_err(cannot_read)?;
         remote.connect(Direction::Fetch).map_err(cannot_read)?;
         remote.list().map_err(cannot_read)?;
@@ -526,10 +540,7 @@ impl Mirror {
             return Ok(Synced::default());
         };
         if let Err(e) = self.probe_source() {
-            let source_error = GitError::CannotRead {
-                source: self.source.clone(),
-                err: first,
-            };
+            let source_error = self.source_error(first);
             tracing::debug!(probe = %e, "the source does not answer");
             return Ok(Synced {
                 rebuilt: None,
@@ -753,9 +764,11 @@ impl Mirror {
 
 /// Removes `path` whatever it is (a tree, a file, a symlink; nothing is
 /// fine too). Tests may leave directories without write or search
-/// permission behind: when the first attempt fails, every directory is made
-/// `rwx` for its owner and removal is tried once more (as root permissions
-/// do not stop the first attempt; as any other user they would).
+/// permission behind, or (as root) immutable files: when the first attempt
+/// fails, every directory is made `rwx` for its owner, immutable and
+/// append-only flags are lifted, and removal is tried once more. (As root
+/// permissions do not stop the first attempt; as any other user they
+/// would.)
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -768,26 +781,67 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     if fs::remove_dir_all(path).is_ok() {
         return Ok(());
     }
-    make_dirs_writable(path);
+    loosen(path);
     match fs::remove_dir_all(path) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
 }
 
-/// Best effort: errors here surface as the second removal's error.
-fn make_dirs_writable(dir: &Path) {
+/// Makes the tree under `dir` removable by its owner: directories `rwx`,
+/// no immutable or append-only flags. Best effort: what fails here surfaces
+/// as the second removal's error.
+fn loosen(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
+        lift_inode_flags(&d, true);
         let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
         let Ok(entries) = fs::read_dir(&d) else {
             continue;
         };
         for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => lift_inode_flags(&e.path(), false),
+                _ => {}
             }
+        }
+    }
+}
+
+/// Lifts the immutable and append-only flags (`chattr +i`, `+a`: root can
+/// set them, and then not even root can remove the file) of a regular file
+/// or a directory. Nothing else is opened: opening a device can have
+/// effects.
+fn lift_inode_flags(path: &Path, dir: bool) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+    const FS_APPEND_FL: libc::c_int = 0x20;
+    let mut flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if dir {
+        flags |= libc::O_DIRECTORY;
+    }
+    let Ok(f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+    else {
+        return;
+    };
+    if !dir && !f.metadata().is_ok_and(|m| m.is_file()) {
+        return;
+    }
+    let mut attrs: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS and FS_IOC_SETFLAGS read and write one int
+    // through the pointer, which points at a live c_int.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut attrs) == 0
+            && attrs & (FS_IMMUTABLE_FL | FS_APPEND_FL) != 0
+        {
+            attrs &= !(FS_IMMUTABLE_FL | FS_APPEND_FL);
+            libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &attrs);
         }
     }
 }
@@ -1207,7 +1261,7 @@ mod tests {
         );
         assert!(
             msg.contains(&format!(
-                "and could not be rebuilt: cannot read repository {}",
+                "and could not be rebuilt: cannot read repository {}: no such file or directory",
                 src.path()
             )),
             "{msg}"
@@ -1241,14 +1295,14 @@ mod tests {
         let synced = m.sync().unwrap();
         assert!(synced.rebuilt.is_none());
         let err = synced.source_error.expect("the fetch failed");
-        assert!(matches!(err, GitError::CannotRead { .. }), "{err:?}");
+        assert!(matches!(err, GitError::SourceMissing { .. }), "{err:?}");
         m.sync_and_checkout(cid(a), &work.path().join("co"))
             .unwrap();
         let missing = CommitId::parse(&"0123456789".repeat(4)).unwrap();
         let err = m
             .sync_and_checkout(missing, &work.path().join("co"))
             .unwrap_err();
-        assert!(matches!(err, GitError::CannotRead { .. }), "{err:?}");
+        assert!(matches!(err, GitError::SourceMissing { .. }), "{err:?}");
         assert!(err.to_string().contains("--repo"), "{err}");
         assert_eq!(fs::metadata(m.dir()).unwrap().ino(), ino, "not rebuilt");
         fs::rename(&away, src.dir.path()).unwrap();
@@ -1343,6 +1397,35 @@ mod tests {
         assert!(branches[2].tip.is_ok());
         let tips: Vec<String> = m.branch_tips().unwrap().into_iter().map(|t| t.0).collect();
         assert_eq!(tips, ["main", "zzz"]);
+    }
+
+    /// As root a test can make a file immutable (`chattr +i`); the next
+    /// job's removal lifts the flag. Skipped where the flag cannot be set
+    /// (not root, or a file system without it).
+    #[test]
+    fn remove_tree_lifts_immutable_flags() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        fs::create_dir_all(t.join("sub")).unwrap();
+        fs::write(t.join("sub/f"), "x").unwrap();
+        let f = fs::File::open(t.join("sub/f")).unwrap();
+        let mut attrs: libc::c_int = 0;
+        // SAFETY: as in `lift_inode_flags`.
+        let set = unsafe {
+            libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut attrs) == 0 && {
+                attrs |= 0x10;
+                libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &attrs) == 0
+            }
+        };
+        drop(f);
+        if !set {
+            eprintln!("cannot set the immutable flag here; skipped");
+            return;
+        }
+        assert!(fs::remove_file(t.join("sub/f")).is_err(), "immutable");
+        remove_tree(&t).unwrap();
+        assert!(!t.exists());
     }
 
     #[test]
