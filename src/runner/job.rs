@@ -224,3 +224,97 @@ pub async fn execute(
         out.output,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn clear_takes_away_whatever_earlier_jobs_left() {
+        let work = tempfile::tempdir().unwrap();
+        let l = Layout::new(work.path());
+        let co = l.checkout();
+        fs::create_dir_all(co.join("locked/deeper")).unwrap();
+        fs::write(co.join("locked/deeper/f"), "x").unwrap();
+        fs::set_permissions(co.join("locked/deeper"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(co.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(&co, fs::Permissions::from_mode(0o500)).unwrap();
+        fs::set_permissions(l.jobs(), fs::Permissions::from_mode(0o500)).unwrap();
+        // An older release's checkout, at the top.
+        fs::create_dir_all(work.path().join("checkout/tests")).unwrap();
+        fs::write(work.path().join("checkout/tests/t.py"), "x").unwrap();
+        // Untouched: the mirror and the marker.
+        fs::create_dir(work.path().join("mirror.git")).unwrap();
+        fs::write(work.path().join("current-job"), "1 1\n").unwrap();
+
+        l.clear().unwrap();
+        let mut left: Vec<String> = fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["current-job", "mirror.git"]);
+        l.clear().unwrap();
+    }
+
+    /// `jobs` replaced by a file, or by a symlink to something that must
+    /// survive: only the link goes.
+    #[test]
+    fn clear_never_follows_what_a_test_put_in_place_of_jobs() {
+        let work = tempfile::tempdir().unwrap();
+        let precious = tempfile::tempdir().unwrap();
+        fs::write(precious.path().join("canary"), "alive").unwrap();
+        let l = Layout::new(work.path());
+        std::os::unix::fs::symlink(precious.path(), l.jobs()).unwrap();
+        l.clear().unwrap();
+        assert!(fs::symlink_metadata(l.jobs()).is_err());
+        assert_eq!(
+            fs::read_to_string(precious.path().join("canary")).unwrap(),
+            "alive"
+        );
+        fs::write(l.jobs(), "a file").unwrap();
+        l.clear().unwrap();
+        assert!(fs::symlink_metadata(l.jobs()).is_err());
+    }
+
+    /// A process that outlived its job keeps writing into its working
+    /// directory (by inode, as a process's cwd does): the next checkout
+    /// directory is a different one, and clearing does not fail because
+    /// the trash is still being written to.
+    #[test]
+    fn a_writer_left_behind_cannot_reach_the_next_checkout() {
+        use std::sync::atomic::AtomicBool;
+        let work = tempfile::tempdir().unwrap();
+        let l = Layout::new(work.path());
+        fs::create_dir_all(l.checkout()).unwrap();
+        let cwd = fs::File::open(l.checkout()).unwrap();
+        let via_fd = PathBuf::from(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            cwd.as_raw_fd()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = fs::write(via_fd.join(format!("junk-{i}")), "x");
+                    i += 1;
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..20 {
+            l.clear().unwrap();
+            fs::create_dir_all(l.checkout()).unwrap();
+            assert_eq!(fs::read_dir(l.checkout()).unwrap().count(), 0);
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        drop(cwd);
+        l.clear().unwrap();
+        assert!(!l.trash().exists(), "emptied once the writer stopped");
+    }
+}
