@@ -488,17 +488,28 @@ impl Hider {
     fn enter_user_ns(&self) -> Result<(), (u8, i32)> {
         // SAFETY: as in `try_enter`.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        // A process that changed its uid is not dumpable, which makes its
-        // /proc/self files root's and the id maps unwritable. Exec resets
-        // this flag anyway.
+        // The runner makes itself non-dumpable (so tests cannot read its
+        // memory through /proc), and this child inherits that, which makes
+        // its /proc/self files root's and the id maps unwritable. Dumpable
+        // only while the maps are written, then not again: the child still
+        // holds a copy of the runner's memory until exec (which sets the
+        // flag for the test program as usual).
+        let dumpable = |on: libc::c_ulong| {
+            // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on, 0, 0, 0) };
+        };
         // SAFETY: as in `try_enter`.
-        unsafe {
-            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-            check(
-                STEP_USER_NS,
-                libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS),
-            )?;
-        }
+        check(STEP_USER_NS, unsafe {
+            libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS)
+        })?;
+        dumpable(1);
+        let mapped = Self::map_ids(uid, gid);
+        dumpable(0);
+        mapped
+    }
+
+    /// Maps `uid` and `gid` to themselves in the new user namespace.
+    fn map_ids(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), (u8, i32)> {
         match write_file(STEP_SETGROUPS, c"/proc/self/setgroups", b"deny") {
             // Kernels before 3.19 have no such file and need no denial.
             Err((_, libc::ENOENT)) | Ok(()) => {}
@@ -506,8 +517,7 @@ impl Hider {
         }
         let mut buf = [0u8; 32];
         write_file(STEP_UID_MAP, c"/proc/self/uid_map", id_map(uid, &mut buf))?;
-        write_file(STEP_GID_MAP, c"/proc/self/gid_map", id_map(gid, &mut buf))?;
-        Ok(())
+        write_file(STEP_GID_MAP, c"/proc/self/gid_map", id_map(gid, &mut buf))
     }
 }
 
