@@ -421,33 +421,29 @@ impl Mirror {
     /// is reported at start-up rather than at the first job.
     pub fn open_or_create(source: &str, dir: &Path) -> Result<Mirror, GitError> {
         let url = validate_source(source)?;
-        let repo = match fs::symlink_metadata(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(parent) = dir.parent() {
-                    fs::create_dir_all(parent).map_err(|err| GitError::Io {
-                        what: "create directory",
-                        path: parent.to_path_buf(),
-                        err,
-                    })?;
-                }
-                Repository::init_bare(dir).map_err(|err| GitError::Mirror {
-                    dir: dir.to_path_buf(),
+        if let Err(e) = fs::symlink_metadata(dir)
+            && e.kind() == io::ErrorKind::NotFound
+        {
+            if let Some(parent) = dir.parent() {
+                fs::create_dir_all(parent).map_err(|err| GitError::Io {
+                    what: "create directory",
+                    path: parent.to_path_buf(),
                     err,
-                })?
+                })?;
             }
-            _ => match inspect(dir) {
-                Ok(repo) => repo,
-                // A runner restarted on a work dir whose mirror a test (or a
-                // crash) damaged must start, not exit.
-                Err(damage) => rebuild_at(dir, &url, source, &damage)?,
-            },
-        };
+            Repository::init_bare(dir).map_err(|err| GitError::Mirror {
+                dir: dir.to_path_buf(),
+                err,
+            })?;
+        }
         let mut mirror = Mirror {
-            repo,
+            repo: closed_repository()?,
             source: source.to_string(),
             url,
             dir: dir.to_path_buf(),
         };
+        // Opens it; a runner restarted on a work dir whose mirror a test
+        // (or a crash) damaged gets it rebuilt rather than exiting.
         if let Some(e) = mirror.sync()?.source_error {
             return Err(e);
         }
@@ -476,8 +472,9 @@ impl Mirror {
     /// Objects of dropped or rewritten branches stay (no gc), so a commit
     /// once fetched can still be checked out.
     ///
-    /// Every failure is reported as the source's ([`GitError::CannotRead`]);
-    /// [`Mirror::sync`] tells the source's failures from the mirror's.
+    /// Every failure is reported as the source's ([`GitError::CannotRead`],
+    /// [`GitError::SourceMissing`]); [`Mirror::sync`] tells the source's
+    /// failures from the mirror's.
     pub fn fetch(&self) -> Result<(), GitError> {
         fetch_into(&self.repo, &self.url).map_err(|err| self.source_error(err))
     }
@@ -631,7 +628,7 @@ impl Mirror {
             .filter_map(|b| match b.tip {
                 Ok(tip) => Some((b.name, tip)),
                 Err(e) => {
-                    warn!(error = %e, "skipping a branch");
+                    tracing::debug!(error = %e, "leaving out a branch");
                     None
                 }
             })
