@@ -257,7 +257,13 @@ fn spawn(
     if targets.is_empty() {
         return Ok((plain()?, Isolation::NotRequested));
     }
-    let (report_r, report_w) = report_pipe()?;
+    let (report_r, report_w) = match report_pipe() {
+        Ok(pipe) => pipe,
+        Err(err) => {
+            let why = format!("cannot make a pipe for the namespace's report: {err}");
+            return Ok((plain()?, Isolation::Unavailable(why)));
+        }
+    };
     let hider = Hider {
         targets,
         report: report_w.as_raw_fd(),
