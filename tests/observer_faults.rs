@@ -16,7 +16,12 @@ use common::*;
 /// 255 bytes, so the ref file can exist; `q/` sorts it between `main` and
 /// `zzz-after`.
 fn long_name() -> String {
-    let name = format!("q/{}/{}/{}", "a".repeat(100), "b".repeat(100), "c".repeat(96));
+    let name = format!(
+        "q/{}/{}/{}",
+        "a".repeat(100),
+        "b".repeat(100),
+        "c".repeat(96)
+    );
     assert_eq!(name.len(), 300);
     name
 }
@@ -86,7 +91,9 @@ fn a_branch_name_the_protocol_refuses_is_skipped_and_the_others_are_observed() {
     // Nothing about the long branch reached the dispatcher.
     let replay = replay_json_online(addr);
     assert!(
-        !replay.iter().any(|e| e["branch"].as_str() == Some(long.as_str())),
+        !replay
+            .iter()
+            .any(|e| e["branch"].as_str() == Some(long.as_str())),
         "{}",
         pretty(&replay)
     );
