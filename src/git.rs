@@ -6,6 +6,12 @@
 //! allowed (local paths, `file://`, `git://`: git2 is built without https
 //! and ssh), how force-pushes are handled and how a checkout is made clean.
 //!
+//! A mirror is a cache: whatever happens to it on disk (a test that deleted
+//! or truncated its files, a full disk, a crash mid-write), it is checked
+//! before use and rebuilt from the source when damaged ([`Mirror::sync`]).
+//! Only a source that really cannot be read is reported as one, with the
+//! hint about `--repo`.
+//!
 //! **Architecture invariant:** nothing in the product shells out to `git`.
 
 use std::fmt;
@@ -14,7 +20,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use git2::build::CheckoutBuilder;
-use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, Repository, Sort};
+use git2::{
+    AutotagOption, Direction, ErrorClass, FetchOptions, FetchPrune, Oid, Remote, Repository, Sort,
+};
+use tracing::{info, warn};
 
 use crate::core::CommitId;
 
@@ -46,6 +55,16 @@ pub enum GitError {
     UnknownCommit { commit: CommitId, source: String },
     /// Any other git2 failure, with what was being done.
     Git { what: String, err: git2::Error },
+    /// The mirror holds something unreadable (a truncated pack, a corrupt
+    /// object): the runner's cache, to be rebuilt, never the source's fault.
+    Damaged { dir: PathBuf, what: String },
+    /// The mirror was damaged and rebuilding it failed, for `cause` (most
+    /// often: the source cannot be read right now). Says both.
+    Unrepairable {
+        dir: PathBuf,
+        damage: String,
+        cause: Box<GitError>,
+    },
     /// Preparing the checkout directory failed.
     Io {
         what: &'static str,
@@ -86,6 +105,14 @@ impl fmt::Display for GitError {
                 )
             }
             GitError::Git { what, err } => write!(f, "{what}: {}", err.message()),
+            GitError::Damaged { dir, what } => {
+                write!(f, "the mirror at {} is damaged: {what}", dir.display())
+            }
+            GitError::Unrepairable { dir, damage, cause } => write!(
+                f,
+                "the mirror at {} is damaged ({damage}) and could not be rebuilt: {cause}",
+                dir.display()
+            ),
             GitError::Io { what, path, err } => {
                 write!(f, "cannot {what} {}: {err}", path.display())
             }
@@ -100,7 +127,9 @@ impl std::error::Error for GitError {
             | GitError::Mirror { err, .. }
             | GitError::Git { err, .. } => Some(err),
             GitError::Io { err, .. } => Some(err),
+            GitError::Unrepairable { cause, .. } => Some(cause.as_ref()),
             GitError::BadSource { .. }
+            | GitError::Damaged { .. }
             | GitError::SourceMissing { .. }
             | GitError::UnknownCommit { .. } => None,
         }
@@ -169,6 +198,25 @@ fn validate_source(source: &str) -> Result<String, GitError> {
     }
 }
 
+/// Why `source` (validated into `url`) could not be read: a local path
+/// that has gone says so plainly (git2 would call it an unsupported URL).
+fn source_error(url: &str, source: &str, err: git2::Error) -> GitError {
+    let local = match url.split_once("://") {
+        None => Some(url),
+        Some((scheme, path)) if scheme.eq_ignore_ascii_case("file") => Some(path),
+        Some(_) => None,
+    };
+    match local {
+        Some(path) if !Path::new(path).exists() => GitError::SourceMissing {
+            source: source.to_string(),
+        },
+        _ => GitError::CannotRead {
+            source: source.to_string(),
+            err,
+        },
+    }
+}
+
 fn to_oid(c: CommitId) -> Option<Oid> {
     // SHA-256 ids do not convert without git2's unstable feature: such a
     // commit cannot be in the mirror, which callers already handle.
@@ -180,6 +228,170 @@ fn to_commit_id(oid: Oid) -> Result<CommitId, GitError> {
         what: format!("object id {oid} has an unexpected length"),
         err: git2::Error::from_str("unexpected object id length"),
     })
+}
+
+/// What [`Mirror::sync`] did besides fetching.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Synced {
+    /// The mirror was found damaged (how) and rebuilt from the source.
+    pub rebuilt: Option<String>,
+    /// The mirror is sound but the source could not be read: what it has
+    /// may still be enough (a commit fetched earlier).
+    pub source_error: Option<GitError>,
+}
+
+/// One branch of the source as of the last fetch: its short name (lossy if
+/// the name is not UTF-8) and its tip, or why the tip cannot be read.
+#[derive(Debug)]
+pub struct Branch {
+    pub name: String,
+    pub tip: Result<CommitId, GitError>,
+}
+
+/// Whether a git2 failure while reading objects means the object store is
+/// damaged (rather than, say, the checkout's directory being unwritable).
+fn is_object_damage(err: &git2::Error) -> bool {
+    matches!(
+        err.class(),
+        ErrorClass::Odb
+            | ErrorClass::Zlib
+            | ErrorClass::Object
+            | ErrorClass::Tree
+            | ErrorClass::Indexer
+            | ErrorClass::Sha1
+    )
+}
+
+/// Opens the bare repository at `dir` and checks what every job relies on:
+/// a real directory (not a symlink), a repository git2 can open (`HEAD`,
+/// `objects/`, `refs/`, a readable config), an object database, and the
+/// commit and root tree of every fetched branch readable. `Err` says what is
+/// wrong, for the log and for messages.
+///
+/// Blobs are not read (that would cost a full scan); a damaged blob is found
+/// by the checkout that needs it ([`Mirror::sync_and_checkout`]).
+fn inspect(dir: &Path) -> Result<Repository, String> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err("it is not a directory".into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("it is missing".into()),
+        Err(e) => return Err(format!("it cannot be examined: {e}")),
+    }
+    let repo =
+        Repository::open_bare(dir).map_err(|e| format!("it cannot be opened: {}", e.message()))?;
+    if !repo.is_bare() {
+        return Err("it is not a bare repository".into());
+    }
+    repo.odb()
+        .map_err(|e| format!("its object database cannot be opened: {}", e.message()))?;
+    let refs = repo
+        .references_glob(&format!("{REMOTE_PREFIX}*"))
+        .map_err(|e| format!("its branches cannot be listed: {}", e.message()))?;
+    for r in refs {
+        let r = r.map_err(|e| format!("its branches cannot be listed: {}", e.message()))?;
+        // Symbolic references (origin/HEAD) point at one of the others.
+        let Some(oid) = r.target() else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(r.name_bytes()).into_owned();
+        let unreadable =
+            |e: git2::Error| format!("the tip of {name} cannot be read: {}", e.message());
+        // Any object will do (a branch may point at a blob in the source);
+        // it must be there and readable, and so must a commit's tree.
+        let object = repo.find_object(oid, None).map_err(unreadable)?;
+        if let Some(commit) = object.as_commit() {
+            commit.tree().map_err(unreadable)?;
+        }
+    }
+    Ok(repo)
+}
+
+/// Brings every branch of `url` into `repo`'s `refs/remotes/origin/*`.
+fn fetch_into(repo: &Repository, url: &str) -> Result<(), git2::Error> {
+    // Anonymous: nothing about the source is written into the mirror's
+    // config, so a changed --repo takes effect without any migration.
+    let mut remote = repo.remote_anonymous(url)?;
+    let mut opts = FetchOptions::new();
+    opts.prune(FetchPrune::On)
+        .download_tags(AutotagOption::None)
+        .update_fetchhead(false);
+    remote.fetch(&[FETCH_REFSPEC], Some(&mut opts), None)
+}
+
+/// Builds a new mirror of `url` at `dir` (replacing whatever is there) and
+/// fetches into it.
+fn build_fresh(dir: &Path, url: &str, source: &str) -> Result<Repository, GitError> {
+    remove_tree(dir).map_err(|err| GitError::Io {
+        what: "remove",
+        path: dir.to_path_buf(),
+        err,
+    })?;
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).map_err(|err| GitError::Io {
+            what: "create directory",
+            path: parent.to_path_buf(),
+            err,
+        })?;
+    }
+    let repo = Repository::init_bare(dir).map_err(|err| GitError::Mirror {
+        dir: dir.to_path_buf(),
+        err,
+    })?;
+    fetch_into(&repo, url).map_err(|err| source_error(url, source, err))?;
+    Ok(repo)
+}
+
+/// Rebuilds the damaged mirror at `dir` from the source: a fresh one is
+/// built next to it first and only then put in its place, so a source that
+/// cannot be read leaves things as they were (and says so, with the damage).
+fn rebuild_at(dir: &Path, url: &str, source: &str, damage: &str) -> Result<Repository, GitError> {
+    warn!(mirror = %dir.display(), %damage, "the mirror is damaged; rebuilding it from the source");
+    let fresh = rebuild_dir(dir);
+    let unrepairable = |cause: GitError| GitError::Unrepairable {
+        dir: dir.to_path_buf(),
+        damage: damage.to_string(),
+        cause: Box::new(cause),
+    };
+    match build_fresh(&fresh, url, source) {
+        Ok(repo) => drop(repo),
+        Err(cause) => {
+            let _ = remove_tree(&fresh);
+            return Err(unrepairable(cause));
+        }
+    }
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |err| unrepairable(GitError::Io { what, path, err })
+    };
+    remove_tree(dir).map_err(io("remove the damaged mirror", dir))?;
+    fs::rename(&fresh, dir).map_err(io("move the rebuilt mirror into place from", &fresh))?;
+    let repo = Repository::open_bare(dir).map_err(|err| {
+        unrepairable(GitError::Mirror {
+            dir: dir.to_path_buf(),
+            err,
+        })
+    })?;
+    info!(mirror = %dir.display(), "the mirror was rebuilt from the source");
+    Ok(repo)
+}
+
+/// A repository with nothing in it and no files behind it: what a mirror
+/// holds while its real one is closed.
+fn closed_repository() -> Result<Repository, GitError> {
+    git2::Odb::new()
+        .and_then(Repository::from_odb)
+        .map_err(|err| GitError::Git {
+            what: "closing the mirror".into(),
+            err,
+        })
+}
+
+/// Where a damaged mirror's replacement is built: next to it.
+fn rebuild_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".rebuild");
+    dir.with_file_name(name)
 }
 
 impl Mirror {
@@ -205,13 +417,13 @@ impl Mirror {
     }
 
     /// Opens the mirror at `dir` (creating a bare repository there if
-    /// absent) and fetches once, so a bad source is reported at start-up
-    /// rather than at the first job.
+    /// absent, rebuilding it if damaged) and fetches once, so a bad source
+    /// is reported at start-up rather than at the first job.
     pub fn open_or_create(source: &str, dir: &Path) -> Result<Mirror, GitError> {
         let url = validate_source(source)?;
-        let repo = if dir.exists() {
-            Repository::open_bare(dir)
-        } else {
+        if let Err(e) = fs::symlink_metadata(dir)
+            && e.kind() == io::ErrorKind::NotFound
+        {
             if let Some(parent) = dir.parent() {
                 fs::create_dir_all(parent).map_err(|err| GitError::Io {
                     what: "create directory",
@@ -219,19 +431,22 @@ impl Mirror {
                     err,
                 })?;
             }
-            Repository::init_bare(dir)
+            Repository::init_bare(dir).map_err(|err| GitError::Mirror {
+                dir: dir.to_path_buf(),
+                err,
+            })?;
         }
-        .map_err(|err| GitError::Mirror {
-            dir: dir.to_path_buf(),
-            err,
-        })?;
-        let mirror = Mirror {
-            repo,
+        let mut mirror = Mirror {
+            repo: closed_repository()?,
             source: source.to_string(),
             url,
             dir: dir.to_path_buf(),
         };
-        mirror.fetch()?;
+        // Opens it; a runner restarted on a work dir whose mirror a test
+        // (or a crash) damaged gets it rebuilt rather than exiting.
+        if let Some(e) = mirror.sync()?.source_error {
+            return Err(e);
+        }
         Ok(mirror)
     }
 
@@ -245,60 +460,179 @@ impl Mirror {
         &self.dir
     }
 
+    /// The directories this mirror keeps on disk: itself and the place a
+    /// replacement is built. What a runner hides from the code it tests.
+    pub fn private_dirs(&self) -> [PathBuf; 2] {
+        [self.dir.clone(), rebuild_dir(&self.dir)]
+    }
+
     /// Brings every branch of the source into `refs/remotes/origin/*`,
     /// following force-pushes and dropping deleted branches, so
     /// [`Mirror::branch_tips`] always shows the source as it is now.
     /// Objects of dropped or rewritten branches stay (no gc), so a commit
     /// once fetched can still be checked out.
+    ///
+    /// Every failure is reported as the source's ([`GitError::CannotRead`],
+    /// [`GitError::SourceMissing`]); [`Mirror::sync`] tells the source's
+    /// failures from the mirror's.
     pub fn fetch(&self) -> Result<(), GitError> {
-        let cannot_read = |err| GitError::CannotRead {
-            source: self.source.clone(),
-            err,
-        };
-        // Anonymous: nothing about the source is written into the mirror's
-        // config, so a changed --repo takes effect without any migration.
-        let mut remote = self.repo.remote_anonymous(&self.url).map_err(cannot_read)?;
-        let mut opts = FetchOptions::new();
-        opts.prune(FetchPrune::On)
-            .download_tags(AutotagOption::None)
-            .update_fetchhead(false);
-        remote
-            .fetch(&[FETCH_REFSPEC], Some(&mut opts), None)
-            .map_err(cannot_read)?;
+        fetch_into(&self.repo, &self.url).map_err(|err| self.source_error(err))
+    }
+
+    fn source_error(&self, err: git2::Error) -> GitError {
+        source_error(&self.url, &self.source, err)
+    }
+
+    /// Whether the source answers at all, without the mirror: lists its
+    /// references over a connection of its own.
+    fn probe_source(&self) -> Result<(), GitError> {
+        let cannot_read = |err| self.source_error(err);
+        let mut remote = Remote::create_detached(self.url.as_str()).map_err(cannot_read)?;
+        remote.connect(Direction::Fetch).map_err(cannot_read)?;
+        remote.list().map_err(cannot_read)?;
         Ok(())
     }
 
-    /// Every branch of the source as of the last fetch, sorted by name.
-    pub fn branch_tips(&self) -> Result<Vec<(String, CommitId)>, GitError> {
-        let git = |what: &str| {
-            let what = what.to_string();
-            move |err| GitError::Git { what, err }
+    /// Closes the mirror's handle. git2 shares open pack files between the
+    /// handles of a process, by path, and maps them into memory: a handle
+    /// kept across a change of the files (a pack truncated in place, a
+    /// rebuilt mirror whose packs have the same names) would make the next
+    /// one read stale data, or fault on a mapping past the end of a
+    /// truncated file. Closing first makes the next open see the files as
+    /// they are.
+    fn close(&mut self) -> Result<(), GitError> {
+        self.repo = closed_repository()?;
+        Ok(())
+    }
+
+    /// Rebuilds the mirror from the source because of `damage`.
+    pub fn rebuild(&mut self, damage: &str) -> Result<(), GitError> {
+        self.close()?;
+        self.repo = rebuild_at(&self.dir, &self.url, &self.source, damage)?;
+        Ok(())
+    }
+
+    /// What to do before relying on the mirror: reopen and inspect it
+    /// (see [`inspect`]), rebuild it from the source if damaged, fetch.
+    /// A fetch that fails while the source answers is tried once more and
+    /// then taken as damage too.
+    ///
+    /// `Err` only when the mirror cannot be made sound: damaged and not
+    /// rebuildable ([`GitError::Unrepairable`] names both problems), or the
+    /// file system refuses. A source that cannot be read with a sound mirror
+    /// is [`Synced::source_error`]: the commit may be here already.
+    pub fn sync(&mut self) -> Result<Synced, GitError> {
+        self.close()?;
+        match inspect(&self.dir) {
+            Ok(repo) => self.repo = repo,
+            Err(damage) => {
+                self.rebuild(&damage)?;
+                return Ok(Synced {
+                    rebuilt: Some(damage),
+                    source_error: None,
+                });
+            }
+        }
+        let Err(first) = fetch_into(&self.repo, &self.url) else {
+            return Ok(Synced::default());
+        };
+        if let Err(e) = self.probe_source() {
+            let source_error = self.source_error(first);
+            tracing::debug!(probe = %e, "the source does not answer");
+            return Ok(Synced {
+                rebuilt: None,
+                source_error: Some(source_error),
+            });
+        }
+        // The source answers: a passing glitch, or the mirror cannot take
+        // what it sends.
+        if fetch_into(&self.repo, &self.url).is_ok() {
+            return Ok(Synced::default());
+        }
+        let damage = format!("fetching into it failed: {}", first.message());
+        self.rebuild(&damage)?;
+        Ok(Synced {
+            rebuilt: Some(damage),
+            source_error: None,
+        })
+    }
+
+    /// What a runner does before each job: [`Mirror::sync`], then
+    /// [`Mirror::checkout`]. A checkout that finds the mirror damaged (an
+    /// unreadable object the inspection did not look at) rebuilds it once
+    /// and checks out again.
+    pub fn sync_and_checkout(&mut self, commit: CommitId, into: &Path) -> Result<(), GitError> {
+        let synced = self.sync()?;
+        if let Some(e) = &synced.source_error {
+            // Not yet fatal: the commit may be here already.
+            warn!(error = %e, "fetch failed");
+        }
+        match self.checkout(commit, into) {
+            Err(GitError::Damaged { what, .. }) if synced.rebuilt.is_none() => {
+                self.rebuild(&what)?;
+                self.checkout(commit, into)
+            }
+            other => other,
+        }
+    }
+
+    /// Every branch of the source as of the last fetch, sorted by name,
+    /// each with its tip or why that cannot be read: one bad branch must not
+    /// hide the others.
+    pub fn branches(&self) -> Result<Vec<Branch>, GitError> {
+        let listing = |err| GitError::Git {
+            what: "listing fetched branches".into(),
+            err,
         };
         let refs = self
             .repo
             .references_glob(&format!("{REMOTE_PREFIX}*"))
-            .map_err(git("listing fetched branches"))?;
-        let mut tips = Vec::new();
+            .map_err(listing)?;
+        let mut branches = Vec::new();
         for r in refs {
-            let r = r.map_err(git("listing fetched branches"))?;
-            let Ok(name) = r.name() else {
-                tracing::warn!("skipping a branch whose name is not UTF-8");
-                continue;
-            };
-            let Some(short) = name.strip_prefix(REMOTE_PREFIX) else {
+            let r = r.map_err(listing)?;
+            let full = String::from_utf8_lossy(r.name_bytes()).into_owned();
+            let Some(short) = full.strip_prefix(REMOTE_PREFIX) else {
                 continue;
             };
             if short == "HEAD" {
                 continue;
             }
-            let short = short.to_string();
-            let commit = r
-                .peel_to_commit()
-                .map_err(git(&format!("reading the tip of branch {short}")))?;
-            tips.push((short, to_commit_id(commit.id())?));
+            let name = short.to_string();
+            let tip = if r.name().is_err() {
+                Err(GitError::Git {
+                    what: format!("branch {name}"),
+                    err: git2::Error::from_str("the name is not UTF-8"),
+                })
+            } else {
+                r.peel_to_commit()
+                    .map_err(|err| GitError::Git {
+                        what: format!("reading the tip of branch {name}"),
+                        err,
+                    })
+                    .and_then(|c| to_commit_id(c.id()))
+            };
+            branches.push(Branch { name, tip });
         }
-        tips.sort();
-        Ok(tips)
+        branches.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(branches)
+    }
+
+    /// Every branch of the source as of the last fetch, sorted by name;
+    /// branches whose tip cannot be read are left out (see
+    /// [`Mirror::branches`]).
+    pub fn branch_tips(&self) -> Result<Vec<(String, CommitId)>, GitError> {
+        Ok(self
+            .branches()?
+            .into_iter()
+            .filter_map(|b| match b.tip {
+                Ok(tip) => Some((b.name, tip)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "leaving out a branch");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// What the observer submits when a branch moved from `known` to `tip`:
@@ -362,6 +696,8 @@ impl Mirror {
     /// entirely so that nothing from an earlier job (build output, a file
     /// deleted since) can change the result. Fetches once if the commit is
     /// not yet in the mirror (it may have been pushed since the last fetch).
+    ///
+    /// An object the mirror has but cannot read is [`GitError::Damaged`].
     pub fn checkout(&self, commit: CommitId, into: &Path) -> Result<(), GitError> {
         if !self.has_commit(commit) {
             self.fetch()?;
@@ -371,13 +707,25 @@ impl Mirror {
             source: self.source.clone(),
         };
         let oid = to_oid(commit).ok_or_else(unknown)?;
-        let object = self
-            .repo
-            .find_commit(oid)
-            .map_err(|_| unknown())?
-            .into_object();
+        let object = match self.repo.find_commit(oid) {
+            Ok(c) => c.into_object(),
+            // Not there, or not a commit: the source's answer stands.
+            Err(e) if !is_object_damage(&e) || !self.object_exists(oid) => {
+                return Err(unknown());
+            }
+            Err(e) => {
+                return Err(GitError::Damaged {
+                    dir: self.dir.clone(),
+                    what: format!("commit {commit} cannot be read: {}", e.message()),
+                });
+            }
+        };
 
-        remove_all(into)?;
+        remove_tree(into).map_err(|err| GitError::Io {
+            what: "remove old checkout",
+            path: into.to_path_buf(),
+            err,
+        })?;
         fs::create_dir_all(into).map_err(|err| GitError::Io {
             what: "create checkout directory",
             path: into.to_path_buf(),
@@ -390,49 +738,107 @@ impl Mirror {
         cb.target_dir(into).force().update_index(false);
         self.repo
             .checkout_tree(&object, Some(&mut cb))
-            .map_err(|err| GitError::Git {
-                what: format!("checking out {commit} into {}", into.display()),
-                err,
+            .map_err(|err| {
+                if is_object_damage(&err) {
+                    GitError::Damaged {
+                        dir: self.dir.clone(),
+                        what: format!("checking out {commit}: {}", err.message()),
+                    }
+                } else {
+                    GitError::Git {
+                        what: format!("checking out {commit} into {}", into.display()),
+                        err,
+                    }
+                }
             })
+    }
+
+    /// Whether the object database lists `oid` at all (readable or not).
+    fn object_exists(&self, oid: Oid) -> bool {
+        self.repo.odb().is_ok_and(|odb| odb.exists(oid))
     }
 }
 
-/// Removes `path` whatever it is. Tests may leave read-only directories
-/// behind; those are made writable and removal is tried once more.
-fn remove_all(path: &Path) -> Result<(), GitError> {
-    let io_err = |err| GitError::Io {
-        what: "remove old checkout",
-        path: path.to_path_buf(),
-        err,
-    };
+/// Removes `path` whatever it is (a tree, a file, a symlink; nothing is
+/// fine too). Tests may leave directories without write or search
+/// permission behind, or (as root) immutable files: when the first attempt
+/// fails, every directory is made `rwx` for its owner, immutable and
+/// append-only flags are lifted, and removal is tried once more. (As root
+/// permissions do not stop the first attempt; as any other user they
+/// would.)
+pub fn remove_tree(path: &Path) -> io::Result<()> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(io_err(err)),
+        Err(err) => return Err(err),
     };
     if !meta.is_dir() {
-        return fs::remove_file(path).map_err(io_err);
+        return fs::remove_file(path);
     }
     if fs::remove_dir_all(path).is_ok() {
         return Ok(());
     }
-    make_dirs_writable(path);
-    fs::remove_dir_all(path).map_err(io_err)
+    loosen(path);
+    match fs::remove_dir_all(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
-/// Best effort: errors here surface as the second removal's error.
-fn make_dirs_writable(dir: &Path) {
+/// Makes the tree under `dir` removable by its owner: directories `rwx`,
+/// no immutable or append-only flags. Best effort: what fails here surfaces
+/// as the second removal's error.
+fn loosen(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
+        lift_inode_flags(&d, true);
         let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
         let Ok(entries) = fs::read_dir(&d) else {
             continue;
         };
         for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => lift_inode_flags(&e.path(), false),
+                _ => {}
             }
+        }
+    }
+}
+
+/// Lifts the immutable and append-only flags (`chattr +i`, `+a`: root can
+/// set them, and then not even root can remove the file) of a regular file
+/// or a directory. Nothing else is opened: opening a device can have
+/// effects.
+fn lift_inode_flags(path: &Path, dir: bool) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+    const FS_APPEND_FL: libc::c_int = 0x20;
+    let mut flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if dir {
+        flags |= libc::O_DIRECTORY;
+    }
+    let Ok(f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+    else {
+        return;
+    };
+    if !dir && !f.metadata().is_ok_and(|m| m.is_file()) {
+        return;
+    }
+    let mut attrs: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS and FS_IOC_SETFLAGS read and write one int
+    // through the pointer, which points at a live c_int.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut attrs) == 0
+            && attrs & (FS_IMMUTABLE_FL | FS_APPEND_FL) != 0
+        {
+            attrs &= !(FS_IMMUTABLE_FL | FS_APPEND_FL);
+            libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &attrs);
         }
     }
 }
@@ -713,5 +1119,333 @@ mod tests {
         let b = src.commit("main", &[a], &[("f", "b", false)]);
         let m = Mirror::open_or_create(&url, &dir).unwrap();
         assert_eq!(m.branch_tips().unwrap(), vec![("main".into(), cid(b))]);
+    }
+
+    /// Every regular file under `dir`, recursively.
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+
+    fn truncate_to_half(path: &Path) {
+        let len = fs::metadata(path).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+    }
+
+    /// One way of damaging the mirror at a path, and its name.
+    type Damage = (&'static str, fn(&Path));
+
+    /// What tests (or crashes) do to a mirror.
+    fn damages() -> Vec<Damage> {
+        vec![
+            ("removed", |d| fs::remove_dir_all(d).unwrap()),
+            ("HEAD removed", |d| fs::remove_file(d.join("HEAD")).unwrap()),
+            ("refs removed", |d| {
+                fs::remove_dir_all(d.join("refs")).unwrap()
+            }),
+            ("config garbled", |d| {
+                fs::write(d.join("config"), "[core\n\0garbage").unwrap()
+            }),
+            ("objects truncated", |d| {
+                let objects = files_under(&d.join("objects"));
+                assert!(!objects.is_empty());
+                for f in objects {
+                    truncate_to_half(&f);
+                }
+            }),
+            ("objects removed", |d| {
+                fs::remove_dir_all(d.join("objects")).unwrap()
+            }),
+            ("replaced by a file", |d| {
+                fs::remove_dir_all(d).unwrap();
+                fs::write(d, "not a repository").unwrap();
+            }),
+            ("unsearchable", |d| {
+                fs::remove_dir_all(d.join("objects")).unwrap();
+                fs::set_permissions(d, fs::Permissions::from_mode(0o000)).unwrap();
+            }),
+        ]
+    }
+
+    #[test]
+    fn a_damaged_mirror_is_rebuilt_from_the_source() {
+        for (what, damage) in damages() {
+            let mut src = Source::new();
+            let a = src.commit("main", &[], &[("f", "a", false)]);
+            let (work, mut m) = mirror_of(&src);
+            damage(m.dir());
+            let b = src.commit("main", &[a], &[("f", "b", false)]);
+            let synced = m.sync().unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(synced.rebuilt.is_some(), "{what}: not noticed");
+            assert!(synced.source_error.is_none(), "{what}");
+            let co = work.path().join("co");
+            m.checkout(cid(b), &co).unwrap();
+            assert_eq!(fs::read_to_string(co.join("f")).unwrap(), "b", "{what}");
+            m.checkout(cid(a), &co).unwrap();
+            assert_eq!(fs::read_to_string(co.join("f")).unwrap(), "a", "{what}");
+            assert!(inspect(m.dir()).is_ok(), "{what}");
+            assert!(!rebuild_dir(m.dir()).exists(), "{what}: leftovers");
+            // Sound now: the next sync leaves it alone.
+            assert!(m.sync().unwrap().rebuilt.is_none(), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_runner_restarted_on_a_damaged_mirror_starts() {
+        for (what, damage) in damages() {
+            let mut src = Source::new();
+            let a = src.commit("main", &[], &[("f", "a", false)]);
+            let (work, m) = mirror_of(&src);
+            let dir = m.dir().to_path_buf();
+            drop(m);
+            damage(&dir);
+            let m =
+                Mirror::open_or_create(src.path(), &dir).unwrap_or_else(|e| panic!("{what}: {e}"));
+            m.checkout(cid(a), &work.path().join("co")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_sound_mirror_is_left_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let mut src = Source::new();
+        let a = src.commit("main", &[], &[("f", "a", false)]);
+        let (_work, mut m) = mirror_of(&src);
+        let ino = fs::metadata(m.dir()).unwrap().ino();
+        let b = src.commit("main", &[a], &[("f", "b", false)]);
+        let synced = m.sync().unwrap();
+        assert!(synced.rebuilt.is_none() && synced.source_error.is_none());
+        assert!(m.has_commit(cid(b)), "fetched");
+        assert_eq!(fs::metadata(m.dir()).unwrap().ino(), ino, "not rebuilt");
+    }
+
+    /// Damage the mirror AND lose the source: the message says both, and
+    /// the damaged mirror stays where it was until the source is back.
+    #[test]
+    fn damage_with_an_unreadable_source_names_both() {
+        let mut src = Source::new();
+        let a = src.commit("main", &[], &[("f", "a", false)]);
+        let (work, mut m) = mirror_of(&src);
+        fs::remove_file(m.dir().join("HEAD")).unwrap();
+        let away = src.dir.path().with_extension("away");
+        fs::rename(src.dir.path(), &away).unwrap();
+
+        let err = m.sync().unwrap_err();
+        assert!(matches!(err, GitError::Unrepairable { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "the mirror at {} is damaged (it cannot be opened",
+                m.dir().display()
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "and could not be rebuilt: cannot read repository {}: no such file or directory",
+                src.path()
+            )),
+            "{msg}"
+        );
+        assert!(m.dir().join("objects").is_dir(), "the old mirror stays");
+        assert!(!rebuild_dir(m.dir()).exists(), "no half-built mirror left");
+        let err = m
+            .sync_and_checkout(cid(a), &work.path().join("co"))
+            .unwrap_err();
+        assert!(matches!(err, GitError::Unrepairable { .. }), "{err:?}");
+
+        fs::rename(&away, src.dir.path()).unwrap();
+        m.sync_and_checkout(cid(a), &work.path().join("co"))
+            .unwrap();
+        assert_eq!(fs::read_to_string(work.path().join("co/f")).unwrap(), "a");
+    }
+
+    /// A source that cannot be read is not damage: the mirror is kept and
+    /// what it holds can still be checked out; only a commit it lacks is
+    /// blamed on the source.
+    #[test]
+    fn an_unreadable_source_with_a_sound_mirror_is_the_sources_problem() {
+        use std::os::unix::fs::MetadataExt;
+        let mut src = Source::new();
+        let a = src.commit("main", &[], &[("f", "a", false)]);
+        let (work, mut m) = mirror_of(&src);
+        let ino = fs::metadata(m.dir()).unwrap().ino();
+        let away = src.dir.path().with_extension("away");
+        fs::rename(src.dir.path(), &away).unwrap();
+
+        let synced = m.sync().unwrap();
+        assert!(synced.rebuilt.is_none());
+        let err = synced.source_error.expect("the fetch failed");
+        assert!(matches!(err, GitError::SourceMissing { .. }), "{err:?}");
+        m.sync_and_checkout(cid(a), &work.path().join("co"))
+            .unwrap();
+        let missing = CommitId::parse(&"0123456789".repeat(4)).unwrap();
+        let err = m
+            .sync_and_checkout(missing, &work.path().join("co"))
+            .unwrap_err();
+        assert!(matches!(err, GitError::SourceMissing { .. }), "{err:?}");
+        assert!(err.to_string().contains("--repo"), "{err}");
+        assert_eq!(fs::metadata(m.dir()).unwrap().ino(), ino, "not rebuilt");
+        fs::rename(&away, src.dir.path()).unwrap();
+    }
+
+    /// Damage the inspection does not look at, found by the fetch: the
+    /// source answers, so the mirror is to blame and is rebuilt.
+    #[test]
+    fn a_fetch_the_mirror_cannot_take_rebuilds_it() {
+        let mut src = Source::new();
+        let (_work, mut m) = mirror_of(&src);
+        let pack = m.dir().join("objects/pack");
+        fs::remove_dir_all(&pack).unwrap();
+        fs::write(&pack, "in the way").unwrap();
+        let a = src.commit("main", &[], &[("f", "a", false)]);
+        let synced = m.sync().unwrap();
+        let damage = synced.rebuilt.expect("rebuilt");
+        assert!(damage.starts_with("fetching into it failed"), "{damage}");
+        assert!(m.has_commit(cid(a)));
+    }
+
+    /// The byte offset of `oid` in the pack next to the v2 index `idx`.
+    fn pack_offset(idx: &Path, oid: Oid) -> u64 {
+        let data = fs::read(idx).unwrap();
+        assert_eq!(&data[..8], b"\xfftOc\x00\x00\x00\x02", "a v2 pack index");
+        let word = |at: usize| u32::from_be_bytes(data[at..at + 4].try_into().unwrap());
+        let n = word(8 + 255 * 4) as usize;
+        let names = 8 + 256 * 4;
+        let i = (0..n)
+            .find(|i| &data[names + i * 20..names + i * 20 + 20] == oid.as_bytes())
+            .expect("the object is in the pack");
+        let offset = word(names + n * 24 + i * 4);
+        assert_eq!(offset & 0x8000_0000, 0, "a small pack");
+        u64::from(offset)
+    }
+
+    /// A blob the inspection does not read is corrupt: the checkout finds
+    /// it, the mirror is rebuilt and the checkout made again.
+    #[test]
+    fn a_corrupt_object_found_by_the_checkout_rebuilds_the_mirror() {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut src = Source::new();
+        let big = "a blob large enough to be compressed on its own\n".repeat(50);
+        let a = src.commit("main", &[], &[("big.txt", &big, false)]);
+        let (work, mut m) = mirror_of(&src);
+        let blob = m.repo.blob(big.as_bytes()).unwrap();
+        // `blob` wrote nothing new: the object is in the fetched pack.
+        let packs: Vec<PathBuf> = files_under(&m.dir().join("objects/pack"));
+        let idx = packs
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "idx"))
+            .expect("a pack index");
+        let offset = pack_offset(idx, blob);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(idx.with_extension("pack"))
+            .unwrap();
+        f.seek(SeekFrom::Start(offset + 2)).unwrap();
+        f.write_all(&[0xde; 16]).unwrap();
+        drop(f);
+
+        // Commit and tree are fine, so the inspection passes...
+        let co = work.path().join("co");
+        let reopened = Mirror::open_or_create(src.path(), m.dir()).unwrap();
+        let err = reopened.checkout(cid(a), &co).unwrap_err();
+        assert!(matches!(err, GitError::Damaged { .. }), "{err:?}");
+        assert!(!err.to_string().contains("--repo"), "{err}");
+        // One handle per mirror, as in the runner (see `Mirror::close`).
+        drop(reopened);
+        // ...and the checkout before a job repairs it.
+        m.sync_and_checkout(cid(a), &co).unwrap();
+        assert_eq!(fs::read_to_string(co.join("big.txt")).unwrap(), big);
+    }
+
+    #[test]
+    fn a_branch_whose_tip_is_not_a_commit_does_not_hide_the_others() {
+        let mut src = Source::new();
+        let a = src.commit("main", &[], &[("f", "a", false)]);
+        let blob = src.repo.blob(b"not a commit").unwrap();
+        src.repo
+            .reference("refs/heads/blobby", blob, true, "test")
+            .unwrap();
+        src.commit("zzz", &[a], &[("f", "z", false)]);
+        let (_work, mut m) = mirror_of(&src);
+        // Not damage either: the source has it so.
+        assert!(m.sync().unwrap().rebuilt.is_none());
+        let branches = m.branches().unwrap();
+        let names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["blobby", "main", "zzz"]);
+        assert!(branches[0].tip.is_err());
+        assert_eq!(branches[1].tip.as_ref().unwrap(), &cid(a));
+        assert!(branches[2].tip.is_ok());
+        let tips: Vec<String> = m.branch_tips().unwrap().into_iter().map(|t| t.0).collect();
+        assert_eq!(tips, ["main", "zzz"]);
+    }
+
+    /// As root a test can make a file immutable (`chattr +i`); the next
+    /// job's removal lifts the flag. Skipped where the flag cannot be set
+    /// (not root, or a file system without it).
+    #[test]
+    fn remove_tree_lifts_immutable_flags() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        fs::create_dir_all(t.join("sub")).unwrap();
+        fs::write(t.join("sub/f"), "x").unwrap();
+        let f = fs::File::open(t.join("sub/f")).unwrap();
+        let mut attrs: libc::c_int = 0;
+        // SAFETY: as in `lift_inode_flags`.
+        let set = unsafe {
+            libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut attrs) == 0 && {
+                attrs |= 0x10;
+                libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &attrs) == 0
+            }
+        };
+        drop(f);
+        if !set {
+            eprintln!("cannot set the immutable flag here; skipped");
+            return;
+        }
+        assert!(fs::remove_file(t.join("sub/f")).is_err(), "immutable");
+        remove_tree(&t).unwrap();
+        assert!(!t.exists());
+    }
+
+    #[test]
+    fn remove_tree_takes_anything_a_test_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        fs::create_dir_all(t.join("a/b/c")).unwrap();
+        fs::write(t.join("a/b/c/f"), "x").unwrap();
+        fs::write(t.join("ro"), "x").unwrap();
+        fs::set_permissions(t.join("ro"), fs::Permissions::from_mode(0o444)).unwrap();
+        std::os::unix::fs::symlink("/", t.join("root-link")).unwrap();
+        fs::set_permissions(t.join("a/b/c"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(t.join("a/b"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(t.join("a"), fs::Permissions::from_mode(0o500)).unwrap();
+        remove_tree(&t).unwrap();
+        assert!(!t.exists());
+        assert!(
+            Path::new("/").join("tmp").exists(),
+            "the symlink was not followed"
+        );
+        remove_tree(&t).unwrap();
+        fs::write(&t, "a file").unwrap();
+        remove_tree(&t).unwrap();
+        assert!(!t.exists());
     }
 }

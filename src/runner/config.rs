@@ -59,7 +59,9 @@ impl RepoConfig {
 }
 
 /// Why a repository's configuration cannot be used. Each message is one
-/// line naming the file, fit for a job's result message.
+/// line naming the file, fit for a job's result message. `path` is the
+/// file's path in the repository ([`FILE_NAME`]): where the runner keeps
+/// its checkout is nobody's business and differs from runner to runner.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {err}", path.display())]
@@ -103,12 +105,14 @@ struct TestShape {
 /// Reads `.ci.toml` from the root of `checkout`; with no such file the
 /// default configuration applies.
 pub fn load(checkout: &Path) -> Result<RepoConfig, ConfigError> {
-    let path = checkout.join(FILE_NAME);
+    let file = checkout.join(FILE_NAME);
+    // What errors name: the file as the repository knows it.
+    let path = PathBuf::from(FILE_NAME);
     let read_err = |err| ConfigError::Read {
         path: path.clone(),
         err,
     };
-    let meta = match fs::symlink_metadata(&path) {
+    let meta = match fs::symlink_metadata(&file) {
         Ok(m) => m,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(RepoConfig::default()),
         Err(err) => return Err(read_err(err)),
@@ -128,7 +132,7 @@ pub fn load(checkout: &Path) -> Result<RepoConfig, ConfigError> {
         return Err(ConfigError::TooLarge { path });
     }
     let mut raw = Vec::new();
-    fs::File::open(&path)
+    fs::File::open(&file)
         .and_then(|f| f.take(MAX_BYTES + 1).read_to_end(&mut raw))
         .map_err(read_err)?;
     if raw.len() as u64 > MAX_BYTES {
@@ -196,10 +200,14 @@ mod tests {
     }
 
     fn err_of(content: &str) -> String {
-        let (_d, r) = with_file(content.as_bytes());
+        let (d, r) = with_file(content.as_bytes());
         let msg = r.unwrap_err().to_string();
         assert!(msg.contains(FILE_NAME), "message names the file: {msg}");
         assert!(!msg.contains('\n'), "one line: {msg}");
+        assert!(
+            !msg.contains(d.path().to_str().unwrap()),
+            "message names the file as the repository knows it: {msg}"
+        );
         msg
     }
 
@@ -243,6 +251,24 @@ env = { B = "2", A = "1" }
     fn invalid_toml() {
         let msg = err_of("[test]\ncommand = [\"a\"\n");
         assert!(msg.contains("invalid at line"), "{msg}");
+    }
+
+    /// Regression: messages used to name the runner's absolute checkout
+    /// path (`/var/cache/ci-runner/checkout/.ci.toml is invalid...`).
+    #[test]
+    fn messages_name_the_file_relative_to_the_repository() {
+        let msg = err_of("[test]\ntimeout_secs = 5\ncommand = [\"a\"\n");
+        assert!(msg.starts_with(".ci.toml is invalid at line 3: "), "{msg}");
+        assert!(
+            err_of("[test]\ncommand = []\n").starts_with(".ci.toml: test.command"),
+            "bad values too"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(FILE_NAME)).unwrap();
+        let msg = load(dir.path()).unwrap_err().to_string();
+        assert_eq!(msg, ".ci.toml is not a regular file (it is a directory)");
+        let (_d, r) = with_file(b"\xff");
+        assert_eq!(r.unwrap_err().to_string(), ".ci.toml is not UTF-8 text");
     }
 
     #[test]

@@ -1,12 +1,29 @@
 //! Runs one test command, contained: its own process group, a scrubbed
-//! environment, a time limit, bounded output.
+//! environment, a time limit, bounded output, and directories it must not
+//! see hidden in a mount namespace of its own.
 //!
 //! Tested code is untrusted. It must not see the runner's secrets, must not
-//! outlive its job (background children included), and must not be able to
-//! exhaust the runner's memory or hang it by holding a pipe open.
+//! outlive its job (background children included), must not be able to
+//! exhaust the runner's memory or hang it by holding a pipe open, and must
+//! not reach the runner's private files (its mirror) through `..`.
+//!
+//! Hiding ([`ExecSpec::hide`]): between fork and exec the child enters a
+//! private mount namespace (`unshare(CLONE_NEWNS)` as root; otherwise a user
+//! namespace too, mapping its own uid and gid to themselves so the test keeps
+//! its identity and holds no capability after exec), makes every mount
+//! private so nothing leaks back, and covers each hidden directory with an
+//! empty, read-only, mode-000 tmpfs. Where that cannot be done (no user
+//! namespaces, a seccomp filter) the command runs without it and the outcome
+//! says why ([`Isolation::Unavailable`]); the runner's own checks are the
+//! remaining protection. A process of the same user can still reach the
+//! runner's files through `/proc/<runner>/root`: this is about accidents
+//! and carelessness, not a sandbox.
 
 use std::collections::VecDeque;
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -47,6 +64,23 @@ pub struct ExecSpec {
     pub output_limit: usize,
     /// Set after [`KEPT_ENV`] and [`FIXED_ENV`], so they can override both.
     pub env: Vec<(String, String)>,
+    /// Directories the command must not see (see the module's doc): each
+    /// is covered by an empty read-only tmpfs in the command's own mount
+    /// namespace. Entries that do not exist are skipped, and so is an entry
+    /// holding `cwd` (it would hide the command's own directory).
+    pub hide: Vec<PathBuf>,
+}
+
+/// Whether [`ExecSpec::hide`] took effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// Nothing (existing) to hide: no namespace was made.
+    NotRequested,
+    /// The command ran in its own mount namespace with every hidden
+    /// directory covered.
+    Applied,
+    /// The namespace could not be set up (why); the command ran without it.
+    Unavailable(String),
 }
 
 /// How the command ended.
@@ -72,6 +106,7 @@ pub struct ExecOutcome {
     pub output: Vec<u8>,
     /// Bytes dropped from the front to respect `output_limit`.
     pub truncated_bytes: u64,
+    pub isolation: Isolation,
 }
 
 /// Keeps the tail of a stream within a fixed budget.
@@ -180,27 +215,8 @@ enum Ended {
     Cancelled,
 }
 
-/// Runs `spec` to completion, time-out or cancellation; never fails: every
-/// way of ending is an [`ExitKind`].
-///
-/// The command gets its own process group, which is SIGKILLed when it ends
-/// in any way, so background processes the tests started do not survive.
-pub async fn run(spec: &ExecSpec, cancel: CancellationToken) -> ExecOutcome {
-    let started = Instant::now();
-    let failed = |msg: String| ExecOutcome {
-        exit: ExitKind::SpawnFailed(msg),
-        duration: started.elapsed(),
-        output: Vec::new(),
-        truncated_bytes: 0,
-    };
-    if !spec.cwd.is_dir() {
-        return failed(format!(
-            "cannot start {:?}: working directory {} does not exist",
-            spec.program,
-            spec.cwd.display()
-        ));
-    }
-
+/// The command as it is spawned, without any hiding.
+fn command(spec: &ExecSpec) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -211,9 +227,340 @@ pub async fn run(spec: &ExecSpec, cancel: CancellationToken) -> ExecOutcome {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    cmd
+}
 
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+/// The directories of `spec.hide` to cover, absolute (the child resolves
+/// them after its `chdir`), as C strings made before the fork.
+fn hide_targets(spec: &ExecSpec) -> Vec<CString> {
+    let cwd = std::fs::canonicalize(&spec.cwd).unwrap_or_else(|_| spec.cwd.clone());
+    spec.hide
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| !cwd.starts_with(p))
+        .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+        .collect()
+}
+
+/// Spawns the command, hiding what `spec` asks if it can: on a failure to
+/// set up the namespace it spawns again without one.
+fn spawn(
+    spec: &ExecSpec,
+    adjust: &(dyn Fn(&mut tokio::process::Command) + Sync),
+) -> io::Result<(tokio::process::Child, Isolation)> {
+    let plain = || {
+        let mut cmd = command(spec);
+        adjust(&mut cmd);
+        cmd.spawn()
+    };
+    let targets = hide_targets(spec);
+    if targets.is_empty() {
+        return Ok((plain()?, Isolation::NotRequested));
+    }
+    let (report_r, report_w) = match report_pipe() {
+        Ok(pipe) => pipe,
+        Err(err) => {
+            let why = format!("cannot make a pipe for the namespace's report: {err}");
+            return Ok((plain()?, Isolation::Unavailable(why)));
+        }
+    };
+    let hider = Hider {
+        targets,
+        report: report_w.as_raw_fd(),
+    };
+    let mut cmd = command(spec);
+    adjust(&mut cmd);
+    // SAFETY: `Hider::enter` makes only async-signal-safe calls (unshare,
+    // prctl, open, write, close, mount) on data prepared before the fork,
+    // and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || hider.enter());
+    }
+    let spawned = cmd.spawn();
+    // The child wrote its report before exec, and spawn returns after exec.
+    drop(cmd);
+    drop(report_w);
+    let report = read_report(&report_r);
+    match (spawned, report) {
+        (Ok(child), Some(Ok(()))) => Ok((child, Isolation::Applied)),
+        (Ok(child), _) => Ok((
+            child,
+            Isolation::Unavailable("the test process sent no report".into()),
+        )),
+        (Err(_), Some(Err(why))) => Ok((plain()?, Isolation::Unavailable(why))),
+        (Err(err), _) => Err(err),
+    }
+}
+
+fn report_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The child's report: `Ok` when hidden, `Err(why)` when it gave up;
+/// `None` when it never got that far.
+fn read_report(fd: &OwnedFd) -> Option<Result<(), String>> {
+    let mut rec = [0u8; REPORT_LEN];
+    // SAFETY: reads at most REPORT_LEN bytes into a buffer of that size.
+    let n = unsafe { libc::read(fd.as_raw_fd(), rec.as_mut_ptr().cast(), REPORT_LEN) };
+    if n != REPORT_LEN as isize {
+        return None;
+    }
+    let errno = i32::from_ne_bytes([rec[4], rec[5], rec[6], rec[7]]);
+    Some(match rec[0] {
+        STEP_DONE => Ok(()),
+        step => Err(format!(
+            "cannot {}: {}",
+            step_name(step),
+            io::Error::from_raw_os_error(errno)
+        )),
+    })
+}
+
+/// One report record: the step that failed (or [`STEP_DONE`]), three bytes
+/// of padding, the errno in native byte order.
+const REPORT_LEN: usize = 8;
+const STEP_DONE: u8 = 0;
+const STEP_USER_NS: u8 = 1;
+const STEP_SETGROUPS: u8 = 2;
+const STEP_UID_MAP: u8 = 3;
+const STEP_GID_MAP: u8 = 4;
+const STEP_PRIVATE: u8 = 5;
+const STEP_COVER: u8 = 6;
+
+fn step_name(step: u8) -> &'static str {
+    match step {
+        STEP_USER_NS => "create a mount namespace (nor a user namespace with one)",
+        STEP_SETGROUPS => "deny setgroups in the new user namespace",
+        STEP_UID_MAP => "map the user id into the new user namespace",
+        STEP_GID_MAP => "map the group id into the new user namespace",
+        STEP_PRIVATE => "make the mounts of the new namespace private",
+        STEP_COVER => "cover a hidden directory with an empty tmpfs",
+        _ => "set up the mount namespace",
+    }
+}
+
+/// Options of the tmpfs laid over a hidden directory: empty, no access,
+/// and as small as tmpfs allows.
+const COVER_OPTIONS: &CStr = c"mode=000,size=4k,nr_inodes=1";
+
+/// What the child does between fork and exec to hide `targets`; everything
+/// it needs is made before the fork.
+struct Hider {
+    targets: Vec<CString>,
+    /// Write end of the report pipe (close-on-exec).
+    report: RawFd,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// `Err((step, errno))` unless `rc` is 0.
+fn check(step: u8, rc: libc::c_int) -> Result<(), (u8, i32)> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err((step, errno()))
+    }
+}
+
+/// Writes `data` to the file at `path` in one `write`.
+fn write_file(step: u8, path: &CStr, data: &[u8]) -> Result<(), (u8, i32)> {
+    // SAFETY: open, write and close are async-signal-safe; `path` is a
+    // valid C string and `data` a valid buffer.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err((step, errno()));
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let failed = if n == data.len() as isize {
+            None
+        } else if n < 0 {
+            Some(errno())
+        } else {
+            Some(libc::EIO)
+        };
+        libc::close(fd);
+        match failed {
+            None => Ok(()),
+            Some(e) => Err((step, e)),
+        }
+    }
+}
+
+/// `"ID ID 1\n"` (a one-line id map of `id` to itself) in `buf`, without
+/// allocating.
+fn id_map(id: u32, buf: &mut [u8; 32]) -> &[u8] {
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    let mut v = id;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    for _ in 0..2 {
+        for i in (0..n).rev() {
+            buf[len] = digits[i];
+            len += 1;
+        }
+        buf[len] = b' ';
+        len += 1;
+    }
+    buf[len] = b'1';
+    buf[len + 1] = b'\n';
+    &buf[..len + 2]
+}
+
+impl Hider {
+    /// Runs in the forked child. Async-signal-safe calls only, no
+    /// allocation. Reports how it went on the pipe; a failure fails the
+    /// spawn (the parent then spawns again without hiding), so the command
+    /// never runs half-isolated (in a user namespace without an id map,
+    /// say).
+    fn enter(&self) -> io::Result<()> {
+        let result = self.try_enter();
+        let (step, err) = match result {
+            Ok(()) => (STEP_DONE, 0),
+            Err(failure) => failure,
+        };
+        let mut rec = [0u8; REPORT_LEN];
+        rec[0] = step;
+        rec[4..8].copy_from_slice(&err.to_ne_bytes());
+        // SAFETY: write is async-signal-safe; the buffer is valid.
+        unsafe { libc::write(self.report, rec.as_ptr().cast(), REPORT_LEN) };
+        match result {
+            Ok(()) => Ok(()),
+            Err((_, err)) => Err(io::Error::from_raw_os_error(err)),
+        }
+    }
+
+    fn try_enter(&self) -> Result<(), (u8, i32)> {
+        // SAFETY (whole function): unshare, prctl, mount and the id getters
+        // are async-signal-safe syscalls; every pointer is a valid C string
+        // or null where the kernel allows it.
+        unsafe {
+            let root = libc::geteuid() == 0;
+            if !(root && libc::unshare(libc::CLONE_NEWNS) == 0) {
+                self.enter_user_ns()?;
+            }
+            // Nothing mounted below may propagate back to the runner's
+            // namespace (systemd makes / shared).
+            check(
+                STEP_PRIVATE,
+                libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ),
+            )?;
+            for target in &self.targets {
+                let rc = libc::mount(
+                    c"tmpfs".as_ptr(),
+                    target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                    COVER_OPTIONS.as_ptr().cast(),
+                );
+                if rc != 0 {
+                    let err = errno();
+                    // Removed since the parent looked: nothing to hide.
+                    if err != libc::ENOENT {
+                        return Err((STEP_COVER, err));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A user namespace owning a new mount namespace, with this process's
+    /// uid and gid mapped to themselves.
+    fn enter_user_ns(&self) -> Result<(), (u8, i32)> {
+        // SAFETY: as in `try_enter`.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        // The runner makes itself non-dumpable (so tests cannot read its
+        // memory through /proc), and this child inherits that, which makes
+        // its /proc/self files root's and the id maps unwritable. Dumpable
+        // only while the maps are written, then not again: the child still
+        // holds a copy of the runner's memory until exec (which sets the
+        // flag for the test program as usual).
+        let dumpable = |on: libc::c_ulong| {
+            // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on, 0, 0, 0) };
+        };
+        // SAFETY: as in `try_enter`.
+        check(STEP_USER_NS, unsafe {
+            libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS)
+        })?;
+        dumpable(1);
+        let mapped = Self::map_ids(uid, gid);
+        dumpable(0);
+        mapped
+    }
+
+    /// Maps `uid` and `gid` to themselves in the new user namespace.
+    fn map_ids(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), (u8, i32)> {
+        match write_file(STEP_SETGROUPS, c"/proc/self/setgroups", b"deny") {
+            // Kernels before 3.19 have no such file and need no denial.
+            Err((_, libc::ENOENT)) | Ok(()) => {}
+            Err(failure) => return Err(failure),
+        }
+        let mut buf = [0u8; 32];
+        write_file(STEP_UID_MAP, c"/proc/self/uid_map", id_map(uid, &mut buf))?;
+        write_file(STEP_GID_MAP, c"/proc/self/gid_map", id_map(gid, &mut buf))
+    }
+}
+
+/// Runs `spec` to completion, time-out or cancellation; never fails: every
+/// way of ending is an [`ExitKind`].
+///
+/// The command gets its own process group, which is SIGKILLed when it ends
+/// in any way, so background processes the tests started do not survive.
+pub async fn run(spec: &ExecSpec, cancel: CancellationToken) -> ExecOutcome {
+    run_adjusted(spec, cancel, &|_| {}).await
+}
+
+/// [`run`], with `adjust` applied to the command before it is spawned (the
+/// tests run it as another user).
+async fn run_adjusted(
+    spec: &ExecSpec,
+    cancel: CancellationToken,
+    adjust: &(dyn Fn(&mut tokio::process::Command) + Sync),
+) -> ExecOutcome {
+    let started = Instant::now();
+    let failed = |msg: String| ExecOutcome {
+        exit: ExitKind::SpawnFailed(msg),
+        duration: started.elapsed(),
+        output: Vec::new(),
+        truncated_bytes: 0,
+        isolation: Isolation::NotRequested,
+    };
+    if !spec.cwd.is_dir() {
+        return failed(format!(
+            "cannot start {:?}: working directory {} does not exist",
+            spec.program,
+            spec.cwd.display()
+        ));
+    }
+
+    let (mut child, isolation) = match spawn(spec, adjust) {
+        Ok(spawned) => spawned,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             return failed(format!(
                 "cannot start {:?}: program not found",
@@ -297,12 +644,14 @@ pub async fn run(spec: &ExecSpec, cancel: CancellationToken) -> ExecOutcome {
         duration,
         output,
         truncated_bytes,
+        isolation,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn spec(program: &str, args: &[&str]) -> ExecSpec {
         ExecSpec {
@@ -312,6 +661,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             output_limit: 1024 * 1024,
             env: Vec::new(),
+            hide: Vec::new(),
         }
     }
 
@@ -518,5 +868,192 @@ mod tests {
         let mut s = sh("exit 0");
         s.cwd = "/no/such/dir".into();
         assert!(matches!(go(&s).await.exit, ExitKind::SpawnFailed(_)));
+    }
+
+    /// A sandbox for the hiding tests: `secret/f` (what must not be seen)
+    /// next to `work/` (the command's directory), all readable by anyone
+    /// so that another user could see them if nothing hid them.
+    fn hiding_sandbox() -> (tempfile::TempDir, ExecSpec) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("secret")).unwrap();
+        std::fs::write(root.join("secret/f"), "the mirror's secret\n").unwrap();
+        std::fs::create_dir(root.join("work")).unwrap();
+        for (p, mode) in [
+            ("", 0o755),
+            ("secret", 0o755),
+            ("secret/f", 0o644),
+            ("work", 0o777),
+        ] {
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let mut s =
+            sh("echo start; cat ../secret/f; ls -A ../secret; touch ../secret/new; echo end");
+        s.cwd = root.join("work");
+        s.hide = vec![root.join("secret"), root.join("no-such-dir")];
+        (dir, s)
+    }
+
+    /// Whether this machine lets `args` (an `unshare` command line, maybe
+    /// behind setpriv) make namespaces: what the hiding needs.
+    fn namespaces_work(args: &[&str]) -> bool {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn mounted_here(path: &Path) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let path = path.to_str().unwrap();
+        info.lines().any(|l| l.split(' ').nth(4) == Some(path))
+    }
+
+    fn assert_hidden(o: &ExecOutcome, secret: &Path) {
+        let out = text(o);
+        assert!(
+            out.starts_with("start\n") && out.ends_with("end\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("the mirror's secret"),
+            "the command saw it:\n{out}"
+        );
+        assert!(
+            !out.lines().any(|l| l == "f"),
+            "the command listed it:\n{out}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(secret.join("f")).unwrap(),
+            "the mirror's secret\n",
+            "the hidden directory itself is untouched"
+        );
+        assert!(!secret.join("new").exists(), "the command wrote into it");
+        assert!(
+            !mounted_here(secret),
+            "the cover leaked into the runner's namespace"
+        );
+    }
+
+    #[tokio::test]
+    async fn hidden_directories_are_covered_by_an_empty_read_only_tmpfs() {
+        let (dir, s) = hiding_sandbox();
+        let o = go(&s).await;
+        assert_eq!(o.exit, ExitKind::Exited(0), "{}", text(&o));
+        let root = unsafe { libc::geteuid() } == 0;
+        let expected = if root {
+            namespaces_work(&["unshare", "-m", "true"])
+        } else {
+            namespaces_work(&["unshare", "-U", "-m", "true"])
+        };
+        if !expected {
+            assert!(matches!(o.isolation, Isolation::Unavailable(_)), "{o:?}");
+            eprintln!("namespaces unavailable here: {:?}", o.isolation);
+            return;
+        }
+        assert_eq!(o.isolation, Isolation::Applied, "{}", text(&o));
+        assert_hidden(&o, &dir.path().join("secret"));
+    }
+
+    /// The path of a runner that is not root: a user namespace mapping the
+    /// user to itself. Needs root to switch users (skipped otherwise: then
+    /// the test above already ran as that kind of user).
+    #[tokio::test]
+    async fn another_user_keeps_its_ids_and_sees_nothing_hidden() {
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let (dir, s) = hiding_sandbox();
+        let mut s = s;
+        s.program = "sh".into();
+        s.args = vec![
+            "-c".into(),
+            format!(
+                "echo start; id -u; id -g; {}",
+                s.args[1].trim_start_matches("echo start; ")
+            ),
+        ];
+        let o = run_adjusted(&s, CancellationToken::new(), &|cmd| {
+            cmd.uid(65534).gid(65534);
+        })
+        .await;
+        assert_eq!(o.exit, ExitKind::Exited(0), "{}", text(&o));
+        let out = text(&o);
+        assert!(
+            out.starts_with("start\n65534\n65534\n"),
+            "ids changed:\n{out}"
+        );
+        let userns = namespaces_work(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "unshare",
+            "-U",
+            "-m",
+            "true",
+        ]);
+        if !userns {
+            assert!(matches!(o.isolation, Isolation::Unavailable(_)), "{o:?}");
+            eprintln!("user namespaces unavailable here: {:?}", o.isolation);
+            return;
+        }
+        assert_eq!(o.isolation, Isolation::Applied, "{out}");
+        assert_hidden(&o, &dir.path().join("secret"));
+    }
+
+    #[tokio::test]
+    async fn a_command_runs_unhidden_when_hiding_fails() {
+        let (dir, mut s) = hiding_sandbox();
+        // A regular file cannot be covered by a tmpfs: setting up fails.
+        let file = dir.path().join("secret/f");
+        s.hide = vec![file.clone()];
+        s.args[1] = "echo start; cat ../secret/f; echo end".into();
+        let o = go(&s).await;
+        assert_eq!(o.exit, ExitKind::Exited(0), "{}", text(&o));
+        match &o.isolation {
+            Isolation::Unavailable(why) => assert!(why.starts_with("cannot "), "{why}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert_eq!(text(&o), "start\nthe mirror's secret\nend\n");
+        assert!(!mounted_here(&file));
+    }
+
+    #[tokio::test]
+    async fn nothing_to_hide_means_no_namespace() {
+        let (dir, mut s) = hiding_sandbox();
+        // The command's own directory and what does not exist are skipped.
+        s.hide = vec![dir.path().to_path_buf(), dir.path().join("gone")];
+        s.args[1] = "echo start; cat ../secret/f; echo end".into();
+        let o = go(&s).await;
+        assert_eq!(o.exit, ExitKind::Exited(0), "{}", text(&o));
+        assert_eq!(o.isolation, Isolation::NotRequested);
+        assert_eq!(text(&o), "start\nthe mirror's secret\nend\n");
+        assert_eq!(go(&sh("true")).await.isolation, Isolation::NotRequested);
+    }
+
+    #[test]
+    fn id_maps_are_formatted_without_allocating() {
+        let mut buf = [0u8; 32];
+        assert_eq!(id_map(0, &mut buf), b"0 0 1\n");
+        assert_eq!(id_map(1000, &mut buf), b"1000 1000 1\n");
+        assert_eq!(id_map(u32::MAX, &mut buf), b"4294967295 4294967295 1\n");
+    }
+
+    #[test]
+    fn failure_reports_name_the_step_and_the_error() {
+        let (r, w) = report_pipe().unwrap();
+        let mut rec = [0u8; REPORT_LEN];
+        rec[0] = STEP_UID_MAP;
+        rec[4..8].copy_from_slice(&libc::EPERM.to_ne_bytes());
+        // SAFETY: writes a valid buffer to a pipe we own.
+        unsafe { libc::write(w.as_raw_fd(), rec.as_ptr().cast(), REPORT_LEN) };
+        let why = read_report(&r).unwrap().unwrap_err();
+        assert!(why.starts_with("cannot map the user id"), "{why}");
+        assert!(why.contains("not permitted"), "{why}");
+        assert_eq!(read_report(&r), None, "nothing more to read");
     }
 }

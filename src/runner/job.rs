@@ -1,21 +1,118 @@
-//! One job on the runner: fetch, check out exactly the commit into a fresh
-//! directory, read `.ci.toml`, run the test command contained, and turn what
-//! happened into a [`JobReport`]. Everything here is IO; the connection and
-//! its rules live in `agent.rs`.
+//! One job on the runner: make the mirror sound and fetch, check out exactly
+//! the commit into a fresh directory, read `.ci.toml`, run the test command
+//! contained, and turn what happened into a [`JobReport`]. Everything here
+//! is IO; the connection and its rules live in `agent.rs`.
+//!
+//! The work directory (`--work-dir`) holds:
+//!
+//! ```text
+//! mirror.git/        the bare mirror (git.rs), hidden from tests
+//! mirror.git.rebuild/  only while a damaged mirror is being rebuilt, hidden
+//! jobs/checkout/     the commit under test: the test's working directory;
+//!                    `jobs/` holds nothing else, so `..` shows no runner file
+//! trash/             earlier jobs' directories on their way out, hidden
+//! current-job        the crash marker (agent.rs)
+//! ```
+//!
+//! Runners of earlier releases checked out into `checkout/` at the top; a
+//! leftover one is cleared away like an earlier job's directory.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::config;
-use super::exec::{self, ExecSpec, ExitKind};
+use super::exec::{self, ExecSpec, ExitKind, Isolation};
 use super::unittest;
 use crate::core::{CommitId, JobReport, Outcome};
-use crate::git::{GitError, Mirror};
+use crate::git::{self, GitError, Mirror};
 use crate::proto::MAX_OUTPUT_BYTES;
+
+/// The parts of the work directory a job uses (see the module's doc).
+#[derive(Clone, Debug)]
+pub struct Layout {
+    work_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(work_dir: &Path) -> Layout {
+        Layout {
+            work_dir: work_dir.to_path_buf(),
+        }
+    }
+
+    /// The directory of everything one job may write to.
+    pub fn jobs(&self) -> PathBuf {
+        self.work_dir.join("jobs")
+    }
+
+    /// The test's working directory.
+    pub fn checkout(&self) -> PathBuf {
+        self.jobs().join("checkout")
+    }
+
+    /// Where earlier jobs' directories go to be removed.
+    pub fn trash(&self) -> PathBuf {
+        self.work_dir.join("trash")
+    }
+
+    /// The checkout of runners before `jobs/` existed.
+    fn legacy_checkout(&self) -> PathBuf {
+        self.work_dir.join("checkout")
+    }
+
+    /// Gets whatever earlier jobs left out of the way before a new one:
+    /// `jobs/` (and an old release's `checkout/`) is first renamed into the
+    /// trash, so a process that outlived its job and still writes there
+    /// cannot reach the next checkout, then the trash is emptied. Only
+    /// failing to get `jobs/` out of the way is an error; trash that cannot
+    /// be removed yet (something still writing into it) is tried again
+    /// next time.
+    pub fn clear(&self) -> Result<(), GitError> {
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        let trash = self.trash();
+        for dir in [self.jobs(), self.legacy_checkout()] {
+            if std::fs::symlink_metadata(&dir).is_err() {
+                continue;
+            }
+            let moved = std::fs::create_dir_all(&trash).and_then(|()| {
+                let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+                let name = format!("{}-{}-{n}", std::process::id(), unique_ms());
+                std::fs::rename(&dir, trash.join(name))
+            });
+            if let Err(e) = moved {
+                debug!(dir = %dir.display(), error = %e, "cannot move into the trash; removing in place");
+                git::remove_tree(&dir).map_err(|err| GitError::Io {
+                    what: "clear the previous job's directory",
+                    path: dir.clone(),
+                    err,
+                })?;
+            }
+        }
+        if let Err(e) = git::remove_tree(&trash) {
+            warn!(trash = %trash.display(), error = %e, "cannot empty the trash yet; trying again before the next job");
+        }
+        Ok(())
+    }
+
+    /// What the test must not see: the mirror's directories and the trash.
+    pub fn hidden(&self, mirror: &Mirror) -> Vec<PathBuf> {
+        let mut hide = mirror.private_dirs().to_vec();
+        hide.push(self.trash());
+        hide
+    }
+}
+
+fn unique_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+}
 
 fn error_report(message: String) -> (JobReport, Vec<u8>) {
     warn!(%message, "job cannot run");
@@ -31,8 +128,18 @@ fn error_report(message: String) -> (JobReport, Vec<u8>) {
     )
 }
 
-/// Fetches, checks out exactly `commit` into a fresh directory, and runs the
-/// configured test command there.
+/// Says once per process that tests run without their mount namespace.
+fn warn_isolation(isolation: &Isolation) {
+    static WARNED: Once = Once::new();
+    if let Isolation::Unavailable(why) = isolation {
+        WARNED.call_once(|| {
+            warn!(%why, "tests run without isolation: they can see the runner's work directory; the mirror is checked before every job instead");
+        });
+    }
+}
+
+/// Makes the mirror sound, fetches, checks out exactly `commit` into a fresh
+/// directory, and runs the configured test command there.
 pub async fn execute(
     mirror: Arc<Mutex<Mirror>>,
     work_dir: &Path,
@@ -40,22 +147,23 @@ pub async fn execute(
     job_timeout: Duration,
     cancel: CancellationToken,
 ) -> (JobReport, Vec<u8>) {
-    let checkout = work_dir.join("checkout");
-    let dir = checkout.clone();
-    let git = tokio::task::spawn_blocking(move || -> Result<(), GitError> {
-        let m = mirror.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = m.fetch() {
-            // A fetch failure is not yet fatal: the commit may be here already.
-            warn!(error = %e, "fetch failed");
-        }
-        m.checkout(commit, &dir)
-    })
-    .await;
-    match git {
-        Ok(Ok(())) => {}
+    let layout = Layout::new(work_dir);
+    let checkout = layout.checkout();
+    let prepared = {
+        let layout = layout.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, GitError> {
+            layout.clear()?;
+            let mut m = mirror.lock().unwrap_or_else(|p| p.into_inner());
+            m.sync_and_checkout(commit, &layout.checkout())?;
+            Ok(layout.hidden(&m))
+        })
+        .await
+    };
+    let hide = match prepared {
+        Ok(Ok(hide)) => hide,
         Ok(Err(e)) => return error_report(e.to_string()),
         Err(e) => return error_report(format!("checkout task failed: {e}")),
-    }
+    };
     let cfg = match config::load(&checkout) {
         Ok(c) => c,
         Err(e) => return error_report(e.to_string()),
@@ -74,9 +182,11 @@ pub async fn execute(
         timeout,
         output_limit: MAX_OUTPUT_BYTES,
         env: cfg.env.clone(),
+        hide,
     };
     debug!(command = ?cfg.command, timeout_s = timeout.as_secs_f64(), "running tests");
     let out = exec::run(&spec, cancel).await;
+    warn_isolation(&out.isolation);
     let text = String::from_utf8_lossy(&out.output);
     let tests = unittest::parse_summary(&text);
     let summary = unittest::summary_line(&text);
@@ -113,4 +223,98 @@ pub async fn execute(
         },
         out.output,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn clear_takes_away_whatever_earlier_jobs_left() {
+        let work = tempfile::tempdir().unwrap();
+        let l = Layout::new(work.path());
+        let co = l.checkout();
+        fs::create_dir_all(co.join("locked/deeper")).unwrap();
+        fs::write(co.join("locked/deeper/f"), "x").unwrap();
+        fs::set_permissions(co.join("locked/deeper"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(co.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(&co, fs::Permissions::from_mode(0o500)).unwrap();
+        fs::set_permissions(l.jobs(), fs::Permissions::from_mode(0o500)).unwrap();
+        // An older release's checkout, at the top.
+        fs::create_dir_all(work.path().join("checkout/tests")).unwrap();
+        fs::write(work.path().join("checkout/tests/t.py"), "x").unwrap();
+        // Untouched: the mirror and the marker.
+        fs::create_dir(work.path().join("mirror.git")).unwrap();
+        fs::write(work.path().join("current-job"), "1 1\n").unwrap();
+
+        l.clear().unwrap();
+        let mut left: Vec<String> = fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["current-job", "mirror.git"]);
+        l.clear().unwrap();
+    }
+
+    /// `jobs` replaced by a file, or by a symlink to something that must
+    /// survive: only the link goes.
+    #[test]
+    fn clear_never_follows_what_a_test_put_in_place_of_jobs() {
+        let work = tempfile::tempdir().unwrap();
+        let precious = tempfile::tempdir().unwrap();
+        fs::write(precious.path().join("canary"), "alive").unwrap();
+        let l = Layout::new(work.path());
+        std::os::unix::fs::symlink(precious.path(), l.jobs()).unwrap();
+        l.clear().unwrap();
+        assert!(fs::symlink_metadata(l.jobs()).is_err());
+        assert_eq!(
+            fs::read_to_string(precious.path().join("canary")).unwrap(),
+            "alive"
+        );
+        fs::write(l.jobs(), "a file").unwrap();
+        l.clear().unwrap();
+        assert!(fs::symlink_metadata(l.jobs()).is_err());
+    }
+
+    /// A process that outlived its job keeps writing into its working
+    /// directory (by inode, as a process's cwd does): the next checkout
+    /// directory is a different one, and clearing does not fail because
+    /// the trash is still being written to.
+    #[test]
+    fn a_writer_left_behind_cannot_reach_the_next_checkout() {
+        use std::sync::atomic::AtomicBool;
+        let work = tempfile::tempdir().unwrap();
+        let l = Layout::new(work.path());
+        fs::create_dir_all(l.checkout()).unwrap();
+        let cwd = fs::File::open(l.checkout()).unwrap();
+        let via_fd = PathBuf::from(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            cwd.as_raw_fd()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = fs::write(via_fd.join(format!("junk-{i}")), "x");
+                    i += 1;
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..20 {
+            l.clear().unwrap();
+            fs::create_dir_all(l.checkout()).unwrap();
+            assert_eq!(fs::read_dir(l.checkout()).unwrap().count(), 0);
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        drop(cwd);
+        l.clear().unwrap();
+        assert!(!l.trash().exists(), "emptied once the writer stopped");
+    }
 }
