@@ -42,10 +42,27 @@ where
     match rt.block_on(main) {
         Ok(code) => code,
         Err(e) => {
-            stderr_line(format_args!("{name}: error: {e:#}"));
+            stderr_line(format_args!("{name}: error: {}", one_line(&e)));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, each cause only if the text so far
+/// does not already say it (many of our errors quote their cause).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -54,7 +54,14 @@ impl Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         run(
             "mount",
-            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", p(dir)],
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                p(dir),
+            ],
         );
         Tmpfs(dir.to_path_buf())
     }
@@ -148,9 +155,15 @@ fn a_full_disk_stops_the_dispatcher_cleanly_and_a_restart_resumes() {
         assert!(started.elapsed() < LONG, "the disk never filled");
     }
     let refused = refused.expect("a submission was refused");
-    assert!(!acked.is_empty(), "nothing was acknowledged before the disk filled");
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the disk filled"
+    );
     // The refusal says why, and the dispatcher is gone within seconds.
-    assert!(refused.contains("stopping") || refused.contains("cannot reach"), "{refused}");
+    assert!(
+        refused.contains("stopping") || refused.contains("cannot reach"),
+        "{refused}"
+    );
     let status = d.proc.wait_exit(Duration::from_secs(10));
     assert_eq!(exit_code(&status), Some(2), "{}", d.proc.report());
     one_error_line(&mut d.proc, &["no space left", p(&data), "free space"]);
@@ -255,7 +268,12 @@ fn strangers_holding_connections_cannot_starve_the_dispatcher() {
         .iter()
         .map(|s| s.to_string()),
     );
-    let mut d = Proc::spawn_path(Path::new("/usr/bin/prlimit"), &args, repo.root(), "dispatcher");
+    let mut d = Proc::spawn_path(
+        Path::new("/usr/bin/prlimit"),
+        &args,
+        repo.root(),
+        "dispatcher",
+    );
     let addr = format!("127.0.0.1:{port}");
     wait_for("the dispatcher to listen", SHORT, || {
         TcpStream::connect(&addr)
@@ -286,7 +304,10 @@ fn strangers_holding_connections_cannot_starve_the_dispatcher() {
     assert_eq!(outcome_of(&results, &shas[0]), Some("pass"));
     assert!(d.is_running(), "{}", d.report());
     let err = d.stderr();
-    assert!(err.contains("open-file limit allows fewer connections"), "{err}");
+    assert!(
+        err.contains("open-file limit allows fewer connections"),
+        "{err}"
+    );
     drop(held);
     d.sigterm();
     assert_eq!(exit_code(&d.wait_exit(SHORT)), Some(0), "{}", d.report());
@@ -336,7 +357,10 @@ fn a_paused_dispatcher_loses_no_runner() {
     assert_eq!(r["attempts"], 1, "{r}");
     let replay = replay_json_online(d.addr());
     assert!(events(&replay, "heartbeat_lost").is_empty(), "{replay:?}");
-    assert!(events(&replay, "dispatcher_paused").len() >= 3, "{replay:?}");
+    assert!(
+        events(&replay, "dispatcher_paused").len() >= 3,
+        "{replay:?}"
+    );
     assert_eq!(d.stop(), Some(0));
 }
 
@@ -486,8 +510,16 @@ fn clients_back_off_from_a_dispatcher_that_accepts_and_refuses() {
         let mut o = observer(&addr, &repo, "main");
         std::thread::sleep(Duration::from_secs(4));
         let n = count.load(Ordering::SeqCst);
-        assert!(r.is_running() && o.is_running(), "{}\n{}", r.report(), o.report());
-        assert!((2..=40).contains(&n), "runner and observer connected {n} times in 4 s");
+        assert!(
+            r.is_running() && o.is_running(),
+            "{}\n{}",
+            r.report(),
+            o.report()
+        );
+        assert!(
+            (2..=40).contains(&n),
+            "runner and observer connected {n} times in 4 s"
+        );
     }
 }
 
@@ -503,7 +535,11 @@ fn a_result_finished_while_the_dispatcher_is_away_survives_a_runner_stop() {
     let port = free_port();
     let mut d = Dispatcher::start_on(port, &data, &[]);
     let mut r = runner(d.addr(), &repo, "r1");
-    assert!(submit(d.addr(), std::slice::from_ref(&sha)).status.success());
+    assert!(
+        submit(d.addr(), std::slice::from_ref(&sha))
+            .status
+            .success()
+    );
     wait_running(d.addr(), &sha);
     d.kill9();
     wait_for("the job to finish", LONG, || {
@@ -536,7 +572,11 @@ fn a_job_handed_back_while_the_dispatcher_is_away_is_not_a_loss() {
     let port = free_port();
     let mut d = Dispatcher::start_on(port, &data, &[]);
     let mut r = runner(d.addr(), &repo, "r1");
-    assert!(submit(d.addr(), std::slice::from_ref(&sha)).status.success());
+    assert!(
+        submit(d.addr(), std::slice::from_ref(&sha))
+            .status
+            .success()
+    );
     wait_running(d.addr(), &sha);
     d.kill9();
     r.sigterm();
@@ -601,11 +641,9 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime, u64)> {
                 stack.push(e.path());
             } else {
                 let bytes = std::fs::read(e.path()).unwrap();
-                let digest = bytes
-                    .iter()
-                    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
-                    });
+                let digest = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+                });
                 out.push((e.path(), m.len(), m.modified().unwrap(), digest));
             }
         }
@@ -682,7 +720,12 @@ fn a_damaged_database_says_which_directory_and_what_to_do() {
     }
     std::fs::write(&file, bytes).unwrap();
     let mut again = Dispatcher::spawn_proc("127.0.0.1:0", &data, &[], 1);
-    assert_eq!(exit_code(&again.wait_exit(SHORT)), Some(2), "{}", again.report());
+    assert_eq!(
+        exit_code(&again.wait_exit(SHORT)),
+        Some(2),
+        "{}",
+        again.report()
+    );
     let line = one_error_line(&mut again, &[p(&data)]);
     assert!(
         line.contains("damaged") && line.contains("backup"),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, ClientError, Identity};
+use crate::client::{Backoff, Client, ClientError, Identity};
 use crate::core::CommitId;
 use crate::core::ids::validate_branch_name;
 use crate::git::{GitError, Mirror};
@@ -99,7 +99,9 @@ impl Observer {
             name: "observer".into(),
             token: self.cfg.token.clone(),
         };
-        let mut backoff = Duration::from_millis(50);
+        // Every way back to the dispatcher waits: a dispatcher that
+        // accepts and then refuses at once must not be hammered.
+        let mut backoff = Backoff::random();
         let mut warned = false;
         loop {
             if stop.is_cancelled() {
@@ -112,8 +114,8 @@ impl Observer {
             match connected {
                 Ok(client) => {
                     info!(dispatcher = %self.cfg.dispatcher, "observer connected");
-                    backoff = Duration::from_millis(50);
                     warned = false;
+                    let since = std::time::Instant::now();
                     match self.session(client, &stop).await {
                         Ok(true) => return Ok(()),
                         Ok(false) => {}
@@ -122,6 +124,7 @@ impl Observer {
                         }
                         Err(e) => info!(error = %e, "lost the dispatcher; reconnecting"),
                     }
+                    backoff.session_ended(since.elapsed().as_millis() as u64);
                 }
                 Err(e) if e.is_fatal() => return Err(ObserverError::Refused(e.to_string())),
                 Err(e) => {
@@ -129,12 +132,11 @@ impl Observer {
                         warn!(error = %e, "dispatcher unavailable; retrying with backoff");
                         warned = true;
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.cancelled() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.cancelled() => return Ok(()),
             }
         }
     }
