@@ -428,3 +428,111 @@ fn tools_writing_into_a_closed_pipe_stop_quietly() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stderr(&o), "", "no error line for a reader that went away");
 }
+
+/// `results | head` and `status | head`: the reader went away; no panic,
+/// no error line (they printed with `println!`, which panics on EPIPE).
+#[test]
+fn results_and_status_into_a_closed_pipe_stop_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = Dispatcher::start(&data, &[]);
+    let shas: Vec<String> = (1..=50).map(|i| format!("{i:040x}")).collect();
+    let mut args = vec!["submit", "--dispatcher", d.addr.as_str()];
+    args.extend(shas.iter().map(String::as_str));
+    let o = run("ci-tools", &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for cmd in [
+        vec!["results", "--dispatcher", d.addr.as_str()],
+        vec!["results", "--dispatcher", d.addr.as_str(), "--json"],
+        vec!["status", "--dispatcher", d.addr.as_str()],
+        vec!["status", "--dispatcher", d.addr.as_str(), "--json"],
+    ] {
+        let o = Command::new(bin("ci-tools"))
+            .args(&cmd)
+            .env("RUST_LOG", "off")
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{cmd:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{cmd:?}");
+    }
+}
+
+/// What a post-receive hook may pass by mistake is refused with the rule,
+/// and nothing is queued: the all-zero id (a created or deleted branch),
+/// `HEAD`, a full ref name.
+#[test]
+fn submit_refuses_the_zero_id_head_and_full_ref_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = Dispatcher::start(&data, &[]);
+    let zero = "0".repeat(40);
+    let ok = "e".repeat(40);
+    for (args, want) in [
+        (vec![zero.as_str()], "all-zero"),
+        (vec![ok.as_str(), zero.as_str()], "all-zero"),
+        (vec!["--branch", "HEAD", ok.as_str()], "cannot be HEAD"),
+        (
+            vec!["--branch", "refs/heads/main", ok.as_str()],
+            "refs/heads/main is given as main",
+        ),
+    ] {
+        let mut full = vec!["submit", "--dispatcher", d.addr.as_str()];
+        full.extend(args.iter().copied());
+        let o = run("ci-tools", &full);
+        one_line_error("ci-tools", &o, &[want]);
+    }
+    // Nothing was queued.
+    let o = run("ci-tools", &["status", "--dispatcher", &d.addr, "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(status["jobs_total"], 0, "{status}");
+}
+
+/// The README's token-file example, comments and all, is what the parser
+/// takes (it refused the trailing `# comment`s).
+#[test]
+fn the_readmes_token_file_example_parses() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("# /etc/ci/dispatcher.tokens")
+        .expect("the README shows a token file");
+    let block = &readme[start..readme[start..].find("```").map(|e| start + e).unwrap()];
+    // The README abbreviates its secrets ("3f9c..."): give each a full one.
+    let text: String = block
+        .lines()
+        .enumerate()
+        .map(|(i, l)| l.replace("...", &format!("{i:x}").repeat(32)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tokens = ci::proto::auth::Tokens::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    for role in [
+        ci::proto::Role::Runner,
+        ci::proto::Role::Observer,
+        ci::proto::Role::Tool,
+    ] {
+        assert!(tokens.for_role(role).is_some(), "{role:?}");
+    }
+    assert!(tokens.tool.is_some() && tokens.tool_write.is_some());
+}
+
+/// `wait` on a commit nobody submitted says so (once) instead of waiting
+/// out its timeout without a word, and the timeout names it.
+#[test]
+fn wait_says_when_the_dispatcher_has_never_seen_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = Dispatcher::start(&data, &[]);
+    let sha = "f".repeat(40);
+    let started = Instant::now();
+    let o = run(
+        "ci-tools",
+        &["wait", "--dispatcher", &d.addr, "--timeout", "12", &sha],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("has not seen").count(), 1, "one warning: {err}");
+    assert!(err.contains("ci-tools submit"), "{err}");
+    assert!(err.contains("never seen by the dispatcher"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(12));
+}

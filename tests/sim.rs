@@ -396,6 +396,11 @@ struct World {
     stopped_running: HashSet<(String, JobRef)>,
     /// When the dispatcher (which incarnation) met a storage error.
     storage_error_at: Option<(u64, u64)>,
+    /// When a frame of each runner last reached the dispatcher's host.
+    heard_at_host: HashMap<String, u64>,
+    /// Since when the dispatcher ran undisturbed (no restart, pause or
+    /// slow disk): the heartbeat deadlines hold from then on.
+    undisturbed_since: u64,
     /// Counts of what happened, for the run's summary.
     counts: Counts,
 }
@@ -460,6 +465,8 @@ impl World {
             crashed_holding: HashSet::new(),
             stopped_running: HashSet::new(),
             storage_error_at: None,
+            heard_at_host: HashMap::new(),
+            undisturbed_since: 0,
             counts: Counts::default(),
         };
         w.say(|| format!("knobs {:?}", w.knobs));
@@ -634,9 +641,9 @@ impl World {
             },
         );
         let now = self.host_now();
-        shell.start(self.epoch as u32, now);
-        let batch = shell.take_batch(now, 0).expect("the start is recorded");
+        let batch = shell.start(self.epoch as u32, now);
         assert!(batch.sends.is_empty(), "Started sent messages");
+        assert_eq!(batch.plan, FlushPlan::Inline);
         let started = self
             .store
             .append(&batch.records)
@@ -650,6 +657,7 @@ impl World {
             return;
         }
         self.became_durable();
+        self.undisturbed_since = self.undisturbed_since.max(self.now_ms);
         self.say(|| format!("dispatcher starts (epoch {})", self.epoch));
         self.dispatcher = Some(Proc {
             shell,
@@ -1148,6 +1156,10 @@ impl World {
             return;
         }
         self.conns.get_mut(&conn).expect("conn").last_arrival_ms = self.now_ms;
+        if let Owner::Runner(i) = self.conns[&conn].owner {
+            self.heard_at_host
+                .insert(self.runners[i].name.clone(), self.now_ms);
+        }
         let paused = self.dispatcher.as_ref().is_some_and(|d| d.paused);
         // The connection task hands it on, a little later after a pause.
         let lag = if paused { 0 } else { self.rng.range(0, 2) };
@@ -1555,6 +1567,10 @@ impl World {
             10 => {
                 self.slow_disk_until =
                     self.now_ms + self.rng.range(1_000, 4 * HEARTBEAT_TIMEOUT_MS);
+                // A flush begun in the spell may end up to two timeouts after.
+                self.undisturbed_since = self
+                    .undisturbed_since
+                    .max(self.slow_disk_until + 2 * HEARTBEAT_TIMEOUT_MS);
                 self.say(|| "the disk slows down".into());
             }
             11 => self.runners[i].workspace_damaged = true,
@@ -1609,6 +1625,7 @@ impl World {
             Ev::FlushDone => self.flush_done(),
             Ev::InlineDone { seq, sends } => self.inline_done(seq, sends),
             Ev::Resume => {
+                self.undisturbed_since = self.undisturbed_since.max(self.now_ms);
                 if let Some(d) = self.dispatcher.as_mut() {
                     d.paused = false;
                     let deferred = std::mem::take(&mut d.deferred);
@@ -1664,6 +1681,23 @@ impl World {
         }
         if let Some(d) = &self.dispatcher {
             let state = d.shell.state();
+            // A runner nothing was heard from for a timeout (plus a tick and
+            // the pipeline's delays) no longer holds a job: deadlines are
+            // kept, unless a pause, a restart or a slow disk excused it.
+            let tick = config().tick_ms();
+            if !d.paused {
+                for (runner, jr) in state.holders() {
+                    let heard = self.heard_at_host.get(runner).copied().unwrap_or(0);
+                    let since = heard.max(self.undisturbed_since);
+                    let limit = HEARTBEAT_TIMEOUT_MS + tick + 1_000;
+                    if self.now_ms > since + limit {
+                        self.fail(format!(
+                            "{runner} unheard for {} ms still holds {jr}",
+                            self.now_ms - heard
+                        ));
+                    }
+                }
+            }
             let mut held: HashMap<JobId, &str> = HashMap::new();
             for (runner, jr) in state.holders() {
                 if let Some(other) = held.insert(jr.job, runner) {

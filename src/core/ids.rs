@@ -231,6 +231,14 @@ pub fn validate_branch_name(name: &str) -> Result<(), BadName> {
     if name == "@" {
         return Err(bad("cannot be the single character @"));
     }
+    if name == "HEAD" {
+        return Err(bad("cannot be HEAD (give the branch HEAD points at)"));
+    }
+    if name.starts_with("refs/") {
+        return Err(bad(
+            "is a short name: refs/heads/main is given as main (a hook strips refs/heads/)",
+        ));
+    }
     if name.starts_with('-') {
         return Err(bad("cannot begin with -"));
     }
@@ -279,7 +287,18 @@ mod tests {
             assert!(validate_branch_name(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-x", "a..b", "a/", "/a", "a b", "x.lock", ".hidden", "a@{1}", "a:b",
+            "",
+            "-x",
+            "a..b",
+            "a/",
+            "/a",
+            "a b",
+            "x.lock",
+            ".hidden",
+            "a@{1}",
+            "a:b",
+            "HEAD",
+            "refs/heads/main",
         ] {
             assert!(validate_branch_name(bad).is_err(), "{bad}");
         }

@@ -137,12 +137,10 @@ impl Driver {
     /// Records the start and makes it durable before anything is served.
     pub fn start(&mut self) -> Result<(), StoreError> {
         let now = self.clock.now();
-        self.shell.start(std::process::id(), now);
-        if let Some(batch) = self.shell.take_batch(now, 0) {
-            self.store().append(&batch.records)?;
-            self.store().flush()?;
-        }
-        Ok(())
+        let batch = self.shell.start(std::process::id(), now);
+        debug_assert_eq!(batch.plan, FlushPlan::Inline);
+        self.store().append(&batch.records)?;
+        self.store().flush()
     }
 
     /// Runs until `Shutdown` or until every sender is gone; an error means

@@ -173,7 +173,7 @@ struct Open {
 
 impl Shell {
     /// A shell over a core rebuilt from the log. Call [`Shell::start`]
-    /// before anything else.
+    /// before anything else, and make its batch durable before serving.
     pub fn new(core: Core, config: ShellConfig) -> Shell {
         let last_snapshot_seq = core.state.last_seq();
         Shell {
@@ -194,10 +194,22 @@ impl Shell {
 
     /// Records the start; the batch this leaves must be durable before
     /// the dispatcher serves.
-    pub fn start(&mut self, pid: u32, now: Now) {
+    /// Records the start: the batch to append and flush (on this thread,
+    /// [`FlushPlan::Inline`]) before anything is served.
+    pub fn start(&mut self, pid: u32, now: Now) -> Batch {
         self.next_tick_mono_ms = Some(now.mono_ms + self.core.config().tick_ms());
         let step = self.core.handle(Input::Started { pid }, now);
         self.absorb(step);
+        let open = std::mem::take(&mut self.open);
+        let id = self.next_batch;
+        self.next_batch += 1;
+        Batch {
+            id,
+            records: open.records,
+            outputs: open.outputs,
+            sends: open.sends,
+            plan: FlushPlan::Inline,
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -810,4 +822,443 @@ fn fit_page(mut records: Vec<Record>, max_bytes: usize) -> Vec<Record> {
     }
     records.truncate(keep);
     records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{CommitId, CoreConfig, JobReport, Outcome};
+    use crate::proto::{MAX_FRAME_BYTES, PAGE_BYTES};
+    use crate::store::mem::MemStore;
+
+    fn now(ms: u64) -> Now {
+        Now::at(ms)
+    }
+
+    fn commit(n: u64) -> CommitId {
+        let mut b = [0x11u8; 20];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        CommitId::from_bytes(&b).unwrap()
+    }
+
+    fn shell_with(state: State) -> Shell {
+        let mut s = Shell::new(
+            Core::new(state, CoreConfig::default()),
+            ShellConfig {
+                snapshot_every: 1_000_000,
+            },
+        );
+        let b = s.start(1, now(1));
+        assert_eq!(b.plan, FlushPlan::Inline);
+        assert_eq!(s.in_flight(), 0);
+        s
+    }
+
+    fn tool(s: &mut Shell, conn: ConnId, store: &MemStore) {
+        s.handle(
+            ShellInput::ClientHello {
+                conn,
+                role: Role::Tool,
+                grant: Grant { write: true },
+            },
+            now(2),
+            store,
+        );
+    }
+
+    /// A state of `n` finished jobs whose messages are `len` bytes long.
+    fn finished(n: u64, len: usize) -> State {
+        let mut st = State::new();
+        let mut seq = 0;
+        let mut apply = |st: &mut State, event: Event| {
+            seq += 1;
+            st.apply_record(&Record {
+                seq,
+                at_ms: 1,
+                event,
+            })
+            .unwrap();
+        };
+        for j in 1..=n {
+            let job = JobId(j);
+            apply(
+                &mut st,
+                Event::CommitSeen {
+                    job,
+                    commit: commit(j),
+                    branch: Some("main".into()),
+                },
+            );
+            apply(
+                &mut st,
+                Event::JobAssigned {
+                    job,
+                    commit: commit(j),
+                    runner: "r".into(),
+                    attempt: 1,
+                },
+            );
+            apply(
+                &mut st,
+                Event::Result {
+                    job,
+                    commit: commit(j),
+                    runner: Some("r".into()),
+                    attempt: 1,
+                    report: JobReport {
+                        outcome: Outcome::Pass,
+                        exit_code: Some(0),
+                        duration_ms: 1,
+                        tests: None,
+                        message: format!("{j:0len$}"),
+                    },
+                    output_bytes: 0,
+                },
+            );
+        }
+        st
+    }
+
+    fn answers(batch: &Batch) -> Vec<&ServerMsg> {
+        batch.sends.iter().map(|t| &t.msg).collect()
+    }
+
+    /// A hello slow to arrive on a connection accepted before the current
+    /// one loses: the newer connection keeps the runner's name.
+    #[test]
+    fn the_later_connection_wins_whichever_hello_arrives_first() {
+        let store = MemStore::new();
+        let mut s = shell_with(State::new());
+        for conn in [2, 1] {
+            s.handle(
+                ShellInput::RunnerHello {
+                    conn,
+                    name: "r".into(),
+                    holding: None,
+                    left: None,
+                },
+                now(5),
+                &store,
+            );
+        }
+        assert_eq!(s.runner_conn("r"), Some(2));
+        let b = s.take_batch(now(5), 0).unwrap();
+        let to_1: Vec<_> = b.sends.iter().filter(|t| t.conn == 1).collect();
+        assert!(matches!(
+            to_1[..],
+            [Transmit {
+                msg: ServerMsg::Error {
+                    code: ErrorCode::Superseded,
+                    fatal: true,
+                    ..
+                },
+                ..
+            }]
+        ));
+        // A third, newer one takes over from the second.
+        s.handle(
+            ShellInput::RunnerHello {
+                conn: 3,
+                name: "r".into(),
+                holding: None,
+                left: None,
+            },
+            now(6),
+            &store,
+        );
+        assert_eq!(s.runner_conn("r"), Some(3));
+    }
+
+    /// However long the history and its messages, each answer fits in a
+    /// frame, and paging covers every job once.
+    #[test]
+    fn every_results_page_fits_in_a_frame_and_paging_covers_all() {
+        let store = MemStore::new();
+        let n = 3_000;
+        let mut s = shell_with(finished(n, 4_000));
+        tool(&mut s, 7, &store);
+        let mut seen = Vec::new();
+        let mut before = None;
+        let mut pages = 0;
+        loop {
+            s.handle(
+                ShellInput::Frame {
+                    conn: 7,
+                    msg: ClientMsg::Results {
+                        commit: None,
+                        before,
+                        limit: u32::MAX,
+                    },
+                },
+                now(10),
+                &store,
+            );
+            let b = s.take_batch(now(10), 0).unwrap();
+            let [ServerMsg::Results { results, next }] = answers(&b)[..] else {
+                panic!("{:?}", answers(&b));
+            };
+            let bytes = crate::encoding::encoded_len(&b.sends[0].msg).unwrap();
+            assert!(bytes <= MAX_FRAME_BYTES, "{bytes}");
+            assert!(!results.is_empty());
+            seen.extend(results.iter().map(|r| r.job));
+            pages += 1;
+            match next {
+                Some(n) => before = Some(*n),
+                None => break,
+            }
+        }
+        assert!(pages > 1, "one page of {n} long results cannot fit");
+        seen.reverse();
+        assert_eq!(seen, (1..=n).collect::<Vec<_>>());
+        let _ = PAGE_BYTES;
+    }
+
+    /// The all-zero id is refused at the edge and queues nothing; a result's
+    /// message is cut to the limit.
+    #[test]
+    fn zero_ids_are_refused_and_long_messages_cut() {
+        let store = MemStore::new();
+        let mut s = shell_with(State::new());
+        tool(&mut s, 7, &store);
+        let zero = CommitId::from_bytes(&[0; 20]).unwrap();
+        s.handle(
+            ShellInput::Frame {
+                conn: 7,
+                msg: ClientMsg::Commits {
+                    branch: None,
+                    commits: vec![commit(1), zero],
+                    tip: None,
+                },
+            },
+            now(3),
+            &store,
+        );
+        let b = s.take_batch(now(3), 0).unwrap();
+        assert!(b.records.is_empty());
+        assert!(matches!(
+            answers(&b)[..],
+            [ServerMsg::Error {
+                code: ErrorCode::Invalid,
+                fatal: false,
+                ..
+            }]
+        ));
+        // A runner reports a result with a 100 KB message.
+        s.handle(
+            ShellInput::Frame {
+                conn: 7,
+                msg: ClientMsg::Commits {
+                    branch: None,
+                    commits: vec![commit(1)],
+                    tip: None,
+                },
+            },
+            now(4),
+            &store,
+        );
+        s.handle(
+            ShellInput::RunnerHello {
+                conn: 8,
+                name: "r".into(),
+                holding: None,
+                left: None,
+            },
+            now(4),
+            &store,
+        );
+        let b = s.take_batch(now(4), 0).unwrap();
+        let job = b
+            .sends
+            .iter()
+            .find_map(|t| match &t.msg {
+                ServerMsg::Assign { job, .. } => Some(*job),
+                _ => None,
+            })
+            .expect("assigned");
+        s.handle(
+            ShellInput::Frame {
+                conn: 8,
+                msg: ClientMsg::Result {
+                    job,
+                    report: JobReport {
+                        outcome: Outcome::Pass,
+                        exit_code: Some(0),
+                        duration_ms: 1,
+                        tests: None,
+                        message: "é".repeat(50_000),
+                    },
+                    output: vec![b'x'; 3 * MAX_OUTPUT_BYTES],
+                },
+            },
+            now(5),
+            &store,
+        );
+        let b = s.take_batch(now(5), 0).unwrap();
+        let Some(Event::Result {
+            report,
+            output_bytes,
+            ..
+        }) = b
+            .records
+            .iter()
+            .map(|r| &r.event)
+            .find(|e| matches!(e, Event::Result { .. }))
+        else {
+            panic!("no result recorded");
+        };
+        assert!(report.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(report.message.len() > MAX_MESSAGE_BYTES - 2);
+        assert_eq!(*output_bytes, MAX_OUTPUT_BYTES as u64);
+        assert_eq!(b.outputs[0].1.len(), MAX_OUTPUT_BYTES);
+    }
+
+    /// After a storage failure nothing is decided: every connection is told
+    /// to go, later frames are refused, the timer stops.
+    #[test]
+    fn a_storage_failure_stops_every_decision() {
+        let store = MemStore::new();
+        let mut s = shell_with(State::new());
+        tool(&mut s, 7, &store);
+        let told = s.storage_failed(&StoreError::FlusherStopped);
+        assert_eq!(told.len(), 1);
+        assert!(matches!(
+            told[0].msg,
+            ServerMsg::Error {
+                code: ErrorCode::ShuttingDown,
+                fatal: true,
+                ..
+            }
+        ));
+        assert_eq!(s.status(), ShellStatus::Failed);
+        assert_eq!(s.poll_timeout(), None);
+        s.handle(
+            ShellInput::Frame {
+                conn: 7,
+                msg: ClientMsg::Commits {
+                    branch: None,
+                    commits: vec![commit(1)],
+                    tip: None,
+                },
+            },
+            now(9),
+            &store,
+        );
+        s.handle_timeout(now(100_000));
+        let b = s.take_batch(now(100_000), 5).unwrap();
+        assert!(b.records.is_empty() && b.outputs.is_empty());
+        assert!(!s.snapshot_due());
+    }
+
+    /// How a batch is made durable: a lone command after a quiet spell on
+    /// this thread; under load by the flusher; nothing to write and nothing
+    /// in flight at once; nothing to write behind a batch in flight waits.
+    #[test]
+    fn flush_plans_follow_the_pipeline() {
+        let store = MemStore::new();
+        let mut s = shell_with(State::new());
+        tool(&mut s, 7, &store);
+        assert!(
+            s.take_batch(now(2), 0).is_none(),
+            "a hello alone sends nothing"
+        );
+        let submit = |s: &mut Shell, n: u64| {
+            s.handle(
+                ShellInput::Frame {
+                    conn: 7,
+                    msg: ClientMsg::Commits {
+                        branch: None,
+                        commits: vec![commit(n)],
+                        tip: None,
+                    },
+                },
+                now(10),
+                &store,
+            )
+        };
+        let status = |s: &mut Shell| {
+            s.handle(
+                ShellInput::Frame {
+                    conn: 7,
+                    msg: ClientMsg::Status,
+                },
+                now(10),
+                &store,
+            )
+        };
+        submit(&mut s, 1);
+        assert_eq!(
+            s.take_batch(now(10), QUIET_MS).unwrap().plan,
+            FlushPlan::Inline
+        );
+        submit(&mut s, 2);
+        submit(&mut s, 3);
+        let b = s.take_batch(now(10), QUIET_MS).unwrap();
+        assert_eq!(b.plan, FlushPlan::Handoff { wrote: true });
+        status(&mut s);
+        assert_eq!(
+            s.take_batch(now(10), 0).unwrap().plan,
+            FlushPlan::Handoff { wrote: false }
+        );
+        s.durable(b.id + 1, now(11));
+        assert_eq!(s.in_flight(), 0);
+        status(&mut s);
+        assert_eq!(s.take_batch(now(11), 0).unwrap().plan, FlushPlan::SendNow);
+        // Busy, not quiet: a lone write goes to the flusher.
+        submit(&mut s, 4);
+        assert_eq!(
+            s.take_batch(now(11), 0).unwrap().plan,
+            FlushPlan::Handoff { wrote: true }
+        );
+    }
+
+    /// A batch held back by a slow disk longer than the pause gap: nobody
+    /// is expired meanwhile, and everyone gets a full timeout after.
+    #[test]
+    fn a_disk_that_holds_everything_back_condemns_nobody() {
+        let store = MemStore::new();
+        let mut s = shell_with(State::new());
+        let timeout = CoreConfig::default().heartbeat_timeout_ms;
+        s.handle(
+            ShellInput::RunnerHello {
+                conn: 1,
+                name: "r".into(),
+                holding: None,
+                left: None,
+            },
+            now(10),
+            &store,
+        );
+        tool(&mut s, 7, &store);
+        s.handle(
+            ShellInput::Frame {
+                conn: 7,
+                msg: ClientMsg::Commits {
+                    branch: None,
+                    commits: vec![commit(1)],
+                    tip: None,
+                },
+            },
+            now(10),
+            &store,
+        );
+        let b = s.take_batch(now(10), 0).unwrap();
+        assert!(matches!(b.plan, FlushPlan::Handoff { .. }));
+        // The flush takes two timeouts; ticks keep coming.
+        let mut t = 10;
+        while t < 2 * timeout {
+            t += 1_000;
+            s.handle_timeout(now(t));
+            if let Some(b) = s.take_batch(now(t), 0) {
+                assert!(
+                    !b.records
+                        .iter()
+                        .any(|r| matches!(r.event, Event::HeartbeatLost { .. })),
+                    "lost while the disk held the welcome back"
+                );
+            }
+        }
+        s.durable(b.id, now(t));
+        let b = s.take_batch(now(t), 0).unwrap();
+        assert!(matches!(b.records[0].event, Event::DispatcherPaused { .. }));
+    }
 }
