@@ -3,11 +3,15 @@
 //! Module map (ARCHITECTURE.md has the rules between them):
 //! - [`core`]: the pure state machine (events, state fold, decisions). No IO.
 //! - [`encoding`]: the one binary codec, for the wire and the log.
-//! - [`proto`]: wire messages, views and framed connections.
-//! - [`store`]: the event log and output store; the only module that knows sled.
-//! - [`dispatcher`]: the IO shell around the core: listener, connections, log writer.
-//! - [`client`]: connecting to a dispatcher, for runners, observers and tools.
-//! - [`runner`]: runs tests for the commits it is assigned.
+//! - [`proto`]: wire messages, refusal codes, views, framed connections, tokens.
+//! - [`store`]: the event log, output and snapshot stores behind three
+//!   interfaces; `store::sled_log` is the only file that knows sled.
+//! - [`dispatcher`]: the sans-IO shell around the core (`shell`), and the IO
+//!   that carries it out: listener, connections, log writer and flusher.
+//! - [`client`]: connecting to a dispatcher, and backing off, for runners,
+//!   observers and tools.
+//! - [`runner`]: the runner's state machine (`machine`), its driver, and
+//!   the contained run of one job.
 //! - [`observer`]: watches branches and reports new commits.
 //! - [`git`]: every use of git2.
 //! - [`tools`]: the `ci-tools` subcommands.

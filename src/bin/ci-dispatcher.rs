@@ -40,8 +40,12 @@ struct Args {
     /// Without --token-file, listen on a non-loopback address anyway.
     #[arg(long)]
     insecure: bool,
+    /// Most connections at once; lowered to fit under the open-file limit
+    /// (whose soft limit is raised to the hard one at start).
+    #[arg(long, default_value_t = dispatcher::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(8..))]
+    max_connections: u32,
     /// Seconds a new connection has to say hello (for tests).
-    #[arg(long, default_value = "10", value_parser = parse_secs, hide = true)]
+    #[arg(long, default_value = "5", value_parser = parse_secs, hide = true)]
     hello_timeout: Duration,
     /// More logs on stderr (-v, -vv); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -63,6 +67,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.snapshot_every = args.snapshot_every;
     config.hello_timeout = args.hello_timeout;
     config.insecure = args.insecure;
+    config.max_connections = args.max_connections as usize;
     let auth = match &args.token_file {
         Some(path) => Auth::with_tokens(Tokens::from_file(path)?),
         None => {

@@ -11,7 +11,8 @@
 //! jobs/checkout/     the commit under test: the test's working directory;
 //!                    `jobs/` holds nothing else, so `..` shows no runner file
 //! trash/             earlier jobs' directories on their way out, hidden
-//! current-job        the crash marker (agent.rs)
+//! current-job        the marker: the job in progress, or handed back (agent.rs)
+//! pending-result     a finished result not yet acknowledged (agent.rs)
 //! ```
 //!
 //! Runners of earlier releases checked out into `checkout/` at the top; a
