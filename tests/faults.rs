@@ -523,25 +523,29 @@ fn clients_back_off_from_a_dispatcher_that_accepts_and_refuses() {
     }
 }
 
+/// A runner running a test that sleeps `secs`, whose dispatcher was just
+/// killed (kill -9): the repository, the commit, the dispatcher (to
+/// restart on the same port) and the runner.
+fn running_then_dispatcher_killed(secs: f64) -> (TestRepo, String, Dispatcher, Proc) {
+    let repo = TestRepo::new();
+    let sha = sleeping_commit(&repo, secs);
+    let data = repo.dir("dispatcher");
+    let mut d = Dispatcher::start_on(free_port(), &data, &[]);
+    let r = runner(d.addr(), &repo, "r1");
+    let o = submit(d.addr(), std::slice::from_ref(&sha));
+    assert!(o.status.success(), "{}", show_tools(&["submit"], &o));
+    wait_running(d.addr(), &sha);
+    d.kill9();
+    (repo, sha, d, r)
+}
+
 /// The runner finishes its job while the dispatcher is down, and is stopped
 /// (SIGTERM) before the dispatcher is back: the result is kept on disk and
 /// delivered by the runner's next start. Nothing runs twice, nothing is
 /// counted as lost.
 #[test]
 fn a_result_finished_while_the_dispatcher_is_away_survives_a_runner_stop() {
-    let repo = TestRepo::new();
-    let sha = sleeping_commit(&repo, 2.0);
-    let data = repo.dir("dispatcher");
-    let port = free_port();
-    let mut d = Dispatcher::start_on(port, &data, &[]);
-    let mut r = runner(d.addr(), &repo, "r1");
-    assert!(
-        submit(d.addr(), std::slice::from_ref(&sha))
-            .status
-            .success()
-    );
-    wait_running(d.addr(), &sha);
-    d.kill9();
+    let (repo, sha, mut d, mut r) = running_then_dispatcher_killed(2.0);
     wait_for("the job to finish", LONG, || {
         if r.stderr().contains("job finished") {
             Ok(())
@@ -566,19 +570,7 @@ fn a_result_finished_while_the_dispatcher_is_away_survives_a_runner_stop() {
 /// the job back on its next start: queued again, not counted as a loss.
 #[test]
 fn a_job_handed_back_while_the_dispatcher_is_away_is_not_a_loss() {
-    let repo = TestRepo::new();
-    let sha = sleeping_commit(&repo, 4.0);
-    let data = repo.dir("dispatcher");
-    let port = free_port();
-    let mut d = Dispatcher::start_on(port, &data, &[]);
-    let mut r = runner(d.addr(), &repo, "r1");
-    assert!(
-        submit(d.addr(), std::slice::from_ref(&sha))
-            .status
-            .success()
-    );
-    wait_running(d.addr(), &sha);
-    d.kill9();
+    let (repo, sha, mut d, mut r) = running_then_dispatcher_killed(4.0);
     r.sigterm();
     assert_eq!(exit_code(&r.wait_exit(SHORT)), Some(0), "{}", r.report());
     d.restart();

@@ -15,19 +15,6 @@ fn commit(n: u8) -> CommitId {
     CommitId::from_bytes(&[n; 20]).unwrap()
 }
 
-/// `events` as records numbered from `first`, stamped `at_ms`.
-fn records(first: u64, at_ms: u64, events: &[Event]) -> Vec<Record> {
-    events
-        .iter()
-        .zip(first..)
-        .map(|(e, seq)| Record {
-            seq,
-            at_ms,
-            event: e.clone(),
-        })
-        .collect()
-}
-
 /// The events of the first log format's fixture, in order.
 fn fixture_events() -> Vec<Event> {
     vec![
@@ -159,7 +146,8 @@ fn a_damaged_record_stops_startup_naming_its_sequence_number() {
     let data = root.path().join("data");
     {
         let mut log = SledLog::open(&data).unwrap();
-        log.append(&records(1, 1, &fixture_events()[..3])).unwrap();
+        log.append(&Record::run(1, 1, &fixture_events()[..3]))
+            .unwrap();
         log.put_raw(4, &[1, 0xde, 0xad, 0xbe, 0xef]).unwrap();
         log.flush().unwrap();
     }

@@ -161,3 +161,19 @@ pub struct Record {
     pub at_ms: u64,
     pub event: Event,
 }
+
+impl Record {
+    /// `events` as consecutive records from `first_seq`, all stamped
+    /// `at_ms` (for tools and tests that write logs directly).
+    pub fn run(first_seq: u64, at_ms: u64, events: &[Event]) -> Vec<Record> {
+        events
+            .iter()
+            .zip(first_seq..)
+            .map(|(event, seq)| Record {
+                seq,
+                at_ms,
+                event: event.clone(),
+            })
+            .collect()
+    }
+}

@@ -77,6 +77,13 @@ impl Job {
     }
 }
 
+/// A snapshot that cannot be used: what in it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}")]
+pub struct BadSnapshot {
+    pub why: String,
+}
+
 /// A record could not be applied: the log is inconsistent (or a bug).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("event {seq} cannot be applied: {why}")]
@@ -222,8 +229,8 @@ impl State {
     }
 
     /// The state a snapshot holds; an error says what in it is wrong.
-    pub fn from_snapshot(bytes: &[u8]) -> Result<State, String> {
-        snapshot::decode(bytes)
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, BadSnapshot> {
+        snapshot::decode(bytes).map_err(|why| BadSnapshot { why })
     }
 
     /// Rebuilds the derived indexes; a commit or name found twice means the

@@ -23,6 +23,31 @@ pub const FORMAT_VERSION: u8 = 2;
 /// the next snapshot is written in this one.
 pub const SNAPSHOT_VERSION: u8 = 3;
 
+/// A stored snapshot: the version byte, then the state's own layout.
+pub fn encode_snapshot(state: &crate::core::State) -> Vec<u8> {
+    let mut value = vec![SNAPSHOT_VERSION];
+    state.write_snapshot(&mut value);
+    value
+}
+
+/// The state a stored snapshot at `seq` holds: `Ok(None)` for another
+/// version (a cache miss, never an error), an error saying what is wrong
+/// for a damaged one.
+pub fn decode_snapshot(seq: u64, value: &[u8]) -> Result<Option<crate::core::State>, String> {
+    let (&version, body) = value.split_first().ok_or("empty")?;
+    if version != SNAPSHOT_VERSION {
+        return Ok(None);
+    }
+    let state = crate::core::State::from_snapshot(body).map_err(|e| e.to_string())?;
+    if state.last_seq() != seq {
+        return Err(format!(
+            "it is stored as covering event {seq} but holds the state at event {}",
+            state.last_seq()
+        ));
+    }
+    Ok(Some(state))
+}
+
 /// Most events stored under one key; bigger appends take several keys.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
 

@@ -241,8 +241,7 @@ impl SnapshotStore for MemStore {
             d.failures += 1;
             return Err(write_error(failure));
         }
-        let mut value = vec![format::SNAPSHOT_VERSION];
-        state.write_snapshot(&mut value);
+        let value = format::encode_snapshot(state);
         let seq = state.last_seq();
         if seq <= d.durable_seq() {
             d.snapshots.insert(seq, value);
@@ -264,19 +263,7 @@ impl SnapshotStore for MemStore {
         let Some(v) = d.snapshots.get(&seq) else {
             return Ok(None);
         };
-        let bad = |detail: String| StoreError::BadSnapshot { seq, detail };
-        let (&version, body) = v.split_first().ok_or_else(|| bad("empty".into()))?;
-        if version != format::SNAPSHOT_VERSION {
-            return Ok(None);
-        }
-        let state = State::from_snapshot(body).map_err(bad)?;
-        if state.last_seq() != seq {
-            return Err(bad(format!(
-                "holds the state at event {}",
-                state.last_seq()
-            )));
-        }
-        Ok(Some(state))
+        format::decode_snapshot(seq, v).map_err(|detail| StoreError::BadSnapshot { seq, detail })
     }
 }
 

@@ -537,8 +537,7 @@ impl OutputStore for SledLog {
 
 impl SnapshotStore for SledLog {
     fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError> {
-        let mut value = vec![format::SNAPSHOT_VERSION];
-        state.write_snapshot(&mut value);
+        let value = format::encode_snapshot(state);
         let write = |e| sled_write(&self.dir, e);
         self.snapshots
             .insert(format::key(state.last_seq()), value)
@@ -581,25 +580,14 @@ impl SnapshotStore for SledLog {
             return Ok(None);
         };
         let read_ms = t.elapsed().as_millis() as u64;
-        let (&version, body) = v.split_first().ok_or_else(|| bad("empty".into()))?;
-        if version != format::SNAPSHOT_VERSION {
-            // Snapshots are a cache: an old format is simply not used.
-            return Ok(None);
-        }
-        let state = State::from_snapshot(body).map_err(bad)?;
-        if state.last_seq() != seq {
-            return Err(bad(format!(
-                "it is stored as covering event {seq} but holds the state at event {}",
-                state.last_seq()
-            )));
-        }
+        let state = format::decode_snapshot(seq, &v).map_err(bad)?;
         tracing::debug!(
             bytes = v.len(),
             read_ms,
             decode_ms = t.elapsed().as_millis() as u64 - read_ms,
             "snapshot read"
         );
-        Ok(Some(state))
+        Ok(state)
     }
 }
 
@@ -623,19 +611,6 @@ mod tests {
         CommitId::from_bytes(&[n; 20]).unwrap()
     }
 
-    /// `events` as records numbered from `first`, stamped `at_ms`.
-    fn recs(first: u64, at_ms: u64, events: &[Event]) -> Vec<Record> {
-        events
-            .iter()
-            .zip(first..)
-            .map(|(e, seq)| Record {
-                seq,
-                at_ms,
-                event: e.clone(),
-            })
-            .collect()
-    }
-
     #[test]
     fn appended_events_read_back_in_order_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -648,7 +623,7 @@ mod tests {
                     branch: Some("main".into()),
                 })
                 .collect();
-            log.append(&recs(1, 7, &evs)).unwrap();
+            log.append(&Record::run(1, 7, &evs)).unwrap();
             assert_eq!(log.last_seq(), 3);
             log.flush().unwrap();
         }
@@ -666,7 +641,7 @@ mod tests {
     fn a_damaged_record_names_its_sequence_number() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = SledLog::open(dir.path()).unwrap();
-        log.append(&recs(1, 1, &[Event::DispatcherStarted { pid: 1 }]))
+        log.append(&Record::run(1, 1, &[Event::DispatcherStarted { pid: 1 }]))
             .unwrap();
         log.put_raw(2, &[1, 0xff, 0xff, 0xff]).unwrap();
         log.put_raw(3, &[9, 0]).unwrap();
@@ -694,15 +669,15 @@ mod tests {
                 branch: None,
             })
             .collect();
-        log.append(&recs(3, 7, &evs[..3])).unwrap();
+        log.append(&Record::run(3, 7, &evs[..3])).unwrap();
         assert_eq!(log.last_seq(), 5);
-        log.append(&recs(6, 8, &evs[3..])).unwrap();
+        log.append(&Record::run(6, 8, &evs[3..])).unwrap();
         assert_eq!(log.last_seq(), 7);
         log.append(&[]).unwrap();
         assert_eq!(log.last_seq(), 7);
         // A batch that does not follow on is refused and changes nothing.
         assert!(matches!(
-            log.append(&recs(9, 9, &evs[..1])),
+            log.append(&Record::run(9, 9, &evs[..1])),
             Err(StoreError::OutOfOrder {
                 expected: 8,
                 got: 9
