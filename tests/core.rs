@@ -579,3 +579,34 @@ fn a_job_handed_back_while_away_is_not_a_loss() {
     });
     assert!(step.records.is_empty());
 }
+
+/// A shorter hiccup of the dispatcher (it missed a tick by more than half
+/// a tick, not long enough to count as a pause): the first tick after it
+/// judges nobody, so what waited in the sockets is read first; the next
+/// one does.
+#[test]
+fn after_a_hiccup_the_sockets_are_read_before_anyone_is_judged() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    let tick = sim.core.config().tick_ms();
+    sim.advance(TIMEOUT_MS - tick);
+    assert!(sim.tick().records.is_empty());
+    // Two ticks' worth without running: a's deadline passes meanwhile.
+    sim.pause(2 * tick);
+    assert!(sim.tick().records.is_empty(), "judged before reading");
+    // a's heartbeat was waiting in its socket.
+    sim.heartbeat("a", Some(jr(1, 1)));
+    sim.advance(tick);
+    assert!(sim.tick().records.is_empty());
+    // Had it been silent, the next tick would have found it.
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    sim.advance(TIMEOUT_MS - tick);
+    sim.tick();
+    sim.pause(2 * tick);
+    assert!(sim.tick().records.is_empty());
+    sim.advance(tick);
+    assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
+}

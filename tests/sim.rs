@@ -115,6 +115,11 @@ fn commit_id(seed: u64, n: u64) -> CommitId {
         h = mix(h);
         chunk.copy_from_slice(&h.to_le_bytes()[..chunk.len()]);
     }
+    // mix(0) is 0: seed 0x5eed's first commit would be the all-zero id,
+    // which is no commit (and refused).
+    if bytes == [0; 20] {
+        bytes[0] = 1;
+    }
     CommitId::from_bytes(&bytes).expect("20 bytes")
 }
 
@@ -161,8 +166,12 @@ struct Conn {
     down_last_ms: u64,
     up_cut_ms: Option<u64>,
     down_cut_ms: Option<u64>,
-    /// When a frame from the peer last reached the dispatcher's host.
-    last_arrival_ms: u64,
+    /// When frames from the peer reached the dispatcher's host (the
+    /// latest few).
+    arrivals: VecDeque<u64>,
+    /// When the connection task last handed a frame (or the end) to the
+    /// shell: it keeps the connection's order.
+    to_shell_last_ms: u64,
 }
 
 #[derive(Debug)]
@@ -190,17 +199,29 @@ enum Ev {
         conn: ConnId,
     },
     /// The log writer's turn: decide on the inbox, append, carry out.
-    Batch,
+    /// Each of these four belongs to one dispatcher incarnation (`epoch`):
+    /// what a killed process had under way dies with it.
+    Batch {
+        epoch: u64,
+    },
     /// The shell's timer.
-    Timer,
+    Timer {
+        epoch: u64,
+    },
     /// The flusher's fsync ends.
-    FlushDone,
+    FlushDone {
+        epoch: u64,
+    },
     /// An inline flush (on the writer) ends.
     InlineDone {
+        epoch: u64,
         seq: u64,
         sends: Vec<Transmit>,
     },
-    Resume,
+    /// SIGCONT, for the incarnation that was stopped.
+    Resume {
+        epoch: u64,
+    },
     DispatcherRestart,
     OperatorFixesDisk,
     RunnerTimer(usize),
@@ -222,9 +243,9 @@ impl Ev {
             self,
             Ev::ToShell { .. }
                 | Ev::Gone { .. }
-                | Ev::Batch
-                | Ev::Timer
-                | Ev::FlushDone
+                | Ev::Batch { .. }
+                | Ev::Timer { .. }
+                | Ev::FlushDone { .. }
                 | Ev::InlineDone { .. }
         )
     }
@@ -280,6 +301,8 @@ struct SimRunner {
     conn: Option<ConnId>,
     /// The test process: (attempt, commit, run number).
     job: Option<(JobRef, CommitId, u64)>,
+    /// When this process last tried to connect (a window of them).
+    connects: VecDeque<u64>,
     runs: u64,
     /// A test damaged the runner's mirror or checkout: the next job
     /// rebuilds it first (slower), as `runner/job.rs` does.
@@ -433,6 +456,7 @@ impl World {
                 deferred: Vec::new(),
                 conn: None,
                 job: None,
+                connects: VecDeque::new(),
                 runs: 0,
                 workspace_damaged: false,
                 timer_at: None,
@@ -544,7 +568,8 @@ impl World {
                 down_last_ms: self.now_ms,
                 up_cut_ms: None,
                 down_cut_ms: None,
-                last_arrival_ms: 0,
+                arrivals: VecDeque::new(),
+                to_shell_last_ms: 0,
             },
         );
         Some(id)
@@ -764,7 +789,7 @@ impl World {
         if !d.batch_scheduled {
             d.batch_scheduled = true;
             let after = self.rng.range(0, 3);
-            self.schedule(after, Ev::Batch);
+            self.schedule(after, Ev::Batch { epoch: self.epoch });
         }
     }
 
@@ -780,7 +805,7 @@ impl World {
         }
         d.timer_at = Some(due);
         let after = due.saturating_sub(self.now_ms);
-        self.schedule(after, Ev::Timer);
+        self.schedule(after, Ev::Timer { epoch: self.epoch });
     }
 
     /// One turn of actor.rs's loop: everything waiting, then the timer,
@@ -801,7 +826,7 @@ impl World {
             let after = d.writer_busy_until.saturating_sub(self.now_ms).max(1);
             if !d.batch_scheduled {
                 d.batch_scheduled = true;
-                self.schedule(after, Ev::Batch);
+                self.schedule(after, Ev::Batch { epoch: self.epoch });
             }
             return;
         }
@@ -876,7 +901,14 @@ impl World {
                 let seq = self.store.disk().appended_seq();
                 let d = self.dispatcher.as_mut().expect("up");
                 d.inline_pending = true;
-                self.schedule(ms, Ev::InlineDone { seq, sends });
+                self.schedule(
+                    ms,
+                    Ev::InlineDone {
+                        epoch: self.epoch,
+                        seq,
+                        sends,
+                    },
+                );
             }
             FlushPlan::Handoff { wrote } => {
                 let d = self.dispatcher.as_mut().expect("up");
@@ -899,7 +931,10 @@ impl World {
         }
         let wrote = batches.iter().any(|b| b.1);
         d.flushing = Some((seq, batches));
-        self.schedule(if wrote { ms } else { 0 }, Ev::FlushDone);
+        self.schedule(
+            if wrote { ms } else { 0 },
+            Ev::FlushDone { epoch: self.epoch },
+        );
     }
 
     fn flush_done(&mut self) {
@@ -944,7 +979,7 @@ impl World {
             d.inline_pending = false;
             if !d.batch_scheduled && !d.inbox.is_empty() {
                 d.batch_scheduled = true;
-                self.schedule(0, Ev::Batch);
+                self.schedule(0, Ev::Batch { epoch: self.epoch });
             }
         }
     }
@@ -1020,8 +1055,18 @@ impl World {
             };
             match reason {
                 LostReason::HeartbeatTimeout => {
-                    if let Some(conn) = d.shell.runner_conn(runner) {
-                        let heard = self.conns[&conn].last_arrival_ms;
+                    // The newest frame that had time to reach the shell
+                    // (one that reached the host just now may not have).
+                    let settled = self.now_ms.saturating_sub(CONN_LAG_MS_MAX + 5);
+                    let heard = d.shell.runner_conn(runner).and_then(|conn| {
+                        self.conns[&conn]
+                            .arrivals
+                            .iter()
+                            .rev()
+                            .find(|t| **t <= settled)
+                            .copied()
+                    });
+                    if let Some(heard) = heard {
                         if self.now_ms.saturating_sub(heard) + CONN_LAG_MS_MAX + 5
                             < HEARTBEAT_TIMEOUT_MS
                         {
@@ -1155,7 +1200,11 @@ impl World {
         if !self.conn_live_at_host(conn) || !self.alive(conn, |c| c.up_cut_ms) {
             return;
         }
-        self.conns.get_mut(&conn).expect("conn").last_arrival_ms = self.now_ms;
+        let arrivals = &mut self.conns.get_mut(&conn).expect("conn").arrivals;
+        arrivals.push_back(self.now_ms);
+        if arrivals.len() > 16 {
+            arrivals.pop_front();
+        }
         if let Owner::Runner(i) = self.conns[&conn].owner {
             self.heard_at_host
                 .insert(self.runners[i].name.clone(), self.now_ms);
@@ -1163,7 +1212,17 @@ impl World {
         let paused = self.dispatcher.as_ref().is_some_and(|d| d.paused);
         // The connection task hands it on, a little later after a pause.
         let lag = if paused { 0 } else { self.rng.range(0, 2) };
-        self.schedule(lag, Ev::ToShell { conn, msg });
+        self.to_shell(conn, lag, Ev::ToShell { conn, msg });
+    }
+
+    /// Schedules what a connection task hands to the shell `lag` from now,
+    /// never before what it handed on earlier.
+    fn to_shell(&mut self, conn: ConnId, lag: u64, ev: Ev) {
+        let c = self.conns.get_mut(&conn).expect("conn exists");
+        let at = c.to_shell_last_ms.max(self.now_ms + lag);
+        c.to_shell_last_ms = at;
+        let after = at - self.now_ms;
+        self.schedule(after, ev);
     }
 
     fn hand_to_shell(&mut self, conn: ConnId, msg: ClientMsg) {
@@ -1204,27 +1263,21 @@ impl World {
             let name = self.runners[i].name.clone();
             self.say(|| format!("{name}: {effect:?}"));
             match effect {
-                Effect::Connect { holding, left } => match self.connect(Owner::Runner(i)) {
-                    Some(conn) => {
-                        self.runners[i].conn = Some(conn);
-                        self.send_up(
-                            conn,
-                            ClientMsg::Hello(Hello {
-                                version: PROTOCOL_VERSION,
-                                role: Role::Runner,
-                                name: name.clone(),
-                                proof: None,
-                                holding,
-                                left,
-                            }),
-                        );
+                Effect::Connect { holding, left } => {
+                    // Every client loop backs off: never more than a few
+                    // attempts a second, whatever the dispatcher does.
+                    let now = self.now_ms;
+                    let c = &mut self.runners[i].connects;
+                    c.push_back(now);
+                    while c.front().is_some_and(|t| now - t > 2_000) {
+                        c.pop_front();
                     }
-                    None => {
-                        let now = self.now_ms;
-                        let m = self.runners[i].machine.as_mut().expect("up");
-                        m.connect_failed(None, "connection refused", now);
+                    let tries = c.len();
+                    if tries > 12 {
+                        self.fail(format!("{name} tried to connect {tries} times in 2 s"));
                     }
-                },
+                    self.connect_runner(i, &name, holding, left);
+                }
                 Effect::Send(msg) => {
                     if let Some(conn) = self.runners[i].conn {
                         self.send_up(conn, msg);
@@ -1284,6 +1337,38 @@ impl World {
             self.runners[i].timer_at = Some(due);
             let after = due.saturating_sub(self.now_ms);
             self.schedule(after, Ev::RunnerTimer(i));
+        }
+    }
+
+    /// A runner's `Connect`: a connection and its hello, or a refusal at
+    /// once when no dispatcher listens.
+    fn connect_runner(
+        &mut self,
+        i: usize,
+        name: &str,
+        holding: Option<JobRef>,
+        left: Option<ci::core::LeftJob>,
+    ) {
+        match self.connect(Owner::Runner(i)) {
+            Some(conn) => {
+                self.runners[i].conn = Some(conn);
+                self.send_up(
+                    conn,
+                    ClientMsg::Hello(Hello {
+                        version: PROTOCOL_VERSION,
+                        role: Role::Runner,
+                        name: name.to_string(),
+                        proof: None,
+                        holding,
+                        left,
+                    }),
+                );
+            }
+            None => {
+                let now = self.now_ms;
+                let m = self.runners[i].machine.as_mut().expect("up");
+                m.connect_failed(None, "connection refused", now);
+            }
         }
     }
 
@@ -1354,6 +1439,7 @@ impl World {
         r.stalled = false;
         r.deferred.clear();
         r.timer_at = None;
+        r.connects.clear();
         r.machine = Some(Machine::new(
             r.disk.clone(),
             HEARTBEAT_INTERVAL_MS,
@@ -1469,6 +1555,13 @@ impl World {
                 let Some(batch) = self.observer.outstanding.pop_front() else {
                     self.fail("an acknowledgement nobody asked for".into());
                 };
+                // Accepted or already known: acknowledged means durable.
+                for n in &batch {
+                    let c = self.observer.commits[*n];
+                    if self.replica.job_for_commit(&c).is_none() {
+                        self.fail(format!("commit {n} acknowledged but not durable"));
+                    }
+                }
                 for n in batch {
                     if self.observer.unacked.remove(&n) {
                         self.progress_ms = self.now_ms;
@@ -1543,7 +1636,7 @@ impl World {
                         .rng
                         .range(HEARTBEAT_TIMEOUT_MS / 2, 3 * HEARTBEAT_TIMEOUT_MS);
                     self.say(|| format!("dispatcher paused for {ms} ms"));
-                    self.schedule(ms, Ev::Resume);
+                    self.schedule(ms, Ev::Resume { epoch: self.epoch });
                 }
             }
             8 => {
@@ -1610,7 +1703,11 @@ impl World {
                 }
             }
             Ev::Gone { conn } => {
-                if self.conn_live_at_host(conn) {
+                let last = self.conns[&conn].to_shell_last_ms;
+                if last > self.now_ms {
+                    // The task reads the end only after the frames before it.
+                    self.schedule(last - self.now_ms, Ev::Gone { conn });
+                } else if self.conn_live_at_host(conn) {
                     self.enqueue(ShellInput::Closed { conn });
                 }
             }
@@ -1620,11 +1717,17 @@ impl World {
                     self.observer.outstanding.clear();
                 }
             }
-            Ev::Batch => self.writer_turn(false),
-            Ev::Timer => self.writer_turn(true),
-            Ev::FlushDone => self.flush_done(),
-            Ev::InlineDone { seq, sends } => self.inline_done(seq, sends),
-            Ev::Resume => {
+            Ev::Batch { epoch }
+            | Ev::Timer { epoch }
+            | Ev::FlushDone { epoch }
+            | Ev::InlineDone { epoch, .. }
+                if Some(epoch) != self.dispatcher.as_ref().map(|d| d.epoch) => {}
+            Ev::Batch { .. } => self.writer_turn(false),
+            Ev::Timer { .. } => self.writer_turn(true),
+            Ev::FlushDone { .. } => self.flush_done(),
+            Ev::InlineDone { seq, sends, .. } => self.inline_done(seq, sends),
+            Ev::Resume { epoch } if Some(epoch) != self.dispatcher.as_ref().map(|d| d.epoch) => {}
+            Ev::Resume { .. } => {
                 self.undisturbed_since = self.undisturbed_since.max(self.now_ms);
                 if let Some(d) = self.dispatcher.as_mut() {
                     d.paused = false;
@@ -1634,13 +1737,13 @@ impl World {
                     // sockets reach the shell a little later than the
                     // writer's own turn.
                     for ev in deferred {
-                        let lag = match ev {
-                            Ev::ToShell { .. } | Ev::Gone { .. } => {
-                                self.rng.range(1, CONN_LAG_MS_MAX)
+                        match ev {
+                            Ev::ToShell { conn, .. } | Ev::Gone { conn } => {
+                                let lag = self.rng.range(1, CONN_LAG_MS_MAX);
+                                self.to_shell(conn, lag, ev);
                             }
-                            _ => 0,
-                        };
-                        self.schedule(lag, ev);
+                            ev => self.schedule(0, ev),
+                        }
                     }
                 }
             }

@@ -253,6 +253,10 @@ pub struct Core {
     pub stale_rejections: u64,
     /// When the last input was decided (monotonic), to notice pauses.
     last_input_mono_ms: Option<u64>,
+    /// No runner is expired before this (monotonic): right after the
+    /// dispatcher did not run on time, what waited in its sockets is read
+    /// before anyone is judged.
+    hold_expiry_until_ms: u64,
 }
 
 impl Core {
@@ -264,6 +268,7 @@ impl Core {
             config,
             stale_rejections: 0,
             last_input_mono_ms: None,
+            hold_expiry_until_ms: 0,
         }
     }
 
@@ -339,13 +344,19 @@ impl Core {
 
     /// A gap since the last input longer than [`CoreConfig::pause_gap_ms`]
     /// means this process did not run: nobody could be heard meanwhile, so
-    /// every runner gets a full timeout from now, as after a restart.
+    /// every runner gets a full timeout from now, as after a restart. A
+    /// shorter gap that still missed a tick by half a tick holds expiry
+    /// back for one tick: the frames that waited in the sockets meanwhile
+    /// are read before anyone is judged on what they would have said.
     fn notice_pause(&mut self, step: &mut Step, now: Now) {
         let last = self.last_input_mono_ms.replace(now.mono_ms);
         let Some(last) = last else { return };
         let gap_ms = now.mono_ms.saturating_sub(last);
+        let tick = self.config.tick_ms();
         if gap_ms > self.config.pause_gap_ms() {
             self.grace_all(step, gap_ms, now);
+        } else if gap_ms > tick + tick / 2 {
+            self.hold_expiry_until_ms = now.mono_ms + tick;
         }
     }
 
@@ -480,6 +491,9 @@ impl Core {
     }
 
     fn on_tick(&mut self, step: &mut Step, now: Now) {
+        if now.mono_ms < self.hold_expiry_until_ms {
+            return;
+        }
         let timeout = self.config.heartbeat_timeout_ms;
         let expired: Vec<RunnerName> = self
             .sessions

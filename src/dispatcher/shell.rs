@@ -779,6 +779,11 @@ fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode
 /// Checks what a request names before anything is decided on it.
 fn validate(msg: &ClientMsg) -> Result<(), (ErrorCode, String)> {
     let invalid = |why: String| (ErrorCode::Invalid, why);
+    if let ClientMsg::GetTips { after: Some(a) } = msg
+        && a.len() > 255
+    {
+        return Err(invalid("a branch name is at most 255 bytes".into()));
+    }
     if let ClientMsg::Commits {
         branch,
         commits,
