@@ -167,6 +167,10 @@ pub struct Runner {
     saved: Saved,
 }
 
+/// Longest a frame may take to be written before the connection is given
+/// up (and made again, with backoff).
+const SEND_LIMIT: Duration = Duration::from_secs(30);
+
 /// A connection under way.
 type Connecting =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Client, ClientError>> + Send>>;
@@ -240,12 +244,12 @@ impl Runner {
                         }));
                     }
                     Effect::Send(msg) => {
-                        let sent = match client.as_mut() {
-                            Some(c) => c.writer.send(&msg).await,
-                            None => continue,
-                        };
-                        if let Err(e) = sent {
-                            info!(error = %e, "disconnected from the dispatcher; reconnecting");
+                        let Some(c) = client.as_mut() else { continue };
+                        // A dispatcher that stopped reading (frozen, its
+                        // socket full) must not freeze the runner too.
+                        let sent = tokio::time::timeout(SEND_LIMIT, c.writer.send(&msg)).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            info!("cannot write to the dispatcher; reconnecting");
                             client = None;
                             machine.disconnected(now_ms());
                         }
