@@ -687,6 +687,30 @@ impl Mirror {
         Ok(out)
     }
 
+    /// Who wrote the commit, its subject and its time, if the mirror has it.
+    pub fn commit_info(&self, c: CommitId) -> Option<crate::core::CommitInfo> {
+        let commit = self.repo.find_commit(to_oid(c)?).ok()?;
+        let author = commit.author();
+        let who = match (author.name().ok(), author.email().ok()) {
+            (Some(n), Some(e)) => format!("{n} <{e}>"),
+            (Some(n), None) => n.to_string(),
+            (None, Some(e)) => format!("<{e}>"),
+            (None, None) => String::new(),
+        };
+        let subject = commit
+            .summary()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_string();
+        let time_ms = (commit.time().seconds().max(0) as u64).saturating_mul(1000);
+        Some(crate::core::CommitInfo {
+            author: who,
+            subject,
+            time_ms,
+        })
+    }
+
     /// Whether the mirror holds this commit (as a commit, not another object).
     pub fn has_commit(&self, c: CommitId) -> bool {
         to_oid(c).is_some_and(|oid| self.repo.find_commit(oid).is_ok())

@@ -136,6 +136,7 @@ fn message() -> impl Strategy<Value = ClientMsg> {
             proptest::collection::vec(any::<u8>(), 0..64)
         )
             .prop_map(|(job, report, output)| ClientMsg::Result {
+                info: None,
                 job,
                 report,
                 output
@@ -147,6 +148,7 @@ fn message() -> impl Strategy<Value = ClientMsg> {
             proptest::option::of(commit())
         )
             .prop_map(|(branch, commits, tip)| ClientMsg::Commits {
+                infos: Vec::new(),
                 branch,
                 commits,
                 tip
@@ -159,6 +161,8 @@ fn message() -> impl Strategy<Value = ClientMsg> {
             any::<u32>()
         )
             .prop_map(|(commit, before, limit)| ClientMsg::Results {
+                branch: None,
+                outcome: None,
                 commit,
                 before,
                 limit

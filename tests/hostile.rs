@@ -65,6 +65,7 @@ fn commit(n: u64) -> CommitId {
 
 fn submit(n: u64) -> ClientMsg {
     ClientMsg::Commits {
+        infos: Vec::new(),
         branch: Some("main".into()),
         commits: vec![commit(n)],
         tip: Some(commit(n)),
@@ -138,6 +139,7 @@ fn attack(kind: usize, rng: &mut Rng) -> (Vec<u8>, bool, Option<&'static str>) {
                 Some(rng.bytes(32)),
             ));
             f.extend(msg_frame(&ClientMsg::Result {
+                info: None,
                 job: JobRef {
                     job: JobId(1),
                     attempt: 1,
@@ -390,6 +392,7 @@ async fn roles_are_enforced() {
         .await
         .unwrap();
     let result = ClientMsg::Result {
+        info: None,
         job: JobRef {
             job: JobId(1),
             attempt: 1,

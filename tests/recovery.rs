@@ -329,6 +329,7 @@ fn submit_concurrently(addr: &str, shas: &[String]) {
                 tokio::spawn(async move {
                     start.wait().await;
                     let msg = ClientMsg::Commits {
+                        infos: Vec::new(),
                         branch: None,
                         commits: vec![commit],
                         tip: None,

@@ -30,11 +30,15 @@
 //!   crashed holding the job, as "handed back" only if it was stopped;
 //! - a storage failure stops the dispatcher at once, and nothing of a batch
 //!   not made durable leaves it;
-//! - no runner ever stops on a refusal.
+//! - no runner ever stops on a refusal;
+//! - a user's cancel or retry is answered only once it is durable; a
+//!   live log shows exactly the bytes the test wrote, from the first, in
+//!   order, without gaps, through runner reconnections; a view (watched or
+//!   followed) never shows an outcome other than the test's.
 //!
 //! At the end, after a quiet period without faults, every commit must have
-//! exactly one outcome, the right one (an `error` only after three real
-//! losses).
+//! exactly one outcome per retry, the right one (an `error` only after
+//! three real losses, `cancelled` only when a user cancelled it).
 //!
 //! - `cargo test --release --test sim`: the default seed range.
 //! - `SIM_SEED=n`: one seed, with a trace of every step.
@@ -54,7 +58,9 @@ use ci::dispatcher::shell::{
     Batch, ConnId, FlushPlan, Shell, ShellConfig, ShellInput, ShellStatus, Transmit,
 };
 use ci::proto::auth::Grant;
-use ci::proto::{ClientMsg, ErrorCode, Hello, PROTOCOL_VERSION, Role, ServerMsg};
+use ci::proto::{
+    ClientMsg, ErrorCode, Hello, MAX_CHUNK_BYTES, PROTOCOL_VERSION, ResultView, Role, ServerMsg,
+};
 use ci::runner::machine::{Effect, Exit, Finished, Machine, Saved};
 use ci::store::mem::{MemFault, MemStore};
 use ci::store::{self, EventLog, IoFailure, OutputStore, Rebuild, SnapshotStore, StoreError};
@@ -136,6 +142,27 @@ fn true_outcome(commit: &CommitId) -> Outcome {
     }
 }
 
+/// What the tests of a commit write: deterministic per commit, from
+/// nothing to a few kilobytes, each line naming the commit and its number.
+fn true_output(commit: &CommitId) -> Vec<u8> {
+    let h = commit
+        .as_bytes()
+        .iter()
+        .fold(7u64, |h, b| mix(h ^ *b as u64));
+    let lines = h % 400;
+    let mut out = Vec::new();
+    for k in 0..lines {
+        out.extend_from_slice(format!("{} line {k}\n", commit.short()).as_bytes());
+    }
+    out
+}
+
+/// How much of its output a test wrote after `elapsed` of `total` ms.
+fn written(commit: &CommitId, elapsed: u64, total: u64) -> usize {
+    let all = true_output(commit).len() as u64;
+    (all * elapsed.min(total) / total.max(1)) as usize
+}
+
 fn report(outcome: Outcome) -> JobReport {
     JobReport {
         outcome,
@@ -153,6 +180,8 @@ fn report(outcome: Outcome) -> JobReport {
 enum Owner {
     Runner(usize),
     Observer,
+    /// A person with the tool: cancels, retries, follows logs, watches.
+    User,
 }
 
 /// One TCP connection. Each direction keeps order (delivery times only
@@ -232,6 +261,13 @@ enum Ev {
         runner: usize,
         run: u64,
     },
+    /// The test wrote more output: stream it if streaming.
+    JobOutput {
+        runner: usize,
+        run: u64,
+    },
+    /// The user does something.
+    UserAct,
     RunnerRestart(usize),
     StallEnd(usize),
     ObserverPoll,
@@ -258,9 +294,9 @@ impl Ev {
         match self {
             Ev::ToPeer { conn, .. } | Ev::PeerSawClose { conn } => match conns[conn].owner {
                 Owner::Runner(i) => Some(i),
-                Owner::Observer => None,
+                Owner::Observer | Owner::User => None,
             },
-            Ev::JobDone { runner, .. } => Some(*runner),
+            Ev::JobDone { runner, .. } | Ev::JobOutput { runner, .. } => Some(*runner),
             Ev::RunnerTimer(i) => Some(*i),
             _ => None,
         }
@@ -304,6 +340,12 @@ struct SimRunner {
     conn: Option<ConnId>,
     /// The test process: (attempt, commit, run number).
     job: Option<(JobRef, CommitId, u64)>,
+    /// When the test started and how long it takes.
+    job_started_ms: u64,
+    job_ms: u64,
+    /// How far its output went to the dispatcher on this connection
+    /// (`None`: not streaming), as `agent.rs` keeps it.
+    streamed: Option<u64>,
     /// When this process last tried to connect (a window of them).
     connects: VecDeque<u64>,
     runs: u64,
@@ -321,6 +363,30 @@ struct Observer {
     unacked: BTreeSet<usize>,
     /// Requests on the current connection, oldest first (answers come in order).
     outstanding: VecDeque<Vec<usize>>,
+}
+
+/// A live log being followed: the attempt shown and what came of it.
+#[derive(Debug, Default)]
+struct Following {
+    attempt: Option<JobRef>,
+    got: Vec<u8>,
+}
+
+/// A user with the tool: one connection, cancels and retries answered in
+/// order, follows and watches answered as things change.
+#[derive(Default)]
+struct User {
+    conn: Option<ConnId>,
+    /// Cancels and retries sent on this connection, oldest first.
+    outstanding: VecDeque<(Action, CommitId)>,
+    following: HashMap<CommitId, Following>,
+    watching: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Action {
+    Cancel,
+    Retry,
 }
 
 /// A batch handed to the flusher: its number, whether it wrote, its messages.
@@ -365,6 +431,10 @@ struct Knobs {
     /// flush, dispatcher pause, wall clock step, storage failure, slow disk
     /// spell, workspace damage, snapshot damage.
     fault_weights: [u64; 13],
+    /// How often the user acts (0: never), and cancels or retries rather
+    /// than follows or watches.
+    user_gap_ms_max: u64,
+    user_acts_percent: u64,
 }
 
 impl Knobs {
@@ -382,6 +452,12 @@ impl Knobs {
             fault_gap_ms_max: rng.range(200, 10_000),
             flush_ms_max: rng.range(0, 20),
             fault_weights,
+            user_gap_ms_max: if rng.percent(20) {
+                0
+            } else {
+                rng.range(300, 10_000)
+            },
+            user_acts_percent: rng.range(0, 60),
         }
     }
 }
@@ -400,6 +476,7 @@ struct World {
     next_conn: ConnId,
     runners: Vec<SimRunner>,
     observer: Observer,
+    user: User,
     store: MemStore,
     dispatcher: Option<Proc>,
     epoch: u64,
@@ -414,7 +491,13 @@ struct World {
     // Facts learned from the durable log, for the invariants.
     /// The durable log folded record by record as it becomes durable.
     replica: State,
+    /// Results and cancellations per job (one per retry, plus one).
     results_per_job: HashMap<JobId, u32>,
+    retries_per_job: HashMap<JobId, u32>,
+    /// Commits with a durable cancel or retry.
+    actions_recorded: HashSet<(Action, CommitId)>,
+    /// Attempts whose result, by this runner, is durable.
+    results_recorded: HashSet<(JobRef, String)>,
     real_losses: HashMap<JobId, u32>,
     assigned: HashSet<(JobRef, String)>,
     // Facts about the runners' processes, for the invariants.
@@ -459,6 +542,9 @@ impl World {
                 deferred: Vec::new(),
                 conn: None,
                 job: None,
+                job_started_ms: 0,
+                job_ms: 0,
+                streamed: None,
                 connects: VecDeque::new(),
                 runs: 0,
                 workspace_damaged: false,
@@ -478,6 +564,7 @@ impl World {
             next_conn: 1,
             runners,
             observer: Observer::default(),
+            user: User::default(),
             store: MemStore::new(),
             dispatcher: None,
             epoch: 0,
@@ -487,6 +574,9 @@ impl World {
             trace,
             replica: State::new(),
             results_per_job: HashMap::new(),
+            retries_per_job: HashMap::new(),
+            actions_recorded: HashSet::new(),
+            results_recorded: HashSet::new(),
             real_losses: HashMap::new(),
             assigned: HashSet::new(),
             crashed_holding: HashSet::new(),
@@ -505,6 +595,10 @@ impl World {
         w.schedule(10, Ev::ObserverPoll);
         let gap = w.fault_gap();
         w.schedule(gap, Ev::Fault);
+        if w.knobs.user_gap_ms_max > 0 {
+            let first = w.rng.range(100, w.knobs.user_gap_ms_max);
+            w.schedule(first, Ev::UserAct);
+        }
         w
     }
 
@@ -872,6 +966,7 @@ impl World {
             id,
             records,
             outputs,
+            infos,
             sends,
             plan,
         } = batch;
@@ -879,6 +974,11 @@ impl World {
         let mut store = self.store.clone();
         for (job, output) in &outputs {
             if let Err(e) = store.put_output(*job, output) {
+                return self.storage_failed(e);
+            }
+        }
+        for (job, info) in &infos {
+            if let Err(e) = store.put_info(*job, info) {
                 return self.storage_failed(e);
             }
         }
@@ -1145,12 +1245,21 @@ impl World {
                     self.fail("a result ack to the observer".into());
                 };
                 let name = &self.runners[i].name;
-                let ok = replica.job(job.job).is_some_and(|j| {
-                    matches!(&j.status, JobStatus::Done(f)
-                        if f.attempt == job.attempt && replica.runner(f) == Some(name.as_str()))
-                });
-                if !ok {
+                // (A retry made durable in the same flush may have queued
+                // the job again since.)
+                if !self.results_recorded.contains(&(*job, name.clone())) {
                     self.fail(format!("{name}'s result for {job} acked but not durable"));
+                }
+            }
+            ServerMsg::ActionDone { commit, .. } => {
+                // Several may be on their way: one of them is answered.
+                let durable = self
+                    .user
+                    .outstanding
+                    .iter()
+                    .any(|a| a.1 == *commit && self.actions_recorded.contains(a));
+                if !durable {
+                    self.fail(format!("an action on {commit} answered but not durable"));
                 }
             }
             ServerMsg::Assign { job, .. } => {
@@ -1184,6 +1293,21 @@ impl World {
             Event::HeartbeatLost { job, reason, .. } if *reason != LostReason::HandedBack => {
                 *self.real_losses.entry(*job).or_default() += 1;
             }
+            Event::JobCancelled { job, commit, .. } => {
+                self.actions_recorded.insert((Action::Cancel, *commit));
+                let n = self.results_per_job.entry(*job).or_default();
+                *n += 1;
+                let retries = self.retries_per_job.get(job).copied().unwrap_or(0);
+                if *n > retries + 1 {
+                    self.fail(format!("job {job} cancelled after its outcome"));
+                }
+            }
+            Event::JobRetried { job, commit, .. } => {
+                self.actions_recorded.insert((Action::Retry, *commit));
+                *self.retries_per_job.entry(*job).or_default() += 1;
+                // The core counts losses afresh for the new attempts.
+                self.real_losses.remove(job);
+            }
             Event::Result {
                 job,
                 commit,
@@ -1192,10 +1316,20 @@ impl World {
                 report,
                 ..
             } => {
+                if let Some(r) = runner {
+                    let jr = JobRef {
+                        job: *job,
+                        attempt: *attempt,
+                    };
+                    self.results_recorded.insert((jr, r.clone()));
+                }
                 let n = self.results_per_job.entry(*job).or_default();
                 *n += 1;
-                if *n > 1 {
-                    self.fail(format!("a second Result for job {job}"));
+                let retries = self.retries_per_job.get(job).copied().unwrap_or(0);
+                if *n > retries + 1 {
+                    self.fail(format!(
+                        "a second Result for job {job} (retried {retries} times)"
+                    ));
                 }
                 let current = replica.job(*job).map(|j| j.attempts);
                 if current != Some(*attempt) {
@@ -1277,6 +1411,14 @@ impl World {
                         grant: Grant { write: false },
                     }
                 }
+                Owner::User => {
+                    self.send_down(conn, ServerMsg::Welcome { keep: None });
+                    ShellInput::ClientHello {
+                        conn,
+                        role: Role::Tool,
+                        grant: Grant { write: true },
+                    }
+                }
             },
             msg => ShellInput::Frame { conn, msg },
         };
@@ -1316,6 +1458,7 @@ impl World {
                     }
                 }
                 Effect::Disconnect => {
+                    self.runners[i].streamed = None;
                     if let Some(conn) = self.runners[i].conn.take() {
                         let keep = self.conns[&conn].up_last_ms.saturating_sub(self.now_ms);
                         self.break_conn(conn, keep, 0);
@@ -1325,18 +1468,32 @@ impl World {
                     let r = &mut self.runners[i];
                     r.runs += 1;
                     r.job = Some((job, commit, r.runs));
+                    r.streamed = None;
                     let run = r.runs;
                     let mut ms = self.rng.range(10, self.knobs.job_ms_max);
                     if std::mem::take(&mut self.runners[i].workspace_damaged) {
                         // The mirror is checked and rebuilt first.
                         ms += self.rng.range(10, 500);
                     }
+                    let r = &mut self.runners[i];
+                    r.job_started_ms = self.now_ms;
+                    r.job_ms = ms;
                     self.schedule(ms, Ev::JobDone { runner: i, run });
+                    let tick = self.rng.range(20, 400);
+                    self.schedule(tick, Ev::JobOutput { runner: i, run });
+                }
+                Effect::StreamFrom { job, offset } => {
+                    let r = &mut self.runners[i];
+                    if r.job.is_some_and(|j| j.0 == job) {
+                        r.streamed = Some(offset);
+                        self.stream_output(i);
+                    }
                 }
                 Effect::KillJob(job) => {
                     let r = &mut self.runners[i];
                     if r.job.is_some_and(|j| j.0 == job) {
                         r.job = None;
+                        r.streamed = None;
                     }
                 }
                 Effect::SaveMarker(m) => self.runners[i].disk.marker = m,
@@ -1346,6 +1503,7 @@ impl World {
                     let r = &mut self.runners[i];
                     r.machine = None;
                     r.job = None;
+                    r.streamed = None;
                     if let Some(conn) = r.conn.take() {
                         let keep = self.conns[&conn].up_last_ms.saturating_sub(self.now_ms);
                         self.break_conn(conn, keep, 0);
@@ -1432,6 +1590,7 @@ impl World {
             Ev::PeerSawClose { conn } => {
                 if self.runners[i].conn == Some(conn) {
                     self.runners[i].conn = None;
+                    self.runners[i].streamed = None;
                     let m = self.runners[i].machine.as_mut().expect("up");
                     if m.is_connecting() {
                         m.connect_failed(None, "connection closed", now);
@@ -1441,15 +1600,26 @@ impl World {
                 }
             }
             Ev::JobDone { run, .. } => {
-                let r = &mut self.runners[i];
-                if let Some((job, commit, _)) = r.job.filter(|x| x.2 == run) {
+                if let Some((job, commit, _)) = self.runners[i].job.filter(|x| x.2 == run) {
+                    // The rest of the stream goes before the result.
+                    self.stream_output(i);
+                    let r = &mut self.runners[i];
                     r.job = None;
+                    r.streamed = None;
                     let m = r.machine.as_mut().expect("up");
                     m.job_finished(Finished {
+                        info: None,
                         job,
                         report: report(true_outcome(&commit)),
-                        output: Vec::new(),
+                        output: true_output(&commit),
                     });
+                }
+            }
+            Ev::JobOutput { run, .. } => {
+                if self.runners[i].job.is_some_and(|x| x.2 == run) {
+                    self.stream_output(i);
+                    let tick = self.rng.range(20, 400);
+                    self.schedule(tick, Ev::JobOutput { runner: i, run });
                 }
             }
             Ev::RunnerTimer(_) => {
@@ -1460,6 +1630,35 @@ impl World {
             other => unreachable!("not a runner event: {other:?}"),
         }
         self.runner_effects(i);
+    }
+
+    /// What the test wrote since the last chunk, to the dispatcher, in
+    /// frames of at most `MAX_CHUNK_BYTES` (what `agent.rs` does).
+    fn stream_output(&mut self, i: usize) {
+        let r = &self.runners[i];
+        let (Some((job, commit, _)), Some(from), Some(conn)) = (r.job, r.streamed, r.conn) else {
+            return;
+        };
+        if !r.machine.as_ref().is_some_and(|m| m.is_connected()) {
+            return;
+        }
+        let elapsed = self.now_ms - r.job_started_ms;
+        let upto = written(&commit, elapsed, r.job_ms);
+        let all = true_output(&commit);
+        let mut at = from as usize;
+        while at < upto {
+            let end = upto.min(at + MAX_CHUNK_BYTES);
+            self.send_up(
+                conn,
+                ClientMsg::OutputChunk {
+                    job,
+                    offset: at as u64,
+                    data: all[at..end].to_vec(),
+                },
+            );
+            at = end;
+        }
+        self.runners[i].streamed = Some(at.max(from as usize) as u64);
     }
 
     fn restart_runner(&mut self, i: usize) {
@@ -1497,6 +1696,7 @@ impl World {
         r.stalled = false;
         r.deferred.clear();
         r.job = None;
+        r.streamed = None;
         let conn = r.conn.take();
         self.say(|| format!("{} crashes", self.runners[i].name));
         if let Some(conn) = conn {
@@ -1572,6 +1772,7 @@ impl World {
             self.send_up(
                 conn,
                 ClientMsg::Commits {
+                    infos: Vec::new(),
                     branch: Some(BRANCH.into()),
                     commits,
                     tip,
@@ -1607,6 +1808,158 @@ impl World {
         }
     }
 
+    // -- the user ----------------------------------------------------------
+
+    /// Cancels or retries a commit the dispatcher acknowledged, follows its
+    /// log, or watches it (with one it never saw).
+    fn user_act(&mut self) {
+        if self.quiet {
+            return;
+        }
+        let next = self.rng.range(100, self.knobs.user_gap_ms_max);
+        self.schedule(next, Ev::UserAct);
+        if self.user.conn.is_none() {
+            let Some(conn) = self.connect(Owner::User) else {
+                return;
+            };
+            self.user = User {
+                conn: Some(conn),
+                ..User::default()
+            };
+            self.send_up(
+                conn,
+                ClientMsg::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    role: Role::Tool,
+                    name: "user".into(),
+                    proof: None,
+                    holding: None,
+                    left: None,
+                }),
+            );
+        }
+        let conn = self.user.conn.expect("connected");
+        let known: Vec<usize> = (0..self.observer.commits.len())
+            .filter(|n| !self.observer.unacked.contains(n))
+            .collect();
+        if known.is_empty() {
+            return;
+        }
+        let n = known[self.rng.below(known.len() as u64) as usize];
+        let commit = self.observer.commits[n];
+        if self.rng.percent(self.knobs.user_acts_percent) {
+            let action = if self.rng.percent(50) {
+                Action::Cancel
+            } else {
+                Action::Retry
+            };
+            self.say(|| format!("user: {action:?} commit {n}"));
+            self.user.outstanding.push_back((action, commit));
+            let msg = match action {
+                Action::Cancel => ClientMsg::Cancel { commit },
+                Action::Retry => ClientMsg::Retry { commit },
+            };
+            self.send_up(conn, msg);
+        } else if self.rng.percent(70) {
+            if self.user.following.len() < 20 && !self.user.following.contains_key(&commit) {
+                self.say(|| format!("user: follows commit {n}"));
+                self.user.following.insert(commit, Following::default());
+                self.send_up(conn, ClientMsg::Follow { commit });
+            }
+        } else if self.user.watching < 50 {
+            self.user.watching += 2;
+            let never = commit_id(self.seed ^ 0xdead, self.steps);
+            self.send_up(
+                conn,
+                ClientMsg::Watch {
+                    commits: vec![commit, never],
+                },
+            );
+        }
+    }
+
+    /// A view shown to the user never shows an outcome the test did not
+    /// have, nor a cancellation nobody asked for.
+    fn check_view(&self, view: &ResultView) {
+        let truth = true_outcome(&view.commit);
+        let ok = match view.outcome.as_str() {
+            "pass" | "fail" => view.outcome == truth.as_str(),
+            "cancelled" => self
+                .actions_recorded
+                .contains(&(Action::Cancel, view.commit)),
+            "error" | "pending" | "running" => true,
+            _ => false,
+        };
+        if !ok {
+            self.fail(format!(
+                "the user was shown {} for {} (the truth is {truth:?})",
+                view.outcome, view.commit
+            ));
+        }
+    }
+
+    fn user_receive(&mut self, msg: ServerMsg) {
+        self.say(|| format!("user receives {}", msg.kind()));
+        match msg {
+            ServerMsg::Welcome { .. } | ServerMsg::Unseen { .. } => {}
+            ServerMsg::ActionDone { commit, .. } => match self.user.outstanding.pop_front() {
+                Some((_, c)) if c == commit => {}
+                other => self.fail(format!("{commit} acted on, the user asked {other:?}")),
+            },
+            // The dispatcher stops (its storage failed); the connection ends.
+            ServerMsg::Error {
+                code: ErrorCode::ShuttingDown,
+                fatal: true,
+                ..
+            } => {}
+            ServerMsg::Error { code, message, .. } => {
+                if self.user.outstanding.pop_front().is_none() || code != ErrorCode::Conflict {
+                    self.fail(format!("the user was refused ({code:?}): {message}"));
+                }
+            }
+            ServerMsg::OutputChunk { job, offset, data } => {
+                let Some(commit) = self.replica.job(job.job).map(|j| j.commit) else {
+                    self.fail(format!("output of {job}, a job that is not durable"));
+                };
+                let Some(f) = self.user.following.get_mut(&commit) else {
+                    self.fail(format!("output of {job}, which the user does not follow"));
+                };
+                if f.attempt != Some(job) {
+                    f.attempt = Some(job);
+                    f.got.clear();
+                }
+                let (at, len) = (offset as usize, data.len());
+                let truth = true_output(&commit);
+                if at != f.got.len() || truth.get(at..at + len) != Some(&data[..]) {
+                    let had = f.got.len();
+                    self.fail(format!(
+                        "the live log of {job} went wrong: {len} bytes at {at} after {had},                          the test wrote {} in all",
+                        truth.len()
+                    ));
+                }
+                f.got.extend_from_slice(&data);
+            }
+            ServerMsg::Update(view) => self.check_view(&view),
+            ServerMsg::Ended(view) => {
+                self.check_view(&view);
+                let Some(f) = self.user.following.remove(&view.commit) else {
+                    self.fail(format!("the end of {}, not followed", view.commit));
+                };
+                let by_runner = view.runner.is_some() && view.outcome != "cancelled";
+                if by_runner && f.got != true_output(&view.commit) {
+                    self.fail(format!(
+                        "the log of {} (attempt {:?}) ended with {} bytes of the {} the test wrote",
+                        view.commit,
+                        f.attempt,
+                        f.got.len(),
+                        true_output(&view.commit).len()
+                    ));
+                }
+            }
+            other => self.fail(format!("the user got {other:?}")),
+        }
+    }
+
     // -- faults ------------------------------------------------------------
 
     fn fault(&mut self) {
@@ -1639,6 +1992,9 @@ impl World {
             }
             1 => {
                 if let Some(conn) = self.observer.conn {
+                    self.break_conn(conn, keep_up, keep_down);
+                }
+                if let Some(conn) = self.user.conn {
                     self.break_conn(conn, keep_up, keep_down);
                 }
             }
@@ -1732,6 +2088,8 @@ impl World {
             Ev::ToPeer { conn, msg } => {
                 if self.alive(conn, |c| c.down_cut_ms) && self.observer.conn == Some(conn) {
                     self.observer_receive(msg);
+                } else if self.alive(conn, |c| c.down_cut_ms) && self.user.conn == Some(conn) {
+                    self.user_receive(msg);
                 }
             }
             Ev::Gone { conn } => {
@@ -1747,6 +2105,9 @@ impl World {
                 if self.observer.conn == Some(conn) {
                     self.observer.conn = None;
                     self.observer.outstanding.clear();
+                }
+                if self.user.conn == Some(conn) {
+                    self.user = User::default();
                 }
             }
             Ev::Batch { epoch }
@@ -1794,8 +2155,11 @@ impl World {
                 }
             }
             Ev::ObserverPoll => self.observer_poll(),
+            Ev::UserAct => self.user_act(),
             Ev::Fault => self.fault(),
-            Ev::JobDone { .. } | Ev::RunnerTimer(_) => unreachable!("routed to the runner"),
+            Ev::JobDone { .. } | Ev::JobOutput { .. } | Ev::RunnerTimer(_) => {
+                unreachable!("routed to the runner")
+            }
         }
         self.check();
         true
@@ -1840,7 +2204,7 @@ impl World {
                 }
                 let j = state.job(jr.job).expect("held job exists");
                 let ok = j.attempts == jr.attempt
-                    && matches!(&j.status, JobStatus::Running { runner: r } if state.name(*r) == runner);
+                    && matches!(&j.status, JobStatus::Running { runner: r, .. } if state.name(*r) == runner);
                 if !ok {
                     self.fail(format!("{runner} holds {jr} but the job is {j:?}"));
                 }
@@ -1929,12 +2293,19 @@ impl World {
             let JobStatus::Done(f) = &j.status else {
                 self.fail(format!("commit {n} (job {}) has no outcome", j.id));
             };
-            if self.results_per_job.get(&j.id) != Some(&1) {
-                self.fail(format!("job {} does not have exactly one Result", j.id));
+            let retries = self.retries_per_job.get(&j.id).copied().unwrap_or(0);
+            if self.results_per_job.get(&j.id) != Some(&(retries + 1)) {
+                self.fail(format!(
+                    "job {} does not have exactly one outcome per retry ({retries})",
+                    j.id
+                ));
             }
             let lost = self.real_losses.get(&j.id).copied().unwrap_or(0);
             let right = match f.runner {
                 Some(_) => f.outcome == true_outcome(commit),
+                None if f.outcome == Outcome::Cancelled => {
+                    self.actions_recorded.contains(&(Action::Cancel, *commit))
+                }
                 None => f.outcome == Outcome::Error && lost >= MAX_ATTEMPTS,
             };
             if !right {

@@ -8,6 +8,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 
 use ci::tools;
+use ci::tools::commits;
 use ci::util::parse_secs;
 
 #[derive(Parser, Debug)]
@@ -52,15 +53,48 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Outcome per commit.
+    /// Outcome per commit, newest last.
     Results {
         #[arg(long)]
         dispatcher: String,
-        /// Only this commit (full id).
+        /// Only this commit (a full id or a unique prefix of 7+ hex digits).
         #[arg(long)]
         commit: Option<String>,
+        /// Only commits reported on this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only this status: pending, running, pass, fail, error, timeout, lost, cancelled.
+        #[arg(long, value_parser = ["pending", "running", "pass", "fail", "error", "timeout", "lost", "cancelled"])]
+        outcome: Option<String>,
+        /// Only the newest N.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
         #[arg(long)]
         json: bool,
+    },
+    /// Print a commit's test output; with --follow, live until its job ends.
+    Logs {
+        #[arg(long)]
+        dispatcher: String,
+        /// Wait for the job (if queued) and print its output as it is written.
+        #[arg(short, long)]
+        follow: bool,
+        /// A full commit id or a unique prefix of 7+ hex digits.
+        sha: String,
+    },
+    /// Stop testing a commit: dequeue it, or kill its running job; its outcome becomes cancelled.
+    Cancel {
+        #[arg(long)]
+        dispatcher: String,
+        /// A full commit id or a unique prefix of 7+ hex digits.
+        sha: String,
+    },
+    /// Test a finished commit again (a new attempt, queued at the front).
+    Retry {
+        #[arg(long)]
+        dispatcher: String,
+        /// A full commit id or a unique prefix of 7+ hex digits.
+        sha: String,
     },
     /// Queue commits for testing (what a post-receive hook calls).
     Submit {
@@ -201,8 +235,30 @@ async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> 
         Cmd::Results {
             dispatcher,
             commit,
+            branch,
+            outcome,
+            limit,
             json,
-        } => tools::results(&dispatcher, token()?, commit, tools::Format::json(json)).await,
+        } => {
+            let query = commits::Query {
+                commit,
+                branch,
+                outcome,
+                limit,
+            };
+            commits::results(&dispatcher, token()?, query, tools::Format::json(json)).await
+        }
+        Cmd::Logs {
+            dispatcher,
+            follow,
+            sha,
+        } => commits::logs(&dispatcher, token()?, &sha, follow).await,
+        Cmd::Cancel { dispatcher, sha } => {
+            commits::act(&dispatcher, token()?, commits::Action::Cancel, &sha).await
+        }
+        Cmd::Retry { dispatcher, sha } => {
+            commits::act(&dispatcher, token()?, commits::Action::Retry, &sha).await
+        }
         Cmd::Submit {
             dispatcher,
             branch,
@@ -214,7 +270,7 @@ async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> 
             json,
             shas,
         } => {
-            tools::wait(
+            commits::wait(
                 &dispatcher,
                 token()?,
                 timeout,
@@ -223,7 +279,7 @@ async fn run(cmd: Cmd, token_file: Option<PathBuf>) -> anyhow::Result<ExitCode> 
             )
             .await
         }
-        Cmd::Output { dispatcher, sha } => tools::output(&dispatcher, token()?, &sha).await,
+        Cmd::Output { dispatcher, sha } => commits::output(&dispatcher, token()?, &sha).await,
         Cmd::Up {
             repo,
             runners,

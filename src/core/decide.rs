@@ -152,6 +152,25 @@ pub enum Input {
     Stalled {
         gap_ms: u64,
     },
+    /// Somebody asks to stop the commit's job (queued or running).
+    Cancel {
+        commit: CommitId,
+    },
+    /// Somebody asks for the commit's finished job to run again.
+    Retry {
+        commit: CommitId,
+    },
+}
+
+/// Why a cancel or a retry did nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The dispatcher has never seen the commit.
+    UnknownCommit,
+    /// Cancel: the job already has its outcome.
+    AlreadyFinished(Outcome),
+    /// Retry: the job is still queued or running.
+    NotFinished,
 }
 
 /// A message for one runner.
@@ -184,6 +203,10 @@ pub enum Reply {
     Welcome {
         keep: Option<JobRef>,
     },
+    /// A cancel or a retry was recorded.
+    Done,
+    /// A cancel or a retry changed nothing, and why.
+    Refused(Refusal),
 }
 
 /// What one input produced.
@@ -337,6 +360,8 @@ impl Core {
             }
             Input::Tick => self.on_tick(&mut step, now),
             Input::Stalled { gap_ms } => self.grace_all(&mut step, gap_ms, now),
+            Input::Cancel { commit } => self.on_cancel(&mut step, commit, now),
+            Input::Retry { commit } => self.on_retry(&mut step, commit, now),
         }
         self.schedule(&mut step, now);
         step
@@ -490,6 +515,64 @@ impl Core {
         }
     }
 
+    fn on_cancel(&mut self, step: &mut Step, commit: CommitId, now: Now) {
+        let Some(j) = self.state.job_for_commit(&commit) else {
+            step.reply = Some(Reply::Refused(Refusal::UnknownCommit));
+            return;
+        };
+        let (job, attempt, status) = (j.id, j.attempts, j.status);
+        let holder = match status {
+            JobStatus::Done(f) => {
+                step.reply = Some(Reply::Refused(Refusal::AlreadyFinished(f.outcome)));
+                return;
+            }
+            JobStatus::Running { runner, .. } => Some(self.state.name(runner).to_string()),
+            JobStatus::Queued => None,
+        };
+        self.emit(
+            step,
+            Event::JobCancelled {
+                job,
+                commit,
+                attempt,
+            },
+            now,
+        );
+        if let Some(runner) = holder {
+            // It kills the test's process group and says Ready.
+            step.sends.push((
+                runner,
+                ToRunner::Abandon {
+                    job: JobRef { job, attempt },
+                    reason: format!("job {job} was cancelled"),
+                },
+            ));
+        }
+        step.reply = Some(Reply::Done);
+    }
+
+    fn on_retry(&mut self, step: &mut Step, commit: CommitId, now: Now) {
+        let Some(j) = self.state.job_for_commit(&commit) else {
+            step.reply = Some(Reply::Refused(Refusal::UnknownCommit));
+            return;
+        };
+        if !matches!(j.status, JobStatus::Done(_)) {
+            step.reply = Some(Reply::Refused(Refusal::NotFinished));
+            return;
+        }
+        let (job, attempt) = (j.id, j.attempts);
+        self.emit(
+            step,
+            Event::JobRetried {
+                job,
+                commit,
+                attempt,
+            },
+            now,
+        );
+        step.reply = Some(Reply::Done);
+    }
+
     fn on_tick(&mut self, step: &mut Step, now: Now) {
         if now.mono_ms < self.hold_expiry_until_ms {
             return;
@@ -544,7 +627,7 @@ impl Core {
                     reason: "already recorded".into(),
                 }
             }
-            JobStatus::Running { runner: r }
+            JobStatus::Running { runner: r, .. }
                 if self.state.name(*r) == runner && j.attempts == job.attempt =>
             {
                 let commit = j.commit;
@@ -609,7 +692,7 @@ impl Core {
                     f.outcome.as_str(),
                     f.attempt
                 ),
-                JobStatus::Running { runner } => format!(
+                JobStatus::Running { runner, .. } => format!(
                     "stale {job}: the job is now attempt {} on runner {}",
                     j.attempts,
                     self.state.name(*runner)

@@ -21,6 +21,8 @@ pub enum Outcome {
     /// The tests could not be run (unknown commit, bad config, runners lost
     /// too often); see the message.
     Error,
+    /// Somebody stopped it (`ci-tools cancel`, the dashboard's button).
+    Cancelled,
 }
 
 impl Outcome {
@@ -30,8 +32,39 @@ impl Outcome {
             Outcome::Fail => "fail",
             Outcome::Timeout => "timeout",
             Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
         }
     }
+
+    /// Every outcome, for parsing filters and for metrics.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Pass,
+        Outcome::Fail,
+        Outcome::Timeout,
+        Outcome::Error,
+        Outcome::Cancelled,
+    ];
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// Who wrote a commit and what it says, for people (tables, pages). Not
+/// part of the state the dispatcher decides on: kept beside the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    /// `Name <email>` as git has it, at most [`CommitInfo::MAX_AUTHOR`] bytes.
+    pub author: String,
+    /// The first line of the message, at most [`CommitInfo::MAX_SUBJECT`] bytes.
+    pub subject: String,
+    /// The committer's time, milliseconds since the epoch.
+    pub time_ms: u64,
+}
+
+impl CommitInfo {
+    pub const MAX_AUTHOR: usize = 256;
+    pub const MAX_SUBJECT: usize = 1024;
 }
 
 /// Test counts parsed from the test command's summary, when it has one.
@@ -125,9 +158,33 @@ pub enum Event {
     /// every runner got a full heartbeat timeout from then, as after a
     /// restart.
     DispatcherPaused { gap_ms: u64 },
+    /// Somebody cancelled the job: its outcome is `cancelled`. `attempt`
+    /// is the attempt it was at (0 if it never ran); a runner running it
+    /// is told to stop.
+    JobCancelled {
+        job: JobId,
+        commit: CommitId,
+        attempt: u32,
+    },
+    /// Somebody asked for the finished job to run again: it is queued at
+    /// the back, its next hand-out is attempt `attempt + 1`, and its count
+    /// of lost runners starts over.
+    JobRetried {
+        job: JobId,
+        commit: CommitId,
+        attempt: u32,
+    },
 }
 
 impl Event {
+    /// The job this event is about, if any.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Event::CommitSeen { job, .. } => Some(*job),
+            other => other.job_ref().map(|j| j.job),
+        }
+    }
+
     /// The `type` tag used in JSON and tables.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -138,6 +195,8 @@ impl Event {
             Event::HeartbeatLost { .. } => "heartbeat_lost",
             Event::Result { .. } => "result",
             Event::DispatcherPaused { .. } => "dispatcher_paused",
+            Event::JobCancelled { .. } => "job_cancelled",
+            Event::JobRetried { .. } => "job_retried",
         }
     }
 
@@ -145,7 +204,9 @@ impl Event {
         match self {
             Event::JobAssigned { job, attempt, .. }
             | Event::HeartbeatLost { job, attempt, .. }
-            | Event::Result { job, attempt, .. } => Some(JobRef {
+            | Event::Result { job, attempt, .. }
+            | Event::JobCancelled { job, attempt, .. }
+            | Event::JobRetried { job, attempt, .. } => Some(JobRef {
                 job: *job,
                 attempt: *attempt,
             }),

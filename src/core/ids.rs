@@ -74,6 +74,17 @@ impl CommitId {
         self.as_bytes().iter().all(|b| *b == 0)
     }
 
+    /// Whether the id's hex digits start with `prefix` (lowercase hex).
+    pub fn starts_with_hex(&self, prefix: &str) -> bool {
+        let bytes = self.as_bytes();
+        prefix.len() <= 2 * bytes.len()
+            && prefix.bytes().enumerate().all(|(i, c)| {
+                let b = bytes[i / 2];
+                let nibble = if i % 2 == 0 { b >> 4 } else { b & 0xf };
+                hex_val(c) == Some(nibble)
+            })
+    }
+
     /// The first 12 hex digits, for tables.
     pub fn short(&self) -> String {
         let mut s = self.to_string();

@@ -7,13 +7,13 @@
 pub mod event;
 pub mod ids;
 
-pub use event::{Event, JobReport, LostReason, Outcome, Record, TestCounts};
+pub use event::{CommitInfo, Event, JobReport, LostReason, Outcome, Record, TestCounts};
 pub use ids::{CommitId, JobId, JobRef, RunnerName};
 pub mod decide;
 pub mod state;
 
 pub use decide::{
-    Core, CoreConfig, Input, LeftHow, LeftJob, Link, Now, Reply, RunnerState, Session, Standing,
-    Step, ToRunner,
+    Core, CoreConfig, Input, LeftHow, LeftJob, Link, Now, Refusal, Reply, RunnerState, Session,
+    Standing, Step, ToRunner,
 };
 pub use state::{Finished, Job, JobStatus, State, Sym};

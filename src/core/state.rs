@@ -32,7 +32,11 @@ pub struct Sym(u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobStatus {
     Queued,
-    Running { runner: Sym },
+    /// Handed to `runner` at `since_ms` (wall clock, for display).
+    Running {
+        runner: Sym,
+        since_ms: u64,
+    },
     Done(Finished),
 }
 
@@ -199,7 +203,8 @@ pub struct State {
     /// Which job each runner holds. A runner holds at most one.
     holders: BTreeMap<RunnerName, JobRef>,
     branch_tips: BTreeMap<String, CommitId>,
-    /// Count of `Result` events, to cross-check "exactly one per job".
+    /// How many jobs are finished (a result or a cancel; a retry makes one
+    /// unfinished again).
     results: u64,
     /// Interned strings, in order of first appearance; `Sym(i)` is `names[i]`.
     names: Vec<Box<str>>,
@@ -347,7 +352,7 @@ impl State {
         self.last_seq
     }
 
-    /// How many jobs have their `Result`.
+    /// How many jobs are finished.
     pub fn results(&self) -> u64 {
         self.results
     }
@@ -419,7 +424,10 @@ impl State {
                 let runner_sym = self.intern(runner)?;
                 let j = self.job_mut(*job)?;
                 j.attempts = *attempt;
-                j.status = JobStatus::Running { runner: runner_sym };
+                j.status = JobStatus::Running {
+                    runner: runner_sym,
+                    since_ms: at_ms,
+                };
                 self.holders.insert(
                     runner.clone(),
                     JobRef {
@@ -495,6 +503,54 @@ impl State {
                     remove_from_queue(&mut self.queue, *job);
                 }
                 self.results += 1;
+            }
+            Event::JobCancelled { job, attempt, .. } => {
+                let j = self.job_mut(*job)?;
+                if *attempt != j.attempts {
+                    return Err(format!(
+                        "cancel of attempt {attempt} of job {job}, current is {}",
+                        j.attempts
+                    ));
+                }
+                let status = j.status;
+                if let JobStatus::Done(_) = status {
+                    return Err(format!("job {job} already has a result"));
+                }
+                let message = self.intern("cancelled")?;
+                if let JobStatus::Running { runner, .. } = status {
+                    let name = self.name(runner).to_string();
+                    if self.holders.get(&name).map(|h| h.job) == Some(*job) {
+                        self.holders.remove(&name);
+                    }
+                }
+                if status == JobStatus::Queued {
+                    remove_from_queue(&mut self.queue, *job);
+                }
+                let j = self.job_mut(*job)?;
+                j.status = JobStatus::Done(Finished {
+                    runner: None,
+                    attempt: *attempt,
+                    outcome: Outcome::Cancelled,
+                    exit_code: None,
+                    duration_ms: 0,
+                    tests: None,
+                    message,
+                    output_bytes: 0,
+                    at_ms,
+                });
+                self.results += 1;
+            }
+            Event::JobRetried { job, attempt, .. } => {
+                let j = self.job_mut(*job)?;
+                if !matches!(j.status, JobStatus::Done(_)) || *attempt != j.attempts {
+                    return Err(format!(
+                        "job {job} is not finished at attempt {attempt} to be retried"
+                    ));
+                }
+                j.status = JobStatus::Queued;
+                j.lost = 0;
+                self.queue.push_back(*job);
+                self.results -= 1;
             }
         }
         Ok(())

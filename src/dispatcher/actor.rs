@@ -277,12 +277,16 @@ impl Driver {
             id,
             records,
             outputs,
+            infos,
             sends,
             plan,
         } = batch;
         let store = self.store();
         for (job, output) in &outputs {
             store.put_output(*job, output)?;
+        }
+        for (job, info) in &infos {
+            store.put_info(*job, info)?;
         }
         store.append(&records)?;
         let sends = self.address(sends);

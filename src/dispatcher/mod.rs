@@ -9,6 +9,7 @@
 pub mod actor;
 pub mod conn;
 pub mod listener;
+pub mod live;
 pub mod shell;
 
 use std::net::SocketAddr;

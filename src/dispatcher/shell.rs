@@ -29,15 +29,16 @@ use std::collections::HashMap;
 
 use tracing::{debug, info, warn};
 
+use super::live::Live;
 use crate::core::ids::{validate_branch_name, validate_runner_name};
 use crate::core::{
-    Core, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftJob, Now, Record, Reply,
-    RunnerName, State, Step, ToRunner,
+    CommitId, CommitInfo, Core, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftJob, Now,
+    Outcome, Record, Refusal, Reply, RunnerName, State, Step, ToRunner,
 };
 use crate::proto::auth::Grant;
 use crate::proto::{
-    ClientMsg, ErrorCode, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES, PAGE_BYTES, REPLAY_PAGE, ResultView,
-    Role, ServerMsg, StatusView, bounded,
+    ClientMsg, ErrorCode, MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES, MAX_WATCHED,
+    MIN_PREFIX_HEX, PAGE_BYTES, REPLAY_PAGE, ResultView, Role, ServerMsg, StatusView, bounded,
 };
 use crate::store::{EventLog, OutputStore, StoreError};
 
@@ -123,6 +124,8 @@ pub struct Batch {
     pub id: u64,
     pub records: Vec<Record>,
     pub outputs: Vec<(JobRef, Vec<u8>)>,
+    /// Commits' authors and subjects, kept beside the log.
+    pub infos: Vec<(JobId, CommitInfo)>,
     pub sends: Vec<Transmit>,
     pub plan: FlushPlan,
 }
@@ -160,6 +163,8 @@ pub struct Shell {
     config: ShellConfig,
     last_snapshot_seq: u64,
     next_tick_mono_ms: Option<u64>,
+    /// Live output, followers and watchers (not durable, not decided on).
+    live: Live,
 }
 
 /// The batch being decided.
@@ -167,6 +172,7 @@ pub struct Shell {
 struct Open {
     records: Vec<Record>,
     outputs: Vec<(JobRef, Vec<u8>)>,
+    infos: Vec<(JobId, CommitInfo)>,
     sends: Vec<Transmit>,
     inputs: usize,
 }
@@ -189,6 +195,7 @@ impl Shell {
             config,
             last_snapshot_seq,
             next_tick_mono_ms: None,
+            live: Live::default(),
         }
     }
 
@@ -207,6 +214,7 @@ impl Shell {
             id,
             records: open.records,
             outputs: open.outputs,
+            infos: open.infos,
             sends: open.sends,
             plan: FlushPlan::Inline,
         }
@@ -351,11 +359,18 @@ impl Shell {
         );
         if let Some(Reply::Welcome { keep }) = step.reply.take() {
             self.send(conn, ServerMsg::Welcome { keep });
+            if let Some(job) = keep {
+                // Where its live output goes on from, so a reconnection
+                // leaves neither a gap nor a repeat.
+                let offset = self.live.end_of(job);
+                self.send(conn, ServerMsg::OutputFrom { job, offset });
+            }
         }
         self.absorb(step);
     }
 
     fn closed(&mut self, conn: ConnId, now: Now) {
+        self.live.closed(conn);
         let Some(peer) = self.conns.remove(&conn) else {
             return;
         };
@@ -386,7 +401,11 @@ impl Shell {
                 job,
                 report,
                 output,
-            } => return self.result(conn, name, job, report, output, now),
+                info,
+            } => return self.result(conn, name, job, report, output, info, now),
+            ClientMsg::OutputChunk { job, offset, data } => {
+                return self.output_chunk(name, job, offset, data, now);
+            }
             other => {
                 self.send(
                     conn,
@@ -403,6 +422,46 @@ impl Shell {
         self.absorb(step);
     }
 
+    /// Live output from the runner holding `job`: kept, and passed to
+    /// whoever follows the commit. Nothing of it is logged.
+    fn output_chunk(
+        &mut self,
+        name: RunnerName,
+        job: JobRef,
+        offset: u64,
+        mut data: Vec<u8>,
+        now: Now,
+    ) {
+        if self.core.state.holder(&name) != Some(job) {
+            return;
+        }
+        // Output is a sign of life as good as a heartbeat: a runner busy
+        // streaming is never taken for lost.
+        let step = self.core.handle(
+            Input::Heartbeat {
+                runner: name,
+                holding: Some(job),
+            },
+            now,
+        );
+        self.absorb(step);
+        data.truncate(MAX_CHUNK_BYTES);
+        let Some((offset, new)) = self.live.chunk(job, offset, &data) else {
+            return;
+        };
+        for conn in self.live.followers(job.job).to_vec() {
+            self.send(
+                conn,
+                ServerMsg::OutputChunk {
+                    job,
+                    offset,
+                    data: new.clone(),
+                },
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn result(
         &mut self,
         conn: ConnId,
@@ -410,6 +469,7 @@ impl Shell {
         job: JobRef,
         mut report: JobReport,
         mut output: Vec<u8>,
+        info: Option<CommitInfo>,
         now: Now,
     ) {
         // Bounded at the edge: the tail of the output, the start of the line.
@@ -429,8 +489,14 @@ impl Shell {
         let recorded = step.records.iter().any(|r| {
             matches!(&r.event, Event::Result { job: j, attempt, .. } if *j == job.job && *attempt == job.attempt)
         });
+        if recorded {
+            self.rest_to_followers(job, &output);
+        }
         if recorded && !output.is_empty() {
             self.open.outputs.push((job, output));
+        }
+        if recorded && let Some(info) = info {
+            self.open.infos.push((job.job, bounded_info(info)));
         }
         if let Some(Reply::ResultAck {
             job,
@@ -453,6 +519,38 @@ impl Shell {
         self.absorb(step);
     }
 
+    /// What followers of a finishing attempt have not had yet: the runner
+    /// streams its output before its result, but a runner that reconnected
+    /// (to a restarted dispatcher, say) may not have streamed it all. The
+    /// offsets of a result's output are exact only when nothing was
+    /// dropped from it, so only then is the rest sent.
+    fn rest_to_followers(&mut self, job: JobRef, output: &[u8]) {
+        let followers = self.live.followers(job.job).to_vec();
+        if followers.is_empty() {
+            return;
+        }
+        let had = self.live.end_of(job);
+        let rest = if had == 0 {
+            0
+        } else if output.len() < MAX_OUTPUT_BYTES && (had as usize) < output.len() {
+            had as usize
+        } else {
+            return;
+        };
+        for (i, piece) in output[rest..].chunks(MAX_CHUNK_BYTES).enumerate() {
+            for &conn in &followers {
+                self.send(
+                    conn,
+                    ServerMsg::OutputChunk {
+                        job,
+                        offset: (rest + i * MAX_CHUNK_BYTES) as u64,
+                        data: piece.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+
     fn request<L: EventLog + OutputStore + ?Sized>(
         &mut self,
         conn: ConnId,
@@ -471,7 +569,13 @@ impl Shell {
                 branch,
                 commits,
                 tip,
+                infos,
             } => {
+                let reported: Vec<(CommitId, CommitInfo)> = if infos.len() == commits.len() {
+                    commits.iter().copied().zip(infos).collect()
+                } else {
+                    Vec::new()
+                };
                 let mut step = self.core.handle(
                     Input::CommitsReported {
                         branch,
@@ -485,6 +589,15 @@ impl Shell {
                     duplicates,
                 }) = step.reply.take()
                 {
+                    // Information about the commits just accepted is kept
+                    // beside them.
+                    for (c, info) in reported {
+                        if accepted.contains(&c)
+                            && let Some(j) = self.core.state.job_for_commit(&c)
+                        {
+                            self.open.infos.push((j.id, bounded_info(info)));
+                        }
+                    }
                     self.send(
                         conn,
                         ServerMsg::CommitsAck {
@@ -496,13 +609,31 @@ impl Shell {
                 self.absorb(step);
                 return;
             }
+            ClientMsg::Cancel { commit } => {
+                return self.action(conn, Input::Cancel { commit }, commit, now);
+            }
+            ClientMsg::Retry { commit } => {
+                return self.action(conn, Input::Retry { commit }, commit, now);
+            }
+            ClientMsg::Follow { commit } => return self.follow(conn, commit, log),
+            ClientMsg::Watch { commits } => return self.watch(conn, commits),
+            ClientMsg::Resolve { prefix } => self.resolve(&prefix),
             ClientMsg::GetTips { after } => self.tips(after),
-            ClientMsg::Status => ServerMsg::Status(StatusView::of(&self.core)),
+            ClientMsg::Status => ServerMsg::Status(StatusView::of(&self.core, now)),
             ClientMsg::Results {
                 commit,
                 before,
                 limit,
-            } => self.results(commit, before, limit),
+                branch,
+                outcome,
+            } => self.results(
+                commit,
+                before,
+                limit,
+                branch.as_deref(),
+                outcome.as_deref(),
+                log,
+            ),
             ClientMsg::Replay { from_seq, limit } => {
                 let limit = (limit as usize).clamp(1, REPLAY_PAGE);
                 match log.read(from_seq, limit) {
@@ -545,23 +676,45 @@ impl Shell {
         ServerMsg::Tips { tips: out, next }
     }
 
-    fn results(
+    #[allow(clippy::too_many_arguments)]
+    fn results<L: OutputStore + ?Sized>(
         &self,
-        commit: Option<crate::core::CommitId>,
+        commit: Option<CommitId>,
         before: Option<u64>,
         limit: u32,
+        branch: Option<&str>,
+        outcome: Option<&str>,
+        log: &L,
     ) -> ServerMsg {
         let state = &self.core.state;
+        let info = |j: &crate::core::Job| self.stored_info(j.id, log);
         if let Some(c) = commit {
             return ServerMsg::Results {
                 results: state
                     .job_for_commit(&c)
-                    .map(|j| ResultView::of(state, j))
+                    .map(|j| ResultView::of(state, j, info(j).as_ref()))
                     .into_iter()
                     .collect(),
                 next: None,
             };
         }
+        let branch_sym = match branch {
+            Some(b) => match state.sym(b) {
+                Some(s) => Some(s),
+                // A branch never seen: nothing matches.
+                None => {
+                    return ServerMsg::Results {
+                        results: Vec::new(),
+                        next: None,
+                    };
+                }
+            },
+            None => None,
+        };
+        let wanted = |j: &crate::core::Job| {
+            branch_sym.is_none_or(|b| j.branch == Some(b))
+                && outcome.is_none_or(|o| status_word(&j.status) == o)
+        };
         let jobs = state.jobs();
         let end = before.map_or(jobs.len(), |b| {
             (b.saturating_sub(1) as usize).min(jobs.len())
@@ -569,17 +722,194 @@ impl Shell {
         let limit = (limit as usize).clamp(1, MAX_RESULTS_PAGE);
         let mut results = Vec::new();
         let mut bytes = 0;
-        for j in jobs[..end].iter().rev() {
-            let view = ResultView::of(state, j);
+        let mut next = None;
+        for j in jobs[..end].iter().rev().filter(|j| wanted(j)) {
+            let view = ResultView::of(state, j, info(j).as_ref());
             let size = view.size_hint();
             if results.len() == limit || bytes + size > PAGE_BYTES {
+                next = results.last().map(|v: &ResultView| v.job);
                 break;
             }
             bytes += size;
             results.push(view);
         }
-        let next = results.last().map(|v| v.job).filter(|&first| first > 1);
         ServerMsg::Results { results, next }
+    }
+
+    /// A cancel or a retry.
+    fn action(&mut self, conn: ConnId, input: Input, commit: CommitId, now: Now) {
+        let mut step = self.core.handle(input, now);
+        let answer = match step.reply.take() {
+            Some(Reply::Done) => ServerMsg::ActionDone {
+                commit,
+                message: match step.records.first().map(|r| &r.event) {
+                    Some(Event::JobCancelled { attempt: 0, .. }) => {
+                        "cancelled before it ran".into()
+                    }
+                    Some(Event::JobCancelled { .. }) => "cancelled; its runner stops it".into(),
+                    _ => "queued again".into(),
+                },
+            },
+            Some(Reply::Refused(why)) => {
+                let (code, message) = match why {
+                    Refusal::UnknownCommit => (
+                        ErrorCode::NotFound,
+                        format!("the dispatcher has not seen commit {commit}"),
+                    ),
+                    Refusal::AlreadyFinished(o) => (
+                        ErrorCode::Conflict,
+                        format!(
+                            "commit {} already finished ({}); nothing to cancel",
+                            commit.short(),
+                            o.as_str()
+                        ),
+                    ),
+                    Refusal::NotFinished => (
+                        ErrorCode::Conflict,
+                        format!(
+                            "commit {} is still queued or running; cancel it first, or wait",
+                            commit.short()
+                        ),
+                    ),
+                };
+                ServerMsg::error(code, message, false)
+            }
+            _ => ServerMsg::error(ErrorCode::Invalid, "no answer", false),
+        };
+        self.send(conn, answer);
+        self.absorb(step);
+    }
+
+    /// The one commit whose id starts with `prefix`, newest first.
+    fn resolve(&self, prefix: &str) -> ServerMsg {
+        let p = prefix.to_ascii_lowercase();
+        let mut found = None;
+        for j in self.core.state.jobs().iter().rev() {
+            if j.commit.starts_with_hex(&p) {
+                if found.is_some() {
+                    return ServerMsg::error(
+                        ErrorCode::Ambiguous,
+                        format!("more than one commit starts with {prefix}; give more digits"),
+                        false,
+                    );
+                }
+                found = Some(j.commit);
+            }
+        }
+        match found {
+            Some(commit) => ServerMsg::Resolved { commit },
+            None => ServerMsg::error(
+                ErrorCode::NotFound,
+                format!("the dispatcher has seen no commit starting with {prefix}"),
+                false,
+            ),
+        }
+    }
+
+    /// Streams a commit's output to `conn`: what there is now, then chunks
+    /// as they come, then `Ended`.
+    fn follow<L: OutputStore + ?Sized>(&mut self, conn: ConnId, commit: CommitId, log: &L) {
+        let state = &self.core.state;
+        let Some(j) = state.job_for_commit(&commit) else {
+            self.send(
+                conn,
+                ServerMsg::error(
+                    ErrorCode::NotFound,
+                    format!("the dispatcher has not seen commit {commit}"),
+                    false,
+                ),
+            );
+            return;
+        };
+        let (job, status, current) = (j.id, j.status, j.current());
+        let view = ResultView::of(state, j, self.stored_info(job, log).as_ref());
+        match status {
+            JobStatus::Done(f) => {
+                let attempt = JobRef {
+                    job,
+                    attempt: f.attempt,
+                };
+                let output = self
+                    .stored_output(attempt, log)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                for (i, piece) in output.chunks(MAX_CHUNK_BYTES).enumerate() {
+                    self.send(
+                        conn,
+                        ServerMsg::OutputChunk {
+                            job: attempt,
+                            offset: (i * MAX_CHUNK_BYTES) as u64,
+                            data: piece.to_vec(),
+                        },
+                    );
+                }
+                self.send(conn, ServerMsg::Ended(Box::new(view)));
+            }
+            JobStatus::Queued | JobStatus::Running { .. } => {
+                if self.live.follow(conn, job).is_err() {
+                    self.send(conn, too_many());
+                    return;
+                }
+                if let Some((offset, bytes)) = self.live.buffered(current) {
+                    for (i, piece) in bytes.chunks(MAX_CHUNK_BYTES).enumerate() {
+                        self.send(
+                            conn,
+                            ServerMsg::OutputChunk {
+                                job: current,
+                                offset: offset + (i * MAX_CHUNK_BYTES) as u64,
+                                data: piece.to_vec(),
+                            },
+                        );
+                    }
+                }
+                self.send(conn, ServerMsg::Update(Box::new(view)));
+            }
+        }
+    }
+
+    /// The current view of each commit, then updates as they change.
+    fn watch(&mut self, conn: ConnId, commits: Vec<CommitId>) {
+        for c in commits {
+            let state = &self.core.state;
+            let (sub, msg) = match state.job_for_commit(&c) {
+                Some(j) => (
+                    self.live.watch(conn, j.id),
+                    ServerMsg::Update(Box::new(ResultView::of(state, j, None))),
+                ),
+                None => (
+                    self.live.watch_unseen(conn, c),
+                    ServerMsg::Unseen { commit: c },
+                ),
+            };
+            if sub.is_err() {
+                self.send(conn, too_many());
+                return;
+            }
+            self.send(conn, msg);
+        }
+    }
+
+    /// An attempt's stored output, also when its result is in the batch
+    /// still open (decided, not yet written).
+    fn stored_output<L: OutputStore + ?Sized>(
+        &self,
+        attempt: JobRef,
+        log: &L,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.open.outputs.iter().rev().find(|(j, _)| *j == attempt) {
+            Some((_, o)) => Ok(Some(o.clone())),
+            None => log.output(attempt),
+        }
+    }
+
+    /// Who wrote a commit and what it says, if known (also from the open
+    /// batch). A read error only leaves it out of a view.
+    fn stored_info<L: OutputStore + ?Sized>(&self, job: JobId, log: &L) -> Option<CommitInfo> {
+        match self.open.infos.iter().rev().find(|(j, _)| *j == job) {
+            Some((_, i)) => Some(i.clone()),
+            None => log.info(job).ok().flatten(),
+        }
     }
 
     fn output<L: OutputStore + ?Sized>(&self, job: JobId, log: &L) -> ServerMsg {
@@ -588,7 +918,7 @@ impl Shell {
             _ => None,
         });
         match attempt {
-            Some(attempt) => match log.output(JobRef { job, attempt }) {
+            Some(attempt) => match self.stored_output(JobRef { job, attempt }, log) {
                 Ok(o) => ServerMsg::Output(Some(o.unwrap_or_default())),
                 Err(e) => read_failed(e),
             },
@@ -621,6 +951,9 @@ impl Shell {
                 _ => {}
             }
         }
+        if !self.live.is_idle() || step.records.iter().any(ends_attempt) {
+            self.tell_watchers(&step.records);
+        }
         self.open.records.extend(step.records);
         for (runner, msg) in step.sends {
             let msg = match msg {
@@ -646,6 +979,53 @@ impl Shell {
         }
     }
 
+    /// After records about jobs: attempts that ended lose their live
+    /// output; followers of a finished job get its end; watchers get the
+    /// new views (one per job per step).
+    fn tell_watchers(&mut self, records: &[Record]) {
+        let mut touched: Vec<JobId> = Vec::new();
+        for rec in records {
+            if let Some(jr) = rec.event.job_ref()
+                && ends_attempt(rec)
+            {
+                self.live.attempt_ended(jr);
+            }
+            if let Event::CommitSeen { job, commit, .. } = &rec.event {
+                // Watched before it was seen.
+                if !self.live.seen(*commit, *job).is_empty() {
+                    touched.push(*job);
+                }
+            }
+            if let Some(job) = rec.event.job()
+                && !touched.contains(&job)
+            {
+                touched.push(job);
+            }
+        }
+        for job in touched {
+            let Some(j) = self.core.state.job(job) else {
+                continue;
+            };
+            let done = matches!(j.status, JobStatus::Done(_));
+            let watchers = self.live.watchers(job).to_vec();
+            let followers = if done {
+                self.live.end_follows(job)
+            } else {
+                Vec::new()
+            };
+            if watchers.is_empty() && followers.is_empty() {
+                continue;
+            }
+            let view = ResultView::of(&self.core.state, j, None);
+            for conn in watchers {
+                self.send(conn, ServerMsg::Update(Box::new(view.clone())));
+            }
+            for conn in followers {
+                self.send(conn, ServerMsg::Ended(Box::new(view.clone())));
+            }
+        }
+    }
+
     fn send(&mut self, conn: ConnId, msg: ServerMsg) {
         self.open.sends.push(Transmit { conn, msg });
     }
@@ -654,10 +1034,10 @@ impl Shell {
     /// long the driver waited for its first input (0 when it did not).
     pub fn take_batch(&mut self, now: Now, idle_wait_ms: u64) -> Option<Batch> {
         let open = std::mem::take(&mut self.open);
-        if open.records.is_empty() && open.outputs.is_empty() && open.sends.is_empty() {
+        let wrote = !open.records.is_empty() || !open.outputs.is_empty() || !open.infos.is_empty();
+        if !wrote && open.sends.is_empty() {
             return None;
         }
-        let wrote = !open.records.is_empty() || !open.outputs.is_empty();
         let pipeline_idle = self.in_flight() == 0;
         let plan = if !wrote && pipeline_idle {
             FlushPlan::SendNow
@@ -676,6 +1056,7 @@ impl Shell {
             id,
             records: open.records,
             outputs: open.outputs,
+            infos: open.infos,
             sends: open.sends,
             plan,
         })
@@ -730,6 +1111,43 @@ impl Shell {
     }
 }
 
+/// Whether a record ends an attempt (its live output is then dropped).
+fn ends_attempt(rec: &Record) -> bool {
+    matches!(
+        rec.event,
+        Event::Result { .. } | Event::JobCancelled { .. } | Event::HeartbeatLost { .. }
+    )
+}
+
+/// A job's status as the word tables and filters use.
+fn status_word(status: &JobStatus) -> &'static str {
+    match status {
+        JobStatus::Queued => "pending",
+        JobStatus::Running { .. } => "running",
+        JobStatus::Done(f) => f.outcome.as_str(),
+    }
+}
+
+/// A commit's information cut to its limits.
+fn bounded_info(info: CommitInfo) -> CommitInfo {
+    CommitInfo {
+        author: bounded(info.author, CommitInfo::MAX_AUTHOR),
+        subject: bounded(info.subject, CommitInfo::MAX_SUBJECT),
+        time_ms: info.time_ms,
+    }
+}
+
+fn too_many() -> ServerMsg {
+    ServerMsg::error(
+        ErrorCode::Invalid,
+        format!(
+            "this connection follows or watches too much (at most {})",
+            super::live::MAX_SUBSCRIPTIONS
+        ),
+        false,
+    )
+}
+
 /// What a connection fenced by a newer one with its runner's name is told.
 fn superseded(name: &str) -> ServerMsg {
     ServerMsg::error(
@@ -745,11 +1163,15 @@ fn superseded(name: &str) -> ServerMsg {
 fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode, String)> {
     let ok = match msg {
         ClientMsg::Commits { .. } => role == Role::Observer || grant.write,
+        ClientMsg::Cancel { .. } | ClientMsg::Retry { .. } => role == Role::Tool && grant.write,
         ClientMsg::GetTips { .. }
         | ClientMsg::Status
         | ClientMsg::Results { .. }
         | ClientMsg::Replay { .. }
-        | ClientMsg::Output { .. } => true,
+        | ClientMsg::Output { .. }
+        | ClientMsg::Resolve { .. }
+        | ClientMsg::Follow { .. }
+        | ClientMsg::Watch { .. } => true,
         _ => false,
     };
     if ok {
@@ -760,8 +1182,12 @@ fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode
         msg = msg.kind(),
         "refused: not permitted for this role"
     );
-    let hint = if role == Role::Tool && matches!(msg, ClientMsg::Commits { .. }) {
-        " (this tool's token is read-only; submitting needs the tool-write secret)"
+    let hint = if role == Role::Tool
+        && matches!(
+            msg,
+            ClientMsg::Commits { .. } | ClientMsg::Cancel { .. } | ClientMsg::Retry { .. }
+        ) {
+        " (this tool's token is read-only; that needs the tool-write secret)"
     } else {
         ""
     };
@@ -779,15 +1205,49 @@ fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode
 /// Checks what a request names before anything is decided on it.
 fn validate(msg: &ClientMsg) -> Result<(), (ErrorCode, String)> {
     let invalid = |why: String| (ErrorCode::Invalid, why);
-    if let ClientMsg::GetTips { after: Some(a) } = msg
-        && a.len() > 255
-    {
-        return Err(invalid("a branch name is at most 255 bytes".into()));
+    match msg {
+        ClientMsg::GetTips { after: Some(a) } if a.len() > 255 => {
+            return Err(invalid("a branch name is at most 255 bytes".into()));
+        }
+        ClientMsg::Resolve { prefix } => {
+            let ok = (MIN_PREFIX_HEX..=64).contains(&prefix.len())
+                && prefix.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(invalid(format!(
+                    "{:?} is not a commit id prefix: {MIN_PREFIX_HEX} to 64 hexadecimal digits",
+                    prefix.chars().take(80).collect::<String>()
+                )));
+            }
+        }
+        ClientMsg::Watch { commits } if commits.len() > MAX_WATCHED => {
+            return Err(invalid(format!(
+                "{} commits to watch; at most {MAX_WATCHED}",
+                commits.len()
+            )));
+        }
+        ClientMsg::Results {
+            branch, outcome, ..
+        } => {
+            if let Some(b) = branch {
+                validate_branch_name(b).map_err(|e| invalid(e.to_string()))?;
+            }
+            if let Some(o) = outcome
+                && !matches!(o.as_str(), "pending" | "running")
+                && Outcome::parse(o).is_none()
+            {
+                return Err(invalid(format!(
+                    "{:?} is not an outcome: pending, running, pass, fail, timeout, error or cancelled",
+                    o.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+        _ => {}
     }
     if let ClientMsg::Commits {
         branch,
         commits,
         tip,
+        ..
     } = msg
     {
         if let Some(b) = branch {
@@ -993,6 +1453,8 @@ mod tests {
                         commit: None,
                         before,
                         limit: u32::MAX,
+                        branch: None,
+                        outcome: None,
                     },
                 },
                 now(10),
@@ -1030,6 +1492,7 @@ mod tests {
             ShellInput::Frame {
                 conn: 7,
                 msg: ClientMsg::Commits {
+                    infos: Vec::new(),
                     branch: None,
                     commits: vec![commit(1), zero],
                     tip: None,
@@ -1053,6 +1516,7 @@ mod tests {
             ShellInput::Frame {
                 conn: 7,
                 msg: ClientMsg::Commits {
+                    infos: Vec::new(),
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,
@@ -1093,6 +1557,7 @@ mod tests {
                         message: "é".repeat(50_000),
                     },
                     output: vec![b'x'; 3 * MAX_OUTPUT_BYTES],
+                    info: None,
                 },
             },
             now(5),
@@ -1140,6 +1605,7 @@ mod tests {
             ShellInput::Frame {
                 conn: 7,
                 msg: ClientMsg::Commits {
+                    infos: Vec::new(),
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,
@@ -1171,6 +1637,7 @@ mod tests {
                 ShellInput::Frame {
                     conn: 7,
                     msg: ClientMsg::Commits {
+                        infos: Vec::new(),
                         branch: None,
                         commits: vec![commit(n)],
                         tip: None,
@@ -1238,6 +1705,7 @@ mod tests {
             ShellInput::Frame {
                 conn: 7,
                 msg: ClientMsg::Commits {
+                    infos: Vec::new(),
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::client::{Backoff, Client, ClientError, Identity};
-use crate::core::CommitId;
 use crate::core::ids::validate_branch_name;
+use crate::core::{CommitId, CommitInfo};
 use crate::git::{GitError, Mirror};
 use crate::proto::{ClientMsg, Role, ServerMsg};
 
@@ -61,6 +61,8 @@ struct Found {
     branch: String,
     tip: CommitId,
     commits: Vec<CommitId>,
+    /// Each commit's author, subject and time, for tables and pages.
+    infos: Vec<CommitInfo>,
 }
 
 /// What one poll found: the branches to report, and those skipped (name,
@@ -158,6 +160,7 @@ impl Observer {
                                 branch: Some(f.branch.clone()),
                                 commits: f.commits,
                                 tip: Some(f.tip),
+                                infos: f.infos,
                             })
                             .await?;
                         if let ServerMsg::CommitsAck {
@@ -236,10 +239,15 @@ impl Observer {
             match m.new_commits(tip, last, MAX_NEW_COMMITS) {
                 Ok(commits) => {
                     debug!(branch = %b.name, tip = %tip.short(), new = commits.len(), "branch moved");
+                    let infos = commits
+                        .iter()
+                        .map(|c| m.commit_info(*c).unwrap_or_default())
+                        .collect();
                     polled.found.push(Found {
                         branch: b.name,
                         tip,
                         commits,
+                        infos,
                     });
                 }
                 Err(e) => polled.skipped.push((b.name, e.to_string())),

@@ -40,7 +40,7 @@ const ROLES_LIST: &str = "runner, observer, tool, tool-write";
 /// What an authenticated client may do beyond its role's reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
-    /// Tools: may submit commits.
+    /// Tools: may submit commits, cancel and retry jobs.
     pub write: bool,
 }
 

@@ -13,17 +13,28 @@ pub mod views;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{CommitId, JobId, JobRef, JobReport, LeftJob, Record};
+use crate::core::{CommitId, CommitInfo, JobId, JobRef, JobReport, LeftJob, Record};
 pub use views::{ResultView, RunnerView, RunningView, StatusView};
 
 /// 2: typed refusals (`ErrorCode`), `Hello::left`, paged results and tips.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: live output, cancel and retry, subscriptions, short ids, commit
+/// information, result filters.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame either side accepts; checked before allocating.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 
 /// Largest test output a runner sends (the tail is kept).
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Largest piece of live output in one frame.
+pub const MAX_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Most commits one `Watch` may name.
+pub const MAX_WATCHED: usize = 1000;
+
+/// Shortest commit id prefix accepted wherever a full id is not required.
+pub const MIN_PREFIX_HEX: usize = 7;
 
 /// Most events one `Replay` answer carries.
 pub const REPLAY_PAGE: usize = 10_000;
@@ -76,6 +87,14 @@ pub enum ErrorCode {
     Unavailable,
     /// The peer was too slow to read what it was sent.
     TooSlow,
+    /// The request names something the dispatcher does not have (a commit
+    /// never seen, a prefix nothing starts with).
+    NotFound,
+    /// The request does not fit the state (cancel a finished job, retry
+    /// one still running).
+    Conflict,
+    /// A short commit id that more than one commit starts with.
+    Ambiguous,
 }
 
 impl ErrorCode {
@@ -86,7 +105,10 @@ impl ErrorCode {
             | ErrorCode::NotPermitted
             | ErrorCode::Unauthorized
             | ErrorCode::Version
-            | ErrorCode::Superseded => true,
+            | ErrorCode::Superseded
+            | ErrorCode::NotFound
+            | ErrorCode::Conflict
+            | ErrorCode::Ambiguous => true,
             ErrorCode::ShuttingDown
             | ErrorCode::Busy
             | ErrorCode::Timeout
@@ -107,6 +129,9 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::TooSlow => "too_slow",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Ambiguous => "ambiguous",
         }
     }
 }
@@ -166,15 +191,29 @@ pub enum ClientMsg {
         job: JobRef,
         report: JobReport,
         output: Vec<u8>,
+        /// Who wrote the commit and what it says, read from the checkout.
+        info: Option<CommitInfo>,
     },
     HandBack {
         job: JobRef,
+    },
+    /// Output of the running attempt as it is produced: the bytes from
+    /// `offset` of the attempt's whole stream (at most
+    /// [`MAX_CHUNK_BYTES`]). After a reconnection the dispatcher says where
+    /// to go on from ([`ServerMsg::OutputFrom`]).
+    OutputChunk {
+        job: JobRef,
+        offset: u64,
+        data: Vec<u8>,
     },
     // Observers and tools.
     Commits {
         branch: Option<String>,
         commits: Vec<CommitId>,
         tip: Option<CommitId>,
+        /// For each commit (same order), when the reporter knows it;
+        /// empty otherwise.
+        infos: Vec<CommitInfo>,
     },
     /// The dispatcher's branch tips, by name, from after `after` on.
     GetTips {
@@ -183,11 +222,14 @@ pub enum ClientMsg {
     // Tools.
     Status,
     /// One commit's result, or a page of results, newest first, of jobs
-    /// before job `before` (all when `None`), at most `limit`.
+    /// before job `before` (all when `None`), at most `limit`, of one
+    /// branch and outcome when given (`pending`, `running` or an outcome).
     Results {
         commit: Option<CommitId>,
         before: Option<u64>,
         limit: u32,
+        branch: Option<String>,
+        outcome: Option<String>,
     },
     Replay {
         from_seq: u64,
@@ -195,6 +237,32 @@ pub enum ClientMsg {
     },
     Output {
         job: JobId,
+    },
+    // Tools with write access.
+    /// Stop the commit's queued or running job: outcome `cancelled`.
+    Cancel {
+        commit: CommitId,
+    },
+    /// Queue the commit's finished job again.
+    Retry {
+        commit: CommitId,
+    },
+    // Tools.
+    /// The one commit whose id starts with `prefix` (hex, at least
+    /// [`MIN_PREFIX_HEX`] digits).
+    Resolve {
+        prefix: String,
+    },
+    /// Stream the output of the commit's current attempt: what there is,
+    /// then chunks as they come, then [`ServerMsg::Ended`] with the final
+    /// result.
+    Follow {
+        commit: CommitId,
+    },
+    /// Send the current view of each commit, then an update whenever one
+    /// changes, for as long as the connection lasts.
+    Watch {
+        commits: Vec<CommitId>,
     },
 }
 
@@ -212,6 +280,12 @@ impl ClientMsg {
             ClientMsg::Results { .. } => "results",
             ClientMsg::Replay { .. } => "replay",
             ClientMsg::Output { .. } => "output",
+            ClientMsg::OutputChunk { .. } => "output_chunk",
+            ClientMsg::Cancel { .. } => "cancel",
+            ClientMsg::Retry { .. } => "retry",
+            ClientMsg::Resolve { .. } => "resolve",
+            ClientMsg::Follow { .. } => "follow",
+            ClientMsg::Watch { .. } => "watch",
         }
     }
 }
@@ -264,6 +338,35 @@ pub enum ServerMsg {
         last_seq: u64,
     },
     Output(Option<Vec<u8>>),
+    /// To a runner after a reconnection: stream the kept job's output on
+    /// from `offset` (what the dispatcher already has).
+    OutputFrom {
+        job: JobRef,
+        offset: u64,
+    },
+    /// A cancel or a retry was recorded.
+    ActionDone {
+        commit: CommitId,
+        message: String,
+    },
+    Resolved {
+        commit: CommitId,
+    },
+    /// Live output for a follower: bytes from `offset` of the attempt's
+    /// stream (a jump in `offset` means bytes were dropped in between).
+    OutputChunk {
+        job: JobRef,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// The followed commit's job ended (or had already): its view.
+    Ended(Box<ResultView>),
+    /// A watched commit's view, now.
+    Update(Box<ResultView>),
+    /// A watched commit the dispatcher has not seen (yet).
+    Unseen {
+        commit: CommitId,
+    },
 }
 
 impl ServerMsg {
@@ -281,6 +384,13 @@ impl ServerMsg {
             ServerMsg::Results { .. } => "results",
             ServerMsg::Events { .. } => "events",
             ServerMsg::Output(_) => "output",
+            ServerMsg::OutputFrom { .. } => "output_from",
+            ServerMsg::ActionDone { .. } => "action_done",
+            ServerMsg::Resolved { .. } => "resolved",
+            ServerMsg::OutputChunk { .. } => "output_chunk",
+            ServerMsg::Ended(_) => "ended",
+            ServerMsg::Update(_) => "update",
+            ServerMsg::Unseen { .. } => "unseen",
         }
     }
 

@@ -3,14 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{CommitId, Core, Job, JobStatus, RunnerState, State, TestCounts};
+use crate::core::{
+    CommitId, CommitInfo, Core, Job, JobStatus, Now, RunnerState, State, TestCounts,
+};
 
 /// One commit's result, as `results --json` prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultView {
     pub commit: CommitId,
     pub branch: Option<String>,
-    /// pass, fail, timeout, error, pending or running.
+    /// pass, fail, timeout, error, cancelled, pending or running.
     pub outcome: String,
     pub attempts: u32,
     pub runner: Option<String>,
@@ -20,62 +22,69 @@ pub struct ResultView {
     pub message: String,
     pub job: u64,
     pub output_bytes: u64,
+    /// When the dispatcher accepted the commit (ms since the epoch).
+    pub seen_at_ms: u64,
+    /// When the current attempt was handed out, while it runs.
+    pub started_at_ms: Option<u64>,
+    /// When the outcome was recorded.
+    pub finished_at_ms: Option<u64>,
+    /// Who wrote the commit, what it says and when, if known.
+    pub author: Option<String>,
+    pub subject: Option<String>,
+    pub committed_at_ms: Option<u64>,
 }
 
 impl ResultView {
-    pub fn of(state: &State, job: &Job) -> ResultView {
-        let (outcome, runner, exit_code, duration_ms, tests, message, output_bytes) =
-            match &job.status {
-                JobStatus::Queued => (
-                    "pending".to_string(),
-                    None,
-                    None,
-                    None,
-                    None,
-                    String::new(),
-                    0,
-                ),
-                JobStatus::Running { runner } => (
-                    "running".to_string(),
-                    Some(state.name(*runner).to_string()),
-                    None,
-                    None,
-                    None,
-                    String::new(),
-                    0,
-                ),
-                JobStatus::Done(f) => (
-                    f.outcome.as_str().to_string(),
-                    state.runner(f).map(str::to_string),
-                    f.exit_code,
-                    Some(f.duration_ms),
-                    f.tests,
-                    state.name(f.message).to_string(),
-                    f.output_bytes,
-                ),
-            };
-        ResultView {
+    pub fn of(state: &State, job: &Job, info: Option<&CommitInfo>) -> ResultView {
+        let mut v = ResultView {
             commit: job.commit,
             branch: state.branch(job).map(str::to_string),
-            outcome,
+            outcome: "pending".into(),
             attempts: job.attempts,
-            runner,
-            exit_code,
-            duration_ms,
-            tests,
-            message,
+            runner: None,
+            exit_code: None,
+            duration_ms: None,
+            tests: None,
+            message: String::new(),
             job: job.id.0,
-            output_bytes,
+            output_bytes: 0,
+            seen_at_ms: job.seen_at_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            author: info.map(|i| i.author.clone()),
+            subject: info.map(|i| i.subject.clone()),
+            committed_at_ms: info.map(|i| i.time_ms),
+        };
+        match &job.status {
+            JobStatus::Queued => {}
+            JobStatus::Running { runner, since_ms } => {
+                v.outcome = "running".into();
+                v.runner = Some(state.name(*runner).to_string());
+                v.started_at_ms = Some(*since_ms);
+            }
+            JobStatus::Done(f) => {
+                v.outcome = f.outcome.as_str().into();
+                v.runner = state.runner(f).map(str::to_string);
+                v.exit_code = f.exit_code;
+                v.duration_ms = Some(f.duration_ms);
+                v.tests = f.tests;
+                v.message = state.name(f.message).to_string();
+                v.output_bytes = f.output_bytes;
+                v.finished_at_ms = Some(f.at_ms);
+            }
         }
+        v
     }
 
     /// About how many bytes the view takes on the wire (an upper bound
     /// for its fixed part plus its strings), to keep an answer in a frame.
     pub fn size_hint(&self) -> usize {
-        96 + self.outcome.len()
+        160 + self.outcome.len()
             + self.message.len()
             + self.branch.as_ref().map_or(0, String::len)
             + self.runner.as_ref().map_or(0, String::len)
+            + self.author.as_ref().map_or(0, String::len)
+            + self.subject.as_ref().map_or(0, String::len)
     }
 
     /// Whether the outcome is final.
@@ -90,6 +99,9 @@ pub struct RunnerView {
     /// idle, busy or lost.
     pub state: String,
     pub job: Option<u64>,
+    /// How long ago the dispatcher last heard from it (none since its
+    /// start, for a runner known only from the log).
+    pub heard_ms_ago: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +110,10 @@ pub struct RunningView {
     pub runner: String,
     pub attempt: u32,
     pub job: u64,
+    /// When the attempt was handed out (ms since the epoch).
+    pub started_at_ms: u64,
+    /// How long it has run.
+    pub elapsed_ms: u64,
 }
 
 /// `status --json`.
@@ -117,7 +133,7 @@ pub struct StatusView {
 pub const QUEUE_SHOWN: usize = 1000;
 
 impl StatusView {
-    pub fn of(core: &Core) -> StatusView {
+    pub fn of(core: &Core, now: Now) -> StatusView {
         let state = &core.state;
         let mut names: Vec<&String> = core.sessions().keys().collect();
         for (r, _) in state.holders() {
@@ -138,16 +154,27 @@ impl StatusView {
                 }
                 .to_string(),
                 job: state.holder(name).map(|h| h.job.0),
+                heard_ms_ago: core
+                    .sessions()
+                    .get(name)
+                    .map(|s| now.mono_ms.saturating_sub(s.last_heard_mono_ms)),
             })
             .collect();
         let running = state
             .holders()
             .filter_map(|(r, h)| {
-                state.job(h.job).map(|j| RunningView {
+                let j = state.job(h.job)?;
+                let started_at_ms = match j.status {
+                    JobStatus::Running { since_ms, .. } => since_ms,
+                    _ => now.wall_ms,
+                };
+                Some(RunningView {
                     commit: j.commit,
                     runner: r.clone(),
                     attempt: h.attempt,
                     job: h.job.0,
+                    started_at_ms,
+                    elapsed_ms: now.wall_ms.saturating_sub(started_at_ms),
                 })
             })
             .collect();

@@ -12,12 +12,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::exec::Tap;
 use super::job;
 use super::machine::{Effect, Exit, Finished, Machine, Marker, Saved};
 use crate::client::{Client, ClientError, Identity};
 use crate::core::{CommitId, JobId, JobRef};
 use crate::git::{GitError, Mirror};
-use crate::proto::{ErrorCode, Role};
+use crate::proto::{ClientMsg, ErrorCode, MAX_CHUNK_BYTES, Role};
 
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
@@ -180,6 +181,7 @@ enum Happened {
     Connected(Result<Client, ClientError>),
     Frame(Result<Option<crate::proto::ServerMsg>, crate::proto::conn::ProtoError>),
     JobDone(Finished),
+    MoreOutput,
     Stop,
     Timeout,
 }
@@ -231,6 +233,10 @@ impl Runner {
         let mut client: Option<Client> = None;
         let mut connecting: Option<Connecting> = None;
         let mut running: Option<(JobRef, CancellationToken)> = None;
+        // The running job's output and how far it went to the dispatcher
+        // on this connection (`None`: not streaming).
+        let mut tap: Option<(JobRef, Arc<Tap>)> = None;
+        let mut streamed: Option<u64> = None;
         let mut stop_seen = false;
         let mut unreachable_warned = false;
         loop {
@@ -254,7 +260,10 @@ impl Runner {
                             machine.disconnected(now_ms());
                         }
                     }
-                    Effect::Disconnect => client = None,
+                    Effect::Disconnect => {
+                        client = None;
+                        streamed = None;
+                    }
                     Effect::StartJob {
                         job,
                         commit,
@@ -262,12 +271,23 @@ impl Runner {
                     } => {
                         let cancel = CancellationToken::new();
                         running = Some((job, cancel.clone()));
-                        self.start_job(job, commit, branch, cancel, done_tx.clone());
+                        let t = Tap::new(crate::proto::MAX_OUTPUT_BYTES);
+                        tap = Some((job, t.clone()));
+                        streamed = None;
+                        self.start_job(job, commit, branch, cancel, t, done_tx.clone());
+                    }
+                    Effect::StreamFrom { job, offset } => {
+                        if tap.as_ref().is_some_and(|(j, _)| *j == job) {
+                            streamed = Some(offset);
+                        }
                     }
                     Effect::KillJob(job) => {
                         if let Some((j, cancel)) = running.take_if(|(j, _)| *j == job) {
                             info!(job = %j, "killing the running job");
                             cancel.cancel();
+                        }
+                        if tap.take_if(|(j, _)| *j == job).is_some() {
+                            streamed = None;
                         }
                     }
                     Effect::SaveMarker(m) => {
@@ -296,6 +316,19 @@ impl Runner {
                     }
                 }
             }
+            // Whatever the job wrote since, to the dispatcher (live logs).
+            if let (Some((job, t)), Some(from), Some(c)) = (&tap, streamed, client.as_mut()) {
+                match send_output(c, *job, t, from).await {
+                    Ok(to) => streamed = Some(to),
+                    Err(()) => {
+                        info!("cannot write to the dispatcher; reconnecting");
+                        client = None;
+                        streamed = None;
+                        machine.disconnected(now_ms());
+                        continue;
+                    }
+                }
+            }
             let wake = machine
                 .poll_timeout()
                 .map(|ms| epoch + Duration::from_millis(ms));
@@ -308,11 +341,15 @@ impl Runner {
                     Happened::Frame(f)
                 }
                 Some(fin) = done_rx.recv() => Happened::JobDone(fin),
+                _ = async { tap.as_ref().expect("guarded").1.changed().await }, if tap.is_some() && streamed.is_some() && client.is_some() => {
+                    Happened::MoreOutput
+                }
                 _ = stop.cancelled(), if !stop_seen => Happened::Stop,
                 _ = sleep_until(wake) => Happened::Timeout,
             };
             let now = now_ms();
             match happened {
+                Happened::MoreOutput => {}
                 Happened::Connected(Ok(c)) => {
                     if unreachable_warned {
                         info!(dispatcher = %self.cfg.dispatcher, "connected again");
@@ -340,11 +377,22 @@ impl Runner {
                 Happened::Frame(Ok(None)) | Happened::Frame(Err(_)) => {
                     info!("disconnected from the dispatcher; reconnecting");
                     client = None;
+                    streamed = None;
                     machine.disconnected(now);
                 }
                 Happened::JobDone(fin) => {
                     if running.as_ref().is_some_and(|(j, _)| *j == fin.job) {
                         running = None;
+                    }
+                    // The rest of the stream goes before the result, so
+                    // followers see all of it.
+                    if let Some((job, t)) = tap.take_if(|(j, _)| *j == fin.job)
+                        && let (Some(from), Some(c)) = (streamed.take(), client.as_mut())
+                        && send_output(c, job, &t, from).await.is_err()
+                    {
+                        info!("cannot write to the dispatcher; reconnecting");
+                        client = None;
+                        machine.disconnected(now);
                     }
                     info!(job = %fin.job, outcome = fin.report.outcome.as_str(), ms = fin.report.duration_ms, "job finished");
                     machine.job_finished(fin);
@@ -365,6 +413,7 @@ impl Runner {
         commit: CommitId,
         branch: Option<String>,
         cancel: CancellationToken,
+        tap: Arc<Tap>,
         done: mpsc::Sender<Finished>,
     ) {
         let span =
@@ -376,8 +425,11 @@ impl Runner {
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let (mut report, output) =
-                    job::execute(mirror, &work_dir, commit, job_timeout, cancel.clone()).await;
+                let job::Executed {
+                    mut report,
+                    output,
+                    info,
+                } = job::execute(mirror, &work_dir, commit, job_timeout, cancel.clone(), tap).await;
                 if report.duration_ms == 0 {
                     // Never ran: the time went to fetching and checking out.
                     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -388,12 +440,32 @@ impl Runner {
                             job,
                             report,
                             output,
+                            info,
                         })
                         .await;
                 }
             }
             .instrument(span),
         );
+    }
+}
+
+/// Sends what the job wrote from byte `from` on, in frames of at most
+/// [`MAX_CHUNK_BYTES`]; returns where it got to. Bytes the bounded tail
+/// already dropped are skipped (the dispatcher starts over at the gap).
+async fn send_output(c: &mut Client, job: JobRef, tap: &Tap, from: u64) -> Result<u64, ()> {
+    let mut at = from;
+    loop {
+        let (offset, data) = tap.read_from(at, MAX_CHUNK_BYTES);
+        if data.is_empty() {
+            return Ok(offset.max(at));
+        }
+        at = offset + data.len() as u64;
+        let msg = ClientMsg::OutputChunk { job, offset, data };
+        match tokio::time::timeout(SEND_LIMIT, c.writer.send(&msg)).await {
+            Ok(Ok(())) => {}
+            _ => return Err(()),
+        }
     }
 }
 
@@ -448,6 +520,7 @@ mod tests {
                 message: "Ran 3 tests: OK".into(),
             },
             output: b"ok\n".to_vec(),
+            info: None,
         };
         disk.save_result(Some(&f)).unwrap();
         assert_eq!(disk.load().result, Some(f));

@@ -143,6 +143,56 @@ impl Tail {
     }
 }
 
+/// A running command's output, shared with whoever streams it live: the
+/// kept tail (the same bytes the outcome reports) and a wake-up when more
+/// arrived. Reading never blocks the command: the tail is bounded and
+/// drops its oldest bytes.
+#[derive(Debug)]
+pub struct Tap {
+    tail: Mutex<Tail>,
+    more: tokio::sync::Notify,
+}
+
+impl Tap {
+    pub fn new(limit: usize) -> Arc<Tap> {
+        Arc::new(Tap {
+            tail: Mutex::new(Tail::new(limit)),
+            more: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, chunk: &[u8]) {
+        self.lock().push(chunk);
+        self.more.notify_one();
+    }
+
+    /// How many bytes the command has written so far.
+    pub fn end(&self) -> u64 {
+        let t = self.lock();
+        t.dropped + t.buf.len() as u64
+    }
+
+    /// Up to `max` bytes from offset `from` on, as far as they are still
+    /// kept: the offset of the first byte returned (later than `from` when
+    /// bytes were dropped meanwhile), and the bytes.
+    pub fn read_from(&self, from: u64, max: usize) -> (u64, Vec<u8>) {
+        let t = self.lock();
+        let start = from.max(t.dropped);
+        let skip = (start - t.dropped) as usize;
+        let bytes = t.buf.iter().skip(skip).take(max).copied().collect();
+        (start, bytes)
+    }
+
+    /// Resolves when bytes arrived since the last call.
+    pub async fn changed(&self) {
+        self.more.notified().await
+    }
+}
+
 /// The environment the test sees, built from `parent` (the runner's own
 /// environment in production; a fake one in tests).
 fn test_env(
@@ -191,7 +241,7 @@ impl Drop for GroupKiller {
     }
 }
 
-fn spawn_reader<R>(mut pipe: R, tail: Arc<Mutex<Tail>>) -> JoinHandle<()>
+fn spawn_reader<R>(mut pipe: R, tap: Arc<Tap>) -> JoinHandle<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
@@ -200,10 +250,7 @@ where
         loop {
             match pipe.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => match tail.lock() {
-                    Ok(mut t) => t.push(&chunk[..n]),
-                    Err(poisoned) => poisoned.into_inner().push(&chunk[..n]),
-                },
+                Ok(n) => tap.push(&chunk[..n]),
             }
         }
     })
@@ -533,7 +580,13 @@ impl Hider {
 /// The command gets its own process group, which is SIGKILLed when it ends
 /// in any way, so background processes the tests started do not survive.
 pub async fn run(spec: &ExecSpec, cancel: CancellationToken) -> ExecOutcome {
-    run_adjusted(spec, cancel, &|_| {}).await
+    run_tapped(spec, cancel, Tap::new(spec.output_limit)).await
+}
+
+/// [`run`], with its output also readable as it comes through `tap`
+/// (whose limit then bounds the output kept).
+pub async fn run_tapped(spec: &ExecSpec, cancel: CancellationToken, tap: Arc<Tap>) -> ExecOutcome {
+    run_adjusted(spec, cancel, tap, &|_| {}).await
 }
 
 /// [`run`], with `adjust` applied to the command before it is spawned (the
@@ -541,6 +594,7 @@ pub async fn run(spec: &ExecSpec, cancel: CancellationToken) -> ExecOutcome {
 async fn run_adjusted(
     spec: &ExecSpec,
     cancel: CancellationToken,
+    tap: Arc<Tap>,
     adjust: &(dyn Fn(&mut tokio::process::Command) + Sync),
 ) -> ExecOutcome {
     let started = Instant::now();
@@ -577,7 +631,7 @@ async fn run_adjusted(
     };
     let mut killer = GroupKiller { pgid, armed: true };
 
-    let tail = Arc::new(Mutex::new(Tail::new(spec.output_limit)));
+    let tail = tap;
     let mut readers = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
         readers.push(spawn_reader(out, tail.clone()));
@@ -632,12 +686,10 @@ async fn run_adjusted(
         }
     }
 
-    let (output, truncated_bytes) = match tail.lock() {
-        Ok(mut t) => (t.buf.drain(..).collect(), t.dropped),
-        Err(poisoned) => {
-            let mut t = poisoned.into_inner();
-            (t.buf.drain(..).collect(), t.dropped)
-        }
+    // Copied, not taken: a live reader may still read the end.
+    let (output, truncated_bytes) = {
+        let t = tail.lock();
+        (t.buf.iter().copied().collect(), t.dropped)
     };
     ExecOutcome {
         exit,
@@ -976,7 +1028,7 @@ mod tests {
                 s.args[1].trim_start_matches("echo start; ")
             ),
         ];
-        let o = run_adjusted(&s, CancellationToken::new(), &|cmd| {
+        let o = run_adjusted(&s, CancellationToken::new(), Tap::new(1 << 20), &|cmd| {
             cmd.uid(65534).gid(65534);
         })
         .await;

@@ -141,27 +141,68 @@ fn warn_isolation(isolation: &Isolation) {
 
 /// Makes the mirror sound, fetches, checks out exactly `commit` into a fresh
 /// directory, and runs the configured test command there.
+/// What one job produced: the report, the output's tail, and who wrote the
+/// commit and what it says (when the checkout got that far).
+pub struct Executed {
+    pub report: JobReport,
+    pub output: Vec<u8>,
+    pub info: Option<crate::core::CommitInfo>,
+}
+
 pub async fn execute(
     mirror: Arc<Mutex<Mirror>>,
     work_dir: &Path,
     commit: CommitId,
     job_timeout: Duration,
     cancel: CancellationToken,
+    tap: Arc<exec::Tap>,
+) -> Executed {
+    let mut info = None;
+    let (report, output) = run_job(
+        mirror,
+        work_dir,
+        commit,
+        job_timeout,
+        cancel,
+        tap,
+        &mut info,
+    )
+    .await;
+    Executed {
+        report,
+        output,
+        info,
+    }
+}
+
+async fn run_job(
+    mirror: Arc<Mutex<Mirror>>,
+    work_dir: &Path,
+    commit: CommitId,
+    job_timeout: Duration,
+    cancel: CancellationToken,
+    tap: Arc<exec::Tap>,
+    info: &mut Option<crate::core::CommitInfo>,
 ) -> (JobReport, Vec<u8>) {
     let layout = Layout::new(work_dir);
     let checkout = layout.checkout();
     let prepared = {
         let layout = layout.clone();
-        tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, GitError> {
-            layout.clear()?;
-            let mut m = mirror.lock().unwrap_or_else(|p| p.into_inner());
-            m.sync_and_checkout(commit, &layout.checkout())?;
-            Ok(layout.hidden(&m))
-        })
+        tokio::task::spawn_blocking(
+            move || -> Result<(Vec<PathBuf>, Option<crate::core::CommitInfo>), GitError> {
+                layout.clear()?;
+                let mut m = mirror.lock().unwrap_or_else(|p| p.into_inner());
+                m.sync_and_checkout(commit, &layout.checkout())?;
+                Ok((layout.hidden(&m), m.commit_info(commit)))
+            },
+        )
         .await
     };
     let hide = match prepared {
-        Ok(Ok(hide)) => hide,
+        Ok(Ok((hide, found))) => {
+            *info = found;
+            hide
+        }
         Ok(Err(e)) => return error_report(e.to_string()),
         Err(e) => return error_report(format!("checkout task failed: {e}")),
     };
@@ -186,7 +227,7 @@ pub async fn execute(
         hide,
     };
     debug!(command = ?cfg.command, timeout_s = timeout.as_secs_f64(), "running tests");
-    let out = exec::run(&spec, cancel).await;
+    let out = exec::run_tapped(&spec, cancel, tap).await;
     warn_isolation(&out.isolation);
     let text = String::from_utf8_lossy(&out.output);
     let tests = unittest::parse_summary(&text);

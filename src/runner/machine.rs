@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Backoff;
-use crate::core::{CommitId, JobRef, JobReport, LeftHow, LeftJob};
+use crate::core::{CommitId, CommitInfo, JobRef, JobReport, LeftHow, LeftJob};
 use crate::proto::{ClientMsg, ErrorCode, ServerMsg};
 
 /// How long a stopping runner waits for the acknowledgement of a result
@@ -36,6 +36,8 @@ pub struct Finished {
     pub job: JobRef,
     pub report: JobReport,
     pub output: Vec<u8>,
+    /// Who wrote the commit and what it says, when the checkout got that far.
+    pub info: Option<CommitInfo>,
 }
 
 /// What the marker file says.
@@ -87,6 +89,10 @@ pub enum Effect {
     },
     /// Kill the job's process group; its end is not reported.
     KillJob(JobRef),
+    /// Stream the running job's output to the dispatcher from byte
+    /// `offset` on (it has what came before), until the job ends or the
+    /// connection does.
+    StreamFrom { job: JobRef, offset: u64 },
     /// Write the marker file (`None`: remove it). Done before what follows.
     SaveMarker(Option<Marker>),
     /// Write the pending result (`None`: remove it). Done before it is sent.
@@ -256,11 +262,7 @@ impl Machine {
             self.effects.push_back(Effect::SaveMarker(marker));
         }
         if let Some(p) = &self.pending {
-            let msg = ClientMsg::Result {
-                job: p.job,
-                report: p.report.clone(),
-                output: p.output.clone(),
-            };
+            let msg = result_msg(p);
             self.send(msg);
         }
     }
@@ -325,6 +327,12 @@ impl Machine {
                     commit,
                     branch,
                 });
+                // Streamed from its first byte on this connection.
+                self.effects
+                    .push_back(Effect::StreamFrom { job, offset: 0 });
+            }
+            ServerMsg::OutputFrom { job, offset } if self.running == Some(job) => {
+                self.effects.push_back(Effect::StreamFrom { job, offset });
             }
             ServerMsg::Abandon { job, .. } => {
                 let mut dropped = false;
@@ -384,11 +392,7 @@ impl Machine {
         self.effects
             .push_back(Effect::SaveResult(Some(finished.clone())));
         if self.is_connected() {
-            self.send(ClientMsg::Result {
-                job: finished.job,
-                report: finished.report.clone(),
-                output: finished.output.clone(),
-            });
+            self.send(result_msg(&finished));
         }
         self.pending = Some(finished);
     }
@@ -430,5 +434,14 @@ impl Machine {
             retry_at_ms: u64::MAX,
         };
         self.effects.push_back(Effect::Exit(why));
+    }
+}
+
+fn result_msg(p: &Finished) -> ClientMsg {
+    ClientMsg::Result {
+        job: p.job,
+        report: p.report.clone(),
+        output: p.output.clone(),
+        info: p.info.clone(),
     }
 }

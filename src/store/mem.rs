@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::core::{JobRef, Record, State};
+use crate::core::{CommitInfo, JobId, JobRef, Record, State};
 
 use super::format;
 use super::{EventLog, Flusher, IoFailure, OutputStore, SnapshotStore, Store, StoreError};
@@ -36,6 +36,8 @@ pub struct MemDisk {
     pending: Vec<Record>,
     durable_outputs: BTreeMap<JobRef, Vec<u8>>,
     pending_outputs: BTreeMap<JobRef, Vec<u8>>,
+    durable_infos: BTreeMap<JobId, CommitInfo>,
+    pending_infos: BTreeMap<JobId, CommitInfo>,
     /// Encoded snapshots by the event they cover; durable with the flush
     /// that covers that event, as in a log-structured store (a snapshot
     /// never survives a crash that the events before it did not).
@@ -71,6 +73,7 @@ impl MemDisk {
         let n = self.pending.iter().take_while(|r| r.seq <= seq).count();
         self.durable.extend(self.pending.drain(..n));
         self.durable_outputs.append(&mut self.pending_outputs);
+        self.durable_infos.append(&mut self.pending_infos);
         let later = self.pending_snapshots.split_off(&(seq + 1));
         let covered = std::mem::replace(&mut self.pending_snapshots, later);
         self.snapshots.extend(covered);
@@ -91,6 +94,7 @@ impl MemDisk {
     pub fn crash(&mut self) {
         self.pending.clear();
         self.pending_outputs.clear();
+        self.pending_infos.clear();
         self.pending_snapshots.clear();
     }
 
@@ -230,6 +234,24 @@ impl OutputStore for MemStore {
         Ok(d.pending_outputs
             .get(&job)
             .or(d.durable_outputs.get(&job))
+            .cloned())
+    }
+
+    fn put_info(&mut self, job: JobId, info: &CommitInfo) -> Result<(), StoreError> {
+        let mut d = self.disk();
+        if let Some(MemFault::Append(failure)) = d.fault {
+            d.failures += 1;
+            return Err(write_error(failure));
+        }
+        d.pending_infos.insert(job, info.clone());
+        Ok(())
+    }
+
+    fn info(&self, job: JobId) -> Result<Option<CommitInfo>, StoreError> {
+        let d = self.disk();
+        Ok(d.pending_infos
+            .get(&job)
+            .or(d.durable_infos.get(&job))
             .cloned())
     }
 }

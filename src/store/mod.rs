@@ -15,7 +15,7 @@ pub mod sled_log;
 
 use std::path::PathBuf;
 
-use crate::core::{JobRef, Record, State};
+use crate::core::{CommitInfo, JobId, JobRef, Record, State};
 
 pub use sled_log::SledLog;
 
@@ -159,12 +159,17 @@ pub trait Flusher: Send {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
-/// The (bounded) output of each attempt, kept beside the log so replay
-/// never reads it.
+/// What is kept beside the log, for people, so replay never reads it: the
+/// (bounded) output of each attempt, and who wrote each commit and what
+/// it says.
 pub trait OutputStore: Send {
     /// Stores one attempt's output; durable with the log's next flush.
     fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError>;
     fn output(&self, job: JobRef) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores a commit's author, subject and time; durable with the next
+    /// flush.
+    fn put_info(&mut self, job: JobId, info: &CommitInfo) -> Result<(), StoreError>;
+    fn info(&self, job: JobId) -> Result<Option<CommitInfo>, StoreError>;
 }
 
 /// Snapshots of the folded state, a cache of the log: any of them may be

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::core::{JobRef, Record, State};
+use crate::core::{CommitInfo, JobId, JobRef, Record, State};
 
 use super::format;
 use super::{EventLog, Flusher, IoFailure, OutputStore, SnapshotStore, Store, StoreError};
@@ -50,6 +50,7 @@ pub struct SledLog {
     presence: Presence,
     events: sled::Tree,
     outputs: sled::Tree,
+    infos: sled::Tree,
     snapshots: sled::Tree,
     last_seq: u64,
     dir: PathBuf,
@@ -272,6 +273,7 @@ impl SledLog {
         let tree = |name: &str| db.open_tree(name).map_err(|e| sled_read(dir, e));
         let events = tree("events")?;
         let outputs = tree("outputs")?;
+        let infos = tree("infos")?;
         let snapshots = tree("snapshots")?;
         let data_path = db_dir.join("db");
         let cannot_sync = |e: std::io::Error| StoreError::Open {
@@ -311,6 +313,7 @@ impl SledLog {
             presence,
             events,
             outputs,
+            infos,
             snapshots,
             last_seq,
             dir: dir.to_path_buf(),
@@ -532,6 +535,30 @@ impl OutputStore for SledLog {
             .get(output_key(job))
             .map_err(|e| sled_read(&self.dir, e))?
             .map(|v| v.to_vec()))
+    }
+
+    fn put_info(&mut self, job: JobId, info: &CommitInfo) -> Result<(), StoreError> {
+        let value = crate::encoding::encode(info).map_err(|e| StoreError::Write {
+            dir: self.dir.clone(),
+            failure: IoFailure::Other,
+            detail: e.to_string(),
+        })?;
+        self.infos
+            .insert(job.0.to_be_bytes(), value)
+            .map_err(|e| sled_write(&self.dir, e))?;
+        Ok(())
+    }
+
+    fn info(&self, job: JobId) -> Result<Option<CommitInfo>, StoreError> {
+        let Some(v) = self
+            .infos
+            .get(job.0.to_be_bytes())
+            .map_err(|e| sled_read(&self.dir, e))?
+        else {
+            return Ok(None);
+        };
+        // Damaged information is only a missing subject on a page.
+        Ok(crate::encoding::decode(&v).ok())
     }
 }
 

@@ -437,6 +437,7 @@ async fn job_cycle(
                 branch: None,
                 commits,
                 tip: None,
+                infos: Vec::new(),
             })
             .await?
         {
@@ -482,7 +483,7 @@ async fn sim_runner(
                 match msg {
                     ServerMsg::Assign { job, .. } => {
                         holding = Some(job);
-                        client.writer.send(&ClientMsg::Result { job, report: pass_report(), output: Vec::new() }).await?;
+                        client.writer.send(&ClientMsg::Result { job, report: pass_report(), output: Vec::new(), info: None }).await?;
                     }
                     ServerMsg::ResultAck { job, accepted, .. } => {
                         if holding == Some(job) {
@@ -560,6 +561,7 @@ async fn appends(
                         branch: None,
                         commits: (from..to).map(|i| fake_commit(salt, i)).collect(),
                         tip: None,
+                        infos: Vec::new(),
                     },
                     Load::NoWrite => ClientMsg::GetTips { after: None },
                 };
@@ -791,7 +793,7 @@ async fn push_to_result(tmp: &Path, reps: usize) -> anyhow::Result<(Vec<f64>, f6
         }
         let deadline = started + Duration::from_secs(60);
         loop {
-            let r = super::fetch_result(&mut tool, c).await?;
+            let r = super::commits::fetch_result(&mut tool, c).await?;
             if let Some(v) = r.as_ref()
                 && v.is_final()
             {

@@ -91,7 +91,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         );
         let results = wait_all(&addr, &[c1, c2, c3]).await?;
         println!();
-        print!("{}", super::results_table(&results));
+        print!("{}", super::commits::results_table(&results));
         println!();
         let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
         anyhow::Ok(outcomes == ["pass", "fail", "pass"])
@@ -123,7 +123,7 @@ async fn wait_all(
     loop {
         let mut views = Vec::new();
         for c in commits {
-            if let Some(v) = super::fetch_result(&mut client, *c).await? {
+            if let Some(v) = super::commits::fetch_result(&mut client, *c).await? {
                 views.push(v);
             }
         }

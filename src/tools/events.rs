@@ -47,6 +47,28 @@ pub fn to_row(rec: &Record) -> Vec<String> {
     let dash = || "-".to_string();
     let (job, commit, runner, attempt, detail) = match &rec.event {
         Event::DispatcherStarted { pid } => (dash(), dash(), dash(), dash(), format!("pid {pid}")),
+        Event::JobCancelled {
+            job,
+            commit,
+            attempt,
+        } => (
+            job.to_string(),
+            commit.short(),
+            dash(),
+            attempt.to_string(),
+            "cancelled".to_string(),
+        ),
+        Event::JobRetried {
+            job,
+            commit,
+            attempt,
+        } => (
+            job.to_string(),
+            commit.short(),
+            dash(),
+            attempt.to_string(),
+            "queued again".to_string(),
+        ),
         Event::DispatcherPaused { gap_ms } => (
             dash(),
             dash(),

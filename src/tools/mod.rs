@@ -2,23 +2,23 @@
 //! Each prints a table for people or JSON (`--json`) for scripts.
 
 pub mod bench;
+pub mod commits;
 pub mod demo;
 pub mod events;
 pub mod progress;
 pub mod table;
 pub mod up;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::client::{Backoff, Client, Identity};
+use crate::client::{Client, Identity};
 use crate::core::{CommitId, Record};
-use crate::proto::{ClientMsg, REPLAY_PAGE, ResultView, Role, ServerMsg, StatusView};
+use crate::proto::{ClientMsg, REPLAY_PAGE, Role, ServerMsg, StatusView};
 use crate::store::{self, EventLog, Rebuild, SledLog, SnapshotStore};
 
 /// How a tool prints: a table for people, JSON for scripts.
@@ -305,107 +305,6 @@ pub async fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-/// One commit's result, if the dispatcher knows the commit.
-pub async fn fetch_result(
-    client: &mut Client,
-    commit: CommitId,
-) -> anyhow::Result<Option<ResultView>> {
-    let msg = ClientMsg::Results {
-        commit: Some(commit),
-        before: None,
-        limit: 1,
-    };
-    match client.request(&msg).await? {
-        ServerMsg::Results { mut results, .. } => Ok(results.pop()),
-        other => bail!("unexpected answer to results: {}", other.kind()),
-    }
-}
-
-/// Every result, oldest first, fetched page by page (newest pages first).
-pub async fn fetch_results(client: &mut Client) -> anyhow::Result<Vec<ResultView>> {
-    let mut pages = Vec::new();
-    let mut before = None;
-    loop {
-        let msg = ClientMsg::Results {
-            commit: None,
-            before,
-            limit: u32::MAX,
-        };
-        match client.request(&msg).await? {
-            ServerMsg::Results { results, next } => {
-                pages.push(results);
-                match next {
-                    Some(n) => before = Some(n),
-                    None => break,
-                }
-            }
-            other => bail!("unexpected answer to results: {}", other.kind()),
-        }
-    }
-    let mut all: Vec<ResultView> = pages.into_iter().flatten().collect();
-    all.reverse();
-    Ok(all)
-}
-
-pub fn results_table(results: &[ResultView]) -> String {
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .map(|r| {
-            vec![
-                r.commit.short(),
-                r.branch.clone().unwrap_or_else(|| "-".into()),
-                r.outcome.clone(),
-                r.attempts.to_string(),
-                r.runner.clone().unwrap_or_else(|| "-".into()),
-                r.exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                r.duration_ms
-                    .map(table::format_duration_ms)
-                    .unwrap_or_else(|| "-".into()),
-                r.tests
-                    .map(|t| format!("{}/{} passed", t.passed, t.total))
-                    .unwrap_or_else(|| "-".into()),
-                r.message.clone(),
-            ]
-        })
-        .collect();
-    table::render(
-        &[
-            "COMMIT", "BRANCH", "OUTCOME", "ATTEMPTS", "RUNNER", "EXIT", "DURATION", "TESTS",
-            "MESSAGE",
-        ],
-        &rows,
-    )
-}
-
-pub async fn results(
-    addr: &str,
-    token: Option<Vec<u8>>,
-    commit: Option<String>,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    let commit = match commit {
-        Some(c) => Some(CommitId::parse(&c)?),
-        None => None,
-    };
-    let mut client = connect(addr, token).await?;
-    let r = match commit {
-        Some(c) => fetch_result(&mut client, c).await?.into_iter().collect(),
-        None => fetch_results(&mut client).await?,
-    };
-    let mut out = stdout();
-    if format == Format::Json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
-    } else if r.is_empty() {
-        writeln!(out, "no results yet")?;
-    } else {
-        write!(out, "{}", results_table(&r))?;
-    }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
-}
-
 pub async fn submit(
     addr: &str,
     token: Option<Vec<u8>>,
@@ -431,6 +330,7 @@ pub async fn submit(
             branch,
             commits,
             tip,
+            infos: Vec::new(),
         })
         .await?
     {
@@ -448,165 +348,5 @@ pub async fn submit(
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unexpected answer to submit: {}", other.kind()),
-    }
-}
-
-/// How long `wait` lets a commit stay unknown to the dispatcher before it
-/// says so (the observer may simply not have polled yet).
-pub const UNKNOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// How often `wait` asks while commits are still running.
-const WAIT_POLL: Duration = Duration::from_millis(50);
-
-/// Blocks until every commit has a final outcome. Survives dispatcher
-/// restarts (it reconnects, backing off) until the timeout; says so once
-/// when a commit stays unknown to the dispatcher.
-pub async fn wait(
-    addr: &str,
-    token: Option<Vec<u8>>,
-    timeout: Duration,
-    shas: &[String],
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    if shas.is_empty() {
-        bail!("give at least one commit id to wait for");
-    }
-    let commits = parse_commits(shas)?;
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut progress = progress::Progress::new();
-    let mut client: Option<(Client, Instant)> = None;
-    let mut backoff = Backoff::random();
-    let mut last: HashMap<CommitId, ResultView> = HashMap::new();
-    let mut warned_unknown = false;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            progress.finish();
-            let missing: Vec<String> = commits
-                .iter()
-                .filter(|c| !last.get(c).is_some_and(|r| r.is_final()))
-                .map(|c| match last.get(c) {
-                    Some(r) => format!("{} ({})", c.short(), r.outcome),
-                    None => format!("{} (never seen by the dispatcher)", c.short()),
-                })
-                .collect();
-            bail!(
-                "timed out after {:.0} s waiting for {}",
-                timeout.as_secs_f64(),
-                missing.join(", ")
-            );
-        }
-        if client.is_none() {
-            match connect(addr, token.clone()).await {
-                Ok(c) => client = Some((c, Instant::now())),
-                Err(e) => {
-                    progress.update(&format!("waiting for the dispatcher at {addr}: {e:#}"));
-                    let pause = backoff.next_delay().min(deadline - Instant::now());
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-            }
-        }
-        let (c, since) = client.as_mut().expect("connected above");
-        let mut failed = false;
-        for commit in &commits {
-            if last.get(commit).is_some_and(|r| r.is_final()) {
-                continue;
-            }
-            match fetch_result(c, *commit).await {
-                Ok(Some(v)) => {
-                    last.insert(*commit, v);
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if failed {
-            backoff.session_ended(since.elapsed().as_millis() as u64);
-            client = None;
-            let pause = backoff.next_delay().min(deadline - Instant::now());
-            tokio::time::sleep(pause).await;
-            continue;
-        }
-        let unknown: Vec<&CommitId> = commits.iter().filter(|c| !last.contains_key(c)).collect();
-        if !warned_unknown && !unknown.is_empty() && started.elapsed() >= UNKNOWN_GRACE {
-            warned_unknown = true;
-            progress.finish();
-            crate::cli::stderr_line(format_args!(
-                "ci-tools: warning: the dispatcher has not seen {} after {} s: submit {} (ci-tools submit) or check that an observer watches {} branch; still waiting",
-                unknown
-                    .iter()
-                    .map(|c| c.short())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                UNKNOWN_GRACE.as_secs(),
-                if unknown.len() == 1 { "it" } else { "them" },
-                if unknown.len() == 1 { "its" } else { "their" },
-            ));
-        }
-        let count = |o: &str| last.values().filter(|r| r.outcome == o).count();
-        let done = last.values().filter(|r| r.is_final()).count();
-        progress.update(&format!(
-            "{done}/{} done: {} passed, {} not passed; {} running, {} queued, {} not yet seen",
-            commits.len(),
-            count("pass"),
-            done - count("pass"),
-            count("running"),
-            count("pending"),
-            unknown.len(),
-        ));
-        if done == commits.len() {
-            progress.finish();
-            let ordered: Vec<ResultView> = commits
-                .iter()
-                .filter_map(|c| last.get(c).cloned())
-                .collect();
-            let mut out = stdout();
-            match format {
-                Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&ordered)?)?,
-                Format::Table => write!(out, "{}", results_table(&ordered))?,
-            }
-            out.flush()?;
-            let all_pass = ordered.iter().all(|r| r.outcome == "pass");
-            return Ok(if all_pass {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
-        }
-        tokio::time::sleep(WAIT_POLL.min(deadline - Instant::now())).await;
-    }
-}
-
-/// The output of a commit's final attempt.
-pub async fn output(addr: &str, token: Option<Vec<u8>>, sha: &str) -> anyhow::Result<ExitCode> {
-    let commit = CommitId::parse(sha)?;
-    let mut client = connect(addr, token).await?;
-    let Some(view) = fetch_result(&mut client, commit).await? else {
-        bail!("the dispatcher has not seen commit {commit}");
-    };
-    match client
-        .request(&ClientMsg::Output {
-            job: crate::core::JobId(view.job),
-        })
-        .await
-        .context("fetching output")?
-    {
-        ServerMsg::Output(Some(bytes)) => {
-            let mut out = stdout();
-            out.write_all(&bytes)?;
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
-        ServerMsg::Output(None) => bail!(
-            "commit {} has no final result yet ({})",
-            commit.short(),
-            view.outcome
-        ),
-        other => bail!("unexpected answer to output: {}", other.kind()),
     }
 }

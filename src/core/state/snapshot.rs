@@ -18,7 +18,7 @@
 //! in number order). A string is `len bytes` (UTF-8); a commit is its
 //! length byte (20 or 32) and its bytes; an optional value is `0` for none
 //! or the value + 1. A job: `commit branch? attempts lost seen_at_ms` and a
-//! status byte: `0` queued, `1` running (`runner`), `2` done (`runner?
+//! status byte: `0` queued, `1` running (`runner since_ms`), `2` done (`runner?
 //! attempt outcome-byte exit_code? duration_ms tests? message output_bytes
 //! at_ms`), where `exit_code` is zigzag-encoded and `tests` is a presence
 //! byte then five counts. Job numbers are implicit: job `i` is at index
@@ -64,9 +64,10 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
         w.uint(j.seen_at_ms);
         match j.status {
             JobStatus::Queued => w.byte(0),
-            JobStatus::Running { runner } => {
+            JobStatus::Running { runner, since_ms } => {
                 w.byte(1);
                 w.uint(runner.0.into());
+                w.uint(since_ms);
             }
             JobStatus::Done(f) => {
                 w.byte(2);
@@ -139,6 +140,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
             0 => JobStatus::Queued,
             1 => JobStatus::Running {
                 runner: sym(r.uint()?, "a runner")?,
+                since_ms: r.uint()?,
             },
             2 => {
                 let runner = r.opt()?.map(|v| sym(v, "a runner")).transpose()?;
@@ -215,6 +217,7 @@ fn outcome_byte(o: Outcome) -> u8 {
         Outcome::Fail => 1,
         Outcome::Timeout => 2,
         Outcome::Error => 3,
+        Outcome::Cancelled => 4,
     }
 }
 
@@ -224,6 +227,7 @@ fn byte_outcome(b: u8) -> Result<Outcome, String> {
         1 => Outcome::Fail,
         2 => Outcome::Timeout,
         3 => Outcome::Error,
+        4 => Outcome::Cancelled,
         _ => return Err(format!("outcome byte {b}")),
     })
 }

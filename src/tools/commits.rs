@@ -1,0 +1,501 @@
+//! The `ci-tools` subcommands about commits: `results`, `wait`, `logs`
+//! (and `output`), `cancel`, `retry`, and naming a commit by a short id.
+//!
+//! `wait` and `logs --follow` subscribe (`Watch`, `Follow`): the
+//! dispatcher pushes what changes, nobody polls.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::{Format, connect, progress, stdout, table};
+use crate::client::{Backoff, Client, ClientError};
+use crate::core::{CommitId, JobRef};
+use crate::proto::{ClientMsg, ErrorCode, MIN_PREFIX_HEX, ResultView, ServerMsg};
+
+/// What `results` shows.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// One commit (a full id or a unique prefix).
+    pub commit: Option<String>,
+    pub branch: Option<String>,
+    /// `pending`, `running`, or an outcome.
+    pub outcome: Option<String>,
+    /// The newest this many; all when `None`.
+    pub limit: Option<usize>,
+}
+
+/// A commit named on the command line: a full id, or a prefix of at least
+/// [`MIN_PREFIX_HEX`] hex digits that the dispatcher resolves (it must be
+/// unique among the commits it has seen).
+pub async fn resolve(client: &mut Client, given: &str) -> anyhow::Result<CommitId> {
+    if let Ok(c) = CommitId::parse(given) {
+        return Ok(c);
+    }
+    let hex = given.len() >= MIN_PREFIX_HEX
+        && given.len() < 64
+        && given.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex {
+        bail!(
+            "{given:?} is not a commit id: give the full id, or at least {MIN_PREFIX_HEX} of its first hexadecimal digits"
+        );
+    }
+    match client
+        .request(&ClientMsg::Resolve {
+            prefix: given.to_string(),
+        })
+        .await?
+    {
+        ServerMsg::Resolved { commit } => Ok(commit),
+        other => bail!("unexpected answer to resolve: {}", other.kind()),
+    }
+}
+
+/// Commits named on the command line, each resolved.
+pub async fn resolve_all(client: &mut Client, given: &[String]) -> anyhow::Result<Vec<CommitId>> {
+    let mut out = Vec::with_capacity(given.len());
+    for g in given {
+        out.push(resolve(client, g).await?);
+    }
+    Ok(out)
+}
+
+/// One commit's result, if the dispatcher knows the commit.
+pub async fn fetch_result(
+    client: &mut Client,
+    commit: CommitId,
+) -> anyhow::Result<Option<ResultView>> {
+    let msg = ClientMsg::Results {
+        commit: Some(commit),
+        before: None,
+        limit: 1,
+        branch: None,
+        outcome: None,
+    };
+    match client.request(&msg).await? {
+        ServerMsg::Results { mut results, .. } => Ok(results.pop()),
+        other => bail!("unexpected answer to results: {}", other.kind()),
+    }
+}
+
+/// Results newest first, page by page, up to `limit` (all when `None`).
+pub async fn fetch_results(
+    client: &mut Client,
+    branch: Option<&str>,
+    outcome: Option<&str>,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<ResultView>> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let want = limit.map_or(u32::MAX, |l| (l - all.len()).min(u32::MAX as usize) as u32);
+        let msg = ClientMsg::Results {
+            commit: None,
+            before,
+            limit: want,
+            branch: branch.map(str::to_string),
+            outcome: outcome.map(str::to_string),
+        };
+        match client.request(&msg).await? {
+            ServerMsg::Results { results, next } => {
+                all.extend(results);
+                if limit.is_some_and(|l| all.len() >= l) {
+                    break;
+                }
+                match next {
+                    Some(n) => before = Some(n),
+                    None => break,
+                }
+            }
+            other => bail!("unexpected answer to results: {}", other.kind()),
+        }
+    }
+    Ok(all)
+}
+
+/// At most `max` characters, with an ellipsis when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `Name <email>` without the email, for tables.
+fn author_name(author: &str) -> &str {
+    author.split(" <").next().unwrap_or(author).trim()
+}
+
+/// A table of results, in the order given.
+pub fn results_table(results: &[ResultView]) -> String {
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let when = r.finished_at_ms.or(r.started_at_ms).unwrap_or(r.seen_at_ms);
+            vec![
+                r.commit.short(),
+                r.branch.clone().unwrap_or_else(|| "-".into()),
+                r.outcome.clone(),
+                r.attempts.to_string(),
+                r.runner.clone().unwrap_or_else(|| "-".into()),
+                r.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.duration_ms
+                    .map(table::format_duration_ms)
+                    .unwrap_or_else(|| "-".into()),
+                r.tests
+                    .map(|t| format!("{}/{} passed", t.passed, t.total))
+                    .unwrap_or_else(|| "-".into()),
+                table::format_ms(when),
+                r.author
+                    .as_deref()
+                    .map(author_name)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| clip(a, 20))
+                    .unwrap_or_else(|| "-".into()),
+                r.subject
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| clip(s, 50))
+                    .unwrap_or_else(|| "-".into()),
+                r.message.clone(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "COMMIT",
+            "BRANCH",
+            "OUTCOME",
+            "ATTEMPTS",
+            "RUNNER",
+            "EXIT",
+            "DURATION",
+            "TESTS",
+            "WHEN (UTC)",
+            "AUTHOR",
+            "SUBJECT",
+            "MESSAGE",
+        ],
+        &rows,
+    )
+}
+
+/// `results`: one commit, or the history (newest `limit`, filtered), printed
+/// oldest first.
+pub async fn results(
+    addr: &str,
+    token: Option<Vec<u8>>,
+    query: Query,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr, token).await?;
+    let mut r = match &query.commit {
+        Some(c) => {
+            let commit = resolve(&mut client, c).await?;
+            fetch_result(&mut client, commit)
+                .await?
+                .into_iter()
+                .collect()
+        }
+        None => {
+            fetch_results(
+                &mut client,
+                query.branch.as_deref(),
+                query.outcome.as_deref(),
+                query.limit,
+            )
+            .await?
+        }
+    };
+    r.reverse();
+    let mut out = stdout();
+    if format == Format::Json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+    } else if r.is_empty() {
+        writeln!(out, "no results yet")?;
+    } else {
+        write!(out, "{}", results_table(&r))?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cancel` and `retry`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Cancel,
+    Retry,
+}
+
+pub async fn act(
+    addr: &str,
+    token: Option<Vec<u8>>,
+    action: Action,
+    sha: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr, token).await?;
+    let commit = resolve(&mut client, sha).await?;
+    let msg = match action {
+        Action::Cancel => ClientMsg::Cancel { commit },
+        Action::Retry => ClientMsg::Retry { commit },
+    };
+    match client.request(&msg).await? {
+        ServerMsg::ActionDone { commit, message } => {
+            let mut out = stdout();
+            writeln!(out, "{}: {message}", commit.short())?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected answer: {}", other.kind()),
+    }
+}
+
+/// `logs SHA [--follow]` (and `output SHA`): the output of the commit's
+/// latest attempt. Without `follow`, what there is now; with it, as it is
+/// produced (waiting while the commit is queued) until the job ends.
+pub async fn logs(
+    addr: &str,
+    token: Option<Vec<u8>>,
+    sha: &str,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr, token).await?;
+    let commit = resolve(&mut client, sha).await?;
+    client
+        .writer
+        .send(&ClientMsg::Follow { commit })
+        .await
+        .map_err(ClientError::from)?;
+    let mut out = stdout();
+    let mut attempt: Option<JobRef> = None;
+    let mut next_offset = 0u64;
+    loop {
+        let Some(msg) = client.reader.recv().await.map_err(ClientError::from)? else {
+            bail!("the dispatcher closed the connection before the job ended");
+        };
+        match msg {
+            ServerMsg::OutputChunk { job, offset, data } => {
+                if attempt != Some(job) {
+                    if attempt.is_some() {
+                        out.flush()?;
+                        crate::cli::stderr_line(format_args!(
+                            "--- attempt {} (the previous one was lost) ---",
+                            job.attempt
+                        ));
+                    }
+                    attempt = Some(job);
+                    next_offset = offset;
+                }
+                if offset > next_offset {
+                    out.flush()?;
+                    crate::cli::stderr_line(format_args!(
+                        "--- {} bytes of output not kept ---",
+                        offset - next_offset
+                    ));
+                }
+                out.write_all(&data)?;
+                next_offset = offset + data.len() as u64;
+                out.flush()?;
+            }
+            ServerMsg::Ended(_) => break,
+            ServerMsg::Update(view) if !follow => {
+                if view.outcome == "pending" {
+                    crate::cli::stderr_line(format_args!(
+                        "{} is queued; `ci-tools logs --follow` waits for it",
+                        commit.short()
+                    ));
+                }
+                break;
+            }
+            ServerMsg::Update(_) => {}
+            ServerMsg::Error { code, message, .. } => {
+                return Err(ClientError::Refused { code, message }.into());
+            }
+            other => bail!("unexpected message while following: {}", other.kind()),
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Blocks until every commit has a final outcome, watching them (the
+/// dispatcher says when something changes). Survives dispatcher restarts
+/// (it reconnects, backing off) until the timeout; says at once when a
+/// commit is not known to the dispatcher, and keeps waiting for it.
+pub async fn wait(
+    addr: &str,
+    token: Option<Vec<u8>>,
+    timeout: Duration,
+    shas: &[String],
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    if shas.is_empty() {
+        bail!("give at least one commit id to wait for");
+    }
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut progress = progress::Progress::new();
+    let mut backoff = Backoff::random();
+    let mut last: HashMap<CommitId, ResultView> = HashMap::new();
+    let mut commits: Option<Vec<CommitId>> = None;
+    let mut said_unseen: Vec<CommitId> = Vec::new();
+    let timed_out = |commits: &Option<Vec<CommitId>>, last: &HashMap<CommitId, ResultView>| {
+        let missing: Vec<String> = match commits {
+            None => shas.to_vec(),
+            Some(cs) => cs
+                .iter()
+                .filter(|c| !last.get(c).is_some_and(ResultView::is_final))
+                .map(|c| match last.get(c) {
+                    Some(r) => format!("{} ({})", c.short(), r.outcome),
+                    None => format!("{} (never seen by the dispatcher)", c.short()),
+                })
+                .collect(),
+        };
+        anyhow::anyhow!(
+            "timed out after {:.0} s waiting for {}",
+            timeout.as_secs_f64(),
+            missing.join(", ")
+        )
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            progress.finish();
+            return Err(timed_out(&commits, &last));
+        }
+        let since = Instant::now();
+        let session = async {
+            let mut client = connect(addr, token.clone()).await?;
+            let cs = match &commits {
+                Some(cs) => cs.clone(),
+                None => {
+                    let cs = resolve_all(&mut client, shas).await?;
+                    commits = Some(cs.clone());
+                    cs
+                }
+            };
+            client
+                .writer
+                .send(&ClientMsg::Watch {
+                    commits: cs.clone(),
+                })
+                .await
+                .map_err(ClientError::from)?;
+            loop {
+                let Some(msg) = client.reader.recv().await.map_err(ClientError::from)? else {
+                    bail!("the dispatcher closed the connection");
+                };
+                match msg {
+                    ServerMsg::Update(v) => {
+                        last.insert(v.commit, *v);
+                    }
+                    ServerMsg::Unseen { commit } => {
+                        if !said_unseen.contains(&commit) {
+                            said_unseen.push(commit);
+                            progress.finish();
+                            crate::cli::stderr_line(format_args!(
+                                "ci-tools: warning: the dispatcher has not seen {}: submit it (ci-tools submit) or check that an observer watches its branch; waiting for it",
+                                commit.short()
+                            ));
+                        }
+                    }
+                    ServerMsg::Error { code, message, .. } => {
+                        return Err(ClientError::Refused { code, message }.into());
+                    }
+                    other => bail!("unexpected message while waiting: {}", other.kind()),
+                }
+                let count = |o: &str| last.values().filter(|r| r.outcome == o).count();
+                let done = last.values().filter(|r| r.is_final()).count();
+                progress.update(&format!(
+                    "{done}/{} done: {} passed, {} not passed; {} running, {} queued, {} not yet seen",
+                    cs.len(),
+                    count("pass"),
+                    done - count("pass"),
+                    count("running"),
+                    count("pending"),
+                    cs.len() - last.len(),
+                ));
+                if done == cs.len() {
+                    return anyhow::Ok(cs);
+                }
+            }
+        };
+        match tokio::time::timeout(left, session).await {
+            Err(_) => {
+                progress.finish();
+                return Err(timed_out(&commits, &last));
+            }
+            Ok(Ok(cs)) => {
+                progress.finish();
+                let ordered: Vec<ResultView> =
+                    cs.iter().filter_map(|c| last.get(c).cloned()).collect();
+                let mut out = stdout();
+                match format {
+                    Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&ordered)?)?,
+                    Format::Table => write!(out, "{}", results_table(&ordered))?,
+                }
+                out.flush()?;
+                let all_pass = ordered.iter().all(|r| r.outcome == "pass");
+                return Ok(if all_pass {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            Ok(Err(e)) => {
+                // A refusal retrying cannot cure ends the wait; anything
+                // else is a dispatcher away: wait for it, backing off.
+                if let Some(ClientError::Refused { code, .. }) = e.downcast_ref::<ClientError>()
+                    && (code.is_permanent() || *code == ErrorCode::NotFound)
+                {
+                    progress.finish();
+                    return Err(e);
+                }
+                progress.update(&format!("waiting for the dispatcher at {addr}: {e:#}"));
+                backoff.session_ended(since.elapsed().as_millis() as u64);
+                let pause = backoff
+                    .next_delay()
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// The stored output of a commit's final attempt (`output SHA`, kept from
+/// before `logs`): fails while the commit has no outcome.
+pub async fn output(addr: &str, token: Option<Vec<u8>>, sha: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(addr, token).await?;
+    let commit = resolve(&mut client, sha).await?;
+    let Some(view) = fetch_result(&mut client, commit).await? else {
+        bail!("the dispatcher has not seen commit {commit}");
+    };
+    match client
+        .request(&ClientMsg::Output {
+            job: crate::core::JobId(view.job),
+        })
+        .await
+        .context("fetching output")?
+    {
+        ServerMsg::Output(Some(bytes)) => {
+            let mut out = stdout();
+            out.write_all(&bytes)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ServerMsg::Output(None) => bail!(
+            "commit {} has no final result yet ({}); `ci-tools logs --follow {}` shows it as it runs",
+            commit.short(),
+            view.outcome,
+            commit.short()
+        ),
+        other => bail!("unexpected answer to output: {}", other.kind()),
+    }
+}
