@@ -76,11 +76,19 @@ pub fn completions(shell: Shell, programs: &[Program], out: &mut dyn Write) -> s
 /// Writes one man page per program and one per subcommand (`ci-tools-
 /// status.1`, ...) into `dir`, made if missing; returns their paths.
 pub fn man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    // As clap_mangen::generate_to, but keeping the paths for the caller.
-    fn generate(cmd: &Command, dir: &Path, written: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        written.push(clap_mangen::Man::new(cmd.clone()).generate_to(dir)?);
+    // As clap_mangen::generate_to, but keeping the paths for the caller,
+    // and every page's footer naming the program and its version (a
+    // subcommand has no version of its own).
+    fn generate(
+        cmd: &Command,
+        source: &str,
+        dir: &Path,
+        written: &mut Vec<PathBuf>,
+    ) -> std::io::Result<()> {
+        let page = clap_mangen::Man::new(cmd.clone()).source(source);
+        written.push(page.generate_to(dir)?);
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            generate(sub, dir, written)?;
+            generate(sub, source, dir, written)?;
         }
         Ok(())
     }
@@ -89,7 +97,8 @@ pub fn man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     for program in Program::ALL {
         let mut cmd = program.command().disable_help_subcommand(true);
         cmd.build();
-        generate(&cmd, dir, &mut written)?;
+        let source = format!("{} {}", program.name(), env!("CARGO_PKG_VERSION"));
+        generate(&cmd, &source, dir, &mut written)?;
     }
     Ok(written)
 }
