@@ -1,9 +1,39 @@
-//! What every binary shares at its edge: the runtime, signals, and turning
-//! errors into one line on stderr and exit code 2 (never a panic trace).
+//! What every binary shares at its edge: its flags (one module per
+//! program, so `ci-tools man` and `ci-tools completions` see the same
+//! definitions), the runtime, signals, and turning errors into one line on
+//! stderr and exit code 2 (never a panic trace).
+
+pub mod dispatcher;
+pub mod docs;
+pub mod observer;
+pub mod runner;
+pub mod tools;
 
 use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
+
+/// Where clients find the dispatcher when neither `--dispatcher` nor
+/// [`DISPATCHER_ENV`] says: the dispatcher's own default `--listen`.
+pub const DEFAULT_DISPATCHER: &str = "127.0.0.1:8765";
+
+/// The environment variable `--dispatcher` defaults to.
+pub const DISPATCHER_ENV: &str = "CI_DISPATCHER";
+
+/// `--dispatcher ADDR`, the same on every program that talks to a
+/// dispatcher. One address for now (several, comma-separated, is issue 14).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DispatcherAddr {
+    /// The dispatcher's address, HOST:PORT.
+    #[arg(
+        id = "dispatcher",
+        long = "dispatcher",
+        env = DISPATCHER_ENV,
+        default_value = DEFAULT_DISPATCHER,
+        value_name = "ADDR"
+    )]
+    pub addr: String,
+}
 
 /// Writes one line to stderr, ignoring a failed write: `eprintln!` panics
 /// when stderr is closed, and a daemon must outlive its terminal.
@@ -79,39 +109,90 @@ pub async fn terminated() {
 }
 
 /// Parses the command line; a usage error becomes one line on stderr
-/// (`NAME: error: ...; see NAME --help`) and exit 2. `--help` and
-/// `--version` print as usual and exit 0.
+/// ([`usage_line`]) and exit 2. `--help` and `--version` print as usual and
+/// exit 0.
 pub fn parse_args<T: clap::Parser>(name: &str) -> Result<T, ExitCode> {
-    match T::try_parse() {
-        Ok(args) => Ok(args),
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return Err(
-                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::SUCCESS
-                    },
-                );
-            }
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            stderr_line(format_args!("{name}: error: {first}; see {name} --help"));
-            Err(ExitCode::from(2))
+    parse_args_and_matches(name).map(|(args, _)| args)
+}
+
+/// As [`parse_args`], also giving clap's matches, for a program that needs
+/// to know where a value came from (the command line, the environment or a
+/// default).
+pub fn parse_args_and_matches<T: clap::Parser>(
+    name: &str,
+) -> Result<(T, clap::ArgMatches), ExitCode> {
+    let matches = T::command()
+        .try_get_matches()
+        .map_err(|e| usage_error(name, e))?;
+    let args = T::from_arg_matches(&matches)
+        .map_err(|e| usage_error(name, e.format(&mut T::command())))?;
+    Ok((args, matches))
+}
+
+fn usage_error(name: &str, e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            stderr_line(format_args!(
+                "{}",
+                usage_line(name, &e.render().to_string())
+            ));
+            ExitCode::from(2)
         }
     }
+}
+
+/// clap's rendered usage error as one line: `NAME: error: WHAT; tip: ...;
+/// see COMMAND --help`. What clap lists under its first line (the missing
+/// arguments, the possible values) stays on the line, and so do its tips
+/// (`a similar subcommand exists: 'status'`); its usage block goes, except
+/// for the (sub)command whose `--help` to see.
+pub fn usage_line(name: &str, rendered: &str) -> String {
+    let mut line = String::new();
+    let mut command = name.to_string();
+    for raw in rendered.lines() {
+        let text = raw.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if let Some(usage) = text.strip_prefix("Usage:") {
+            let words: Vec<&str> = usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['-', '<', '[']))
+                .collect();
+            if !words.is_empty() {
+                command = words.join(" ");
+            }
+            break;
+        }
+        if text.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() {
+            line.push_str(text.strip_prefix("error: ").unwrap_or(text));
+        } else if text.starts_with("tip:") {
+            line.push_str("; ");
+            line.push_str(text);
+        } else if line.ends_with(':') || text.starts_with('[') {
+            line.push(' ');
+            line.push_str(text);
+        } else {
+            line.push_str(", ");
+            line.push_str(text);
+        }
+    }
+    if line.is_empty() {
+        line.push_str("invalid arguments");
+    }
+    format!("{name}: error: {line}; see {command} --help")
 }
 
 /// A client's secret for `role`: `--token-file` (or `CI_TOKEN_FILE`), else
@@ -121,4 +202,36 @@ pub fn client_token(
     role: crate::proto::Role,
 ) -> anyhow::Result<Option<Vec<u8>>> {
     Ok(crate::proto::auth::client_token(file, role)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_argument_is_named_on_the_line() {
+        let rendered = "error: the following required arguments were not provided:\n  --repo <URL_OR_PATH>\n  --work-dir <DIR>\n\nUsage: ci-runner --repo <URL_OR_PATH> --work-dir <DIR>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_line("ci-runner", rendered),
+            "ci-runner: error: the following required arguments were not provided: --repo <URL_OR_PATH>, --work-dir <DIR>; see ci-runner --help"
+        );
+    }
+
+    #[test]
+    fn a_tip_stays_and_the_subcommand_is_named() {
+        let rendered = "error: unexpected argument '--jsn' found\n\n  tip: a similar argument exists: '--json'\n\nUsage: ci-tools status --json\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_line("ci-tools", rendered),
+            "ci-tools: error: unexpected argument '--jsn' found; tip: a similar argument exists: '--json'; see ci-tools status --help"
+        );
+    }
+
+    #[test]
+    fn the_flags_of_every_program_are_consistent() {
+        use clap::CommandFactory;
+        dispatcher::Args::command().debug_assert();
+        runner::Args::command().debug_assert();
+        observer::Args::command().debug_assert();
+        tools::Args::command().debug_assert();
+    }
 }

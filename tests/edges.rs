@@ -536,3 +536,60 @@ fn wait_says_when_the_dispatcher_has_never_seen_a_commit() {
     assert!(err.contains("never seen by the dispatcher"), "{err}");
     assert!(started.elapsed() >= Duration::from_secs(12));
 }
+
+/// A missing required argument is named on the one error line, and a typo
+/// in a subcommand or a flag keeps clap's suggestion on that line, with the
+/// (sub)command whose `--help` to read. (The line used to stop at "the
+/// following required arguments were not provided:", naming none.)
+#[test]
+fn usage_errors_name_the_missing_argument_and_suggest_the_right_word() {
+    let missing: [(&str, &[&str], &[&str]); 5] = [
+        ("ci-dispatcher", &[], &["--data-dir <DIR>"]),
+        (
+            "ci-runner",
+            &[],
+            &["--repo <URL_OR_PATH>", "--work-dir <DIR>"],
+        ),
+        ("ci-observer", &["--repo", "."], &["--work-dir <DIR>"]),
+        (
+            "ci-tools",
+            &["up"],
+            &["--repo <URL_OR_PATH>", "ci-tools up --help"],
+        ),
+        (
+            "ci-tools",
+            &["submit"],
+            &["<SHA>", "ci-tools submit --help"],
+        ),
+    ];
+    for (name, args, want) in missing {
+        let o = run(name, args);
+        one_line_error(name, &o, &[&["not provided"], want].concat());
+    }
+    let typos: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "ci-tools",
+            &["stauts"],
+            &["'stauts'", "tip:", "'status'", "see ci-tools --help"],
+        ),
+        (
+            "ci-tools",
+            &["status", "--jsno"],
+            &["'--jsno'", "tip:", "'--json'", "see ci-tools status --help"],
+        ),
+        (
+            "ci-runner",
+            &["--repo", ".", "--work-dir", ".", "--job-timout", "5"],
+            &["'--job-timout'", "'--job-timeout'", "see ci-runner --help"],
+        ),
+        (
+            "ci-tools",
+            &["completions", "fihs"],
+            &["'fihs'", "possible values", "'fish'"],
+        ),
+    ];
+    for (name, args, want) in typos {
+        let o = run(name, args);
+        one_line_error(name, &o, want);
+    }
+}

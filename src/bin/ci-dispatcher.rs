@@ -1,56 +1,14 @@
 //! `ci-dispatcher`: owns the queue and the event log; hands commits to runners.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 
+use ci::cli::dispatcher::Args;
 use ci::dispatcher::{self, DispatcherConfig};
 use ci::proto::auth::{Auth, Tokens};
 use ci::store::SledLog;
-use ci::util::parse_secs;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "ci-dispatcher",
-    version,
-    about = "Owns the CI queue and its event log; assigns commits to runners."
-)]
-struct Args {
-    /// Address to listen on; port 0 picks a free port (printed on stdout).
-    #[arg(long, default_value = "127.0.0.1:8765")]
-    listen: String,
-    /// Directory holding the event log (sled). One dispatcher per directory.
-    #[arg(long)]
-    data_dir: PathBuf,
-    /// Seconds without a heartbeat before a runner's job is re-queued.
-    #[arg(long, default_value = "10", value_parser = parse_secs, allow_negative_numbers = true)]
-    heartbeat_timeout: Duration,
-    /// Store a state snapshot every this many events (restart replays only the tail).
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    snapshot_every: u64,
-    /// The role secrets, one `ROLE: SECRET` line each for runner, observer,
-    /// tool and tool-write (see the README's Security section). Without it every client is
-    /// trusted and only loopback addresses are allowed.
-    #[arg(long, env = "CI_TOKEN_FILE", value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    /// Without --token-file, listen on a non-loopback address anyway.
-    #[arg(long)]
-    insecure: bool,
-    /// Most connections at once; lowered to fit under the open-file limit
-    /// (whose soft limit is raised to the hard one at start).
-    #[arg(long, default_value_t = dispatcher::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(8..))]
-    max_connections: u32,
-    /// Seconds a new connection has to say hello (for tests).
-    #[arg(long, default_value = "5", value_parser = parse_secs, hide = true)]
-    hello_timeout: Duration,
-    /// More logs on stderr (-v, -vv); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
 
 fn main() -> ExitCode {
     let args: Args = match ci::cli::parse_args("ci-dispatcher") {

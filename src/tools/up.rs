@@ -11,7 +11,8 @@ use tracing::error;
 
 use crate::dispatcher::{self, Dispatcher, DispatcherConfig};
 use crate::observer::{Observer, ObserverConfig};
-use crate::proto::auth::Auth;
+use crate::proto::Role;
+use crate::proto::auth::{Auth, TokenError, Tokens};
 use crate::runner::agent::{Runner, RunnerConfig};
 use crate::store::SledLog;
 
@@ -28,6 +29,18 @@ pub struct UpOptions {
     pub heartbeat_interval: Duration,
     pub job_timeout: Duration,
     pub branches: Vec<String>,
+}
+
+/// Who `up`'s dispatcher trusts: as `ci-dispatcher --token-file F
+/// --insecure`. The default trusts every client and listens on loopback only.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// The dispatcher's role file (`ROLE: SECRET` lines); the in-process
+    /// runners and observer prove their roles' lines from the same file,
+    /// so it needs a `runner` and an `observer` line.
+    pub token_file: Option<PathBuf>,
+    /// Without a token file, listen on a non-loopback address anyway.
+    pub insecure: bool,
 }
 
 pub struct Cluster {
@@ -49,14 +62,39 @@ impl Cluster {
     }
 }
 
+/// Starts a cluster that trusts every client, on a loopback address only.
 pub async fn launch(opts: UpOptions) -> anyhow::Result<Cluster> {
+    launch_with(opts, Security::default()).await
+}
+
+/// Starts a cluster whose dispatcher checks tokens as `security` says.
+pub async fn launch_with(opts: UpOptions, security: Security) -> anyhow::Result<Cluster> {
+    let (auth, runner_token, observer_token) = match &security.token_file {
+        Some(path) => {
+            let tokens = Tokens::from_file(path)?;
+            let line = |role: Role| {
+                tokens
+                    .for_role(role)
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| TokenError::NoLineForRole {
+                        path: path.clone(),
+                        role,
+                    })
+            };
+            let runner = line(Role::Runner)?;
+            let observer = line(Role::Observer)?;
+            (Auth::with_tokens(tokens), Some(runner), Some(observer))
+        }
+        None => (Auth::open(), None, None),
+    };
     let mut cfg = DispatcherConfig::new(opts.listen.clone());
     cfg.heartbeat_timeout = opts.heartbeat_timeout;
+    cfg.insecure = security.insecure;
     let dir = opts.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SledLog::open(&dir))
         .await?
         .with_context(|| format!("cannot start the dispatcher on {}", opts.data_dir.display()))?;
-    let d = dispatcher::start(cfg, Auth::open(), Box::new(store))
+    let d = dispatcher::start(cfg, auth, Box::new(store))
         .await
         .with_context(|| format!("cannot start the dispatcher on {}", opts.data_dir.display()))?;
     let addr = d.local_addr().to_string();
@@ -70,7 +108,7 @@ pub async fn launch(opts: UpOptions) -> anyhow::Result<Cluster> {
             name: format!("runner-{i}"),
             heartbeat_interval: opts.heartbeat_interval,
             job_timeout: opts.job_timeout,
-            token: None,
+            token: runner_token.clone(),
         };
         let runner = Runner::prepare(rc).await.context("cannot start a runner")?;
         let s = stop.clone();
@@ -87,7 +125,7 @@ pub async fn launch(opts: UpOptions) -> anyhow::Result<Cluster> {
         branches: opts.branches.clone(),
         interval: opts.poll_interval,
         once: false,
-        token: None,
+        token: observer_token,
     };
     let observer = Observer::prepare(oc)
         .await
