@@ -28,3 +28,4 @@ pub mod runner;
 pub mod store;
 pub mod tools;
 pub mod util;
+pub mod web;

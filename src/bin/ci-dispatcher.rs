@@ -26,6 +26,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.hello_timeout = args.hello_timeout;
     config.insecure = args.insecure;
     config.max_connections = args.max_connections as usize;
+    config.http = args.http.clone();
     let auth = match &args.token_file {
         Some(path) => Auth::with_tokens(Tokens::from_file(path)?),
         None => {
@@ -52,6 +53,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", d.local_addr())?;
+        if let Some(http) = d.http_addr {
+            writeln!(out, "http listening on {http}")?;
+        }
         out.flush()?;
     }
     let token = d.shutdown_token();

@@ -66,7 +66,7 @@ pub enum Cmd {
         #[arg(long, value_name = "NAME")]
         branch: Option<String>,
         /// Only commits in this state.
-        #[arg(long, value_name = "STATE", value_parser = ["pending", "running", "pass", "fail", "error", "timeout", "lost", "cancelled"])]
+        #[arg(long, value_name = "STATE", value_parser = ["pending", "running", "pass", "fail", "error", "timeout", "cancelled"])]
         outcome: Option<String>,
         /// Only the newest N.
         #[arg(long, value_name = "N")]

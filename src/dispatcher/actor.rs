@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::metrics::Metrics;
 use super::shell::{Batch, ConnId, FlushPlan, MAX_BATCH, Shell, ShellInput, Transmit};
 use crate::core::Now;
 use crate::proto::ServerMsg;
@@ -116,15 +117,17 @@ pub(crate) struct Driver {
     store: Option<Box<dyn Store>>,
     outboxes: HashMap<ConnId, Outbox>,
     clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 impl Driver {
-    pub fn new(shell: Shell, store: Box<dyn Store>, clock: Clock) -> Driver {
+    pub fn new(shell: Shell, store: Box<dyn Store>, clock: Clock, metrics: Arc<Metrics>) -> Driver {
         Driver {
             shell,
             store: Some(store),
             outboxes: HashMap::new(),
             clock,
+            metrics,
         }
     }
 
@@ -155,9 +158,10 @@ impl Driver {
         let (out_tx, out_rx) = mpsc::channel();
         let flushing = {
             let report = report.clone();
+            let metrics = self.metrics.clone();
             std::thread::Builder::new()
                 .name("log-flusher".into())
-                .spawn(move || flush_and_send(flusher, out_rx, &report, wake))
+                .spawn(move || flush_and_send(flusher, out_rx, &report, wake, &metrics))
                 .map_err(|e| StoreError::Write {
                     dir: Default::default(),
                     failure: crate::store::IoFailure::of(&e),
@@ -281,6 +285,7 @@ impl Driver {
             sends,
             plan,
         } = batch;
+        let started = Instant::now();
         let store = self.store();
         for (job, output) in &outputs {
             store.put_output(*job, output)?;
@@ -289,11 +294,17 @@ impl Driver {
             store.put_info(*job, info)?;
         }
         store.append(&records)?;
+        if !records.is_empty() {
+            self.metrics.appended(started.elapsed());
+            self.metrics.records(&records);
+        }
         let sends = self.address(sends);
         match plan {
             FlushPlan::SendNow => send_all(sends),
             FlushPlan::Inline => {
+                let started = Instant::now();
                 self.store().flush()?;
+                self.metrics.flushed(started.elapsed());
                 send_all(sends);
             }
             FlushPlan::Handoff { wrote } => {
@@ -367,6 +378,7 @@ fn flush_and_send(
     rx: mpsc::Receiver<Handoff>,
     report: &FlusherReport,
     wake: flume::Sender<Cmd>,
+    metrics: &Metrics,
 ) {
     let mut ready = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -374,12 +386,14 @@ fn flush_and_send(
         while let Ok(more) = rx.try_recv() {
             ready.push(more);
         }
-        if ready.iter().any(|h| h.wrote)
-            && let Err(e) = flusher.flush()
-        {
-            *report.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            let _ = wake.try_send(Cmd::FlusherFailed);
-            return;
+        if ready.iter().any(|h| h.wrote) {
+            let started = Instant::now();
+            if let Err(e) = flusher.flush() {
+                *report.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                let _ = wake.try_send(Cmd::FlusherFailed);
+                return;
+            }
+            metrics.flushed(started.elapsed());
         }
         for h in ready.drain(..) {
             send_all(h.sends);

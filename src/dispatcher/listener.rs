@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::actor::Cmd;
 use super::conn::{self, Timing};
+use super::metrics::Metrics;
 use crate::proto::auth::Auth;
 use crate::proto::conn::Writer;
 use crate::proto::{ErrorCode, ServerMsg};
@@ -120,6 +121,9 @@ pub(crate) struct Listener {
     pub auth: Arc<Auth>,
     pub timing: Timing,
     pub cap: usize,
+    /// Connection numbers, shared with in-process clients ([`super::local`]).
+    pub ids: Arc<AtomicU64>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Listener {
@@ -130,7 +134,6 @@ impl Listener {
             unproven: Mutex::new(HashMap::new()),
             max_per_addr: max_unproven_per_addr(self.cap),
         });
-        let next_conn = AtomicU64::new(1);
         let conns = TaskTracker::new();
         let conn_stop = CancellationToken::new();
         let mut backoff = Duration::from_millis(5);
@@ -163,13 +166,16 @@ impl Listener {
                 conns.spawn(refuse_busy(stream, peer.ip()));
                 continue;
             };
-            let id = next_conn.fetch_add(1, Ordering::Relaxed);
+            let id = self.ids.fetch_add(1, Ordering::Relaxed);
             let cmds = self.cmds.clone();
             let auth = self.auth.clone();
             let timing = self.timing;
             let stop = conn_stop.clone();
+            let metrics = self.metrics.clone();
+            metrics.connection_opened();
             conns.spawn(async move {
                 conn::serve(stream, id, cmds, auth, timing, admitted, stop).await;
+                metrics.connection_closed();
                 drop(permit);
             });
         }

@@ -10,10 +10,13 @@ pub mod actor;
 pub mod conn;
 pub mod listener;
 pub mod live;
+pub mod local;
+pub mod metrics;
 pub mod shell;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -43,6 +46,8 @@ pub struct DispatcherConfig {
     pub insecure: bool,
     /// Most connections at once (lowered to fit the descriptor limit).
     pub max_connections: usize,
+    /// Serve the dashboard, the JSON API and `/metrics` over HTTP here.
+    pub http: Option<String>,
 }
 
 impl DispatcherConfig {
@@ -55,6 +60,7 @@ impl DispatcherConfig {
             hello_timeout: conn::HELLO_TIMEOUT,
             insecure: false,
             max_connections: MAX_CONNECTIONS,
+            http: None,
         }
     }
 }
@@ -78,6 +84,15 @@ pub enum DispatcherError {
     WriterPanicked,
 }
 
+impl DispatcherError {
+    fn bind(addr: &str) -> impl FnOnce(std::io::Error) -> DispatcherError + '_ {
+        move |source| DispatcherError::Bind {
+            addr: addr.to_string(),
+            source,
+        }
+    }
+}
+
 /// A started dispatcher. Dropping it does not stop it; call `shutdown`.
 pub struct Dispatcher {
     addr: SocketAddr,
@@ -87,6 +102,10 @@ pub struct Dispatcher {
     pub restart_ms: u64,
     /// The connection cap in force (see [`listener::connection_cap`]).
     pub connection_cap: usize,
+    /// Where the HTTP server listens, when asked for (`--http`).
+    pub http_addr: Option<SocketAddr>,
+    local: local::Local,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Dispatcher {
@@ -96,6 +115,15 @@ impl Dispatcher {
 
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Opens in-process connections (what the web server uses).
+    pub fn local(&self) -> local::Local {
+        self.local.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Stops accepting, makes every appended event durable and returns.
@@ -146,17 +174,13 @@ pub async fn start(
 ) -> Result<Dispatcher, DispatcherError> {
     let started = Instant::now();
     if auth.is_open() && !config.insecure {
-        let loopback =
-            is_loopback(&config.listen)
+        for addr in std::iter::once(&config.listen).chain(&config.http) {
+            let loopback = is_loopback(addr)
                 .await
-                .map_err(|source| DispatcherError::Bind {
-                    addr: config.listen.clone(),
-                    source,
-                })?;
-        if !loopback {
-            return Err(DispatcherError::NotLoopback {
-                addr: config.listen.clone(),
-            });
+                .map_err(DispatcherError::bind(addr))?;
+            if !loopback {
+                return Err(DispatcherError::NotLoopback { addr: addr.clone() });
+            }
         }
     }
     let (store, state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
@@ -188,7 +212,8 @@ pub async fn start(
             snapshot_every: config.snapshot_every,
         },
     );
-    let mut driver = actor::Driver::new(shell, store, actor::Clock::new());
+    let metrics = metrics::Metrics::new();
+    let mut driver = actor::Driver::new(shell, store, actor::Clock::new(), metrics.clone());
     driver.start()?;
     let listener =
         TcpListener::bind(&config.listen)
@@ -215,6 +240,21 @@ pub async fn start(
     let restart_ms = started.elapsed().as_millis() as u64;
     info!(%addr, replayed_events, restart_ms, cap, "dispatcher serving");
 
+    let http_listener = match &config.http {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(DispatcherError::bind(addr))?,
+        ),
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(DispatcherError::bind(config.http.as_deref().unwrap_or("")))?,
+        ),
+        None => None,
+    };
     let (tx, rx) = flume::bounded(actor::COMMAND_QUEUE);
     let wake = tx.clone();
     let writer = std::thread::Builder::new()
@@ -228,14 +268,28 @@ pub async fn start(
         hello_timeout: config.hello_timeout,
         heartbeat_forward: config.heartbeat_timeout / 4,
     };
+    let ids = Arc::new(AtomicU64::new(1));
+    let local = local::Local::new(tx.clone(), ids.clone());
+    let auth = Arc::new(auth);
     let accept = listener::Listener {
         listener,
         cmds: tx.clone(),
-        auth: Arc::new(auth),
+        auth: auth.clone(),
         timing,
         cap,
+        ids,
+        metrics: metrics.clone(),
     };
     let accepting = tokio::spawn(accept.run(stop_listening.clone()));
+    let web = http_listener.map(|l| {
+        info!(addr = %http_addr.expect("bound"), "http serving");
+        let ctx = crate::web::WebContext {
+            local: local.clone(),
+            metrics: metrics.clone(),
+            auth: auth.clone(),
+        };
+        tokio::spawn(crate::web::serve(l, ctx, stop_listening.clone()))
+    });
     let token = shutdown.clone();
     let done = tokio::spawn(async move {
         let mut writer_done = tokio::task::spawn_blocking(move || writer.join());
@@ -250,6 +304,9 @@ pub async fn start(
                 // Stop accepting first, then let the writer finish what it
                 // took and make it durable.
                 let _ = accepting.await;
+                if let Some(web) = web {
+                    let _ = web.await;
+                }
                 let _ = tx.send_async(actor::Cmd::Shutdown).await;
                 drop(tx);
                 writer_done.await
@@ -271,5 +328,8 @@ pub async fn start(
         replayed_events,
         restart_ms,
         connection_cap: cap,
+        http_addr,
+        local,
+        metrics,
     })
 }

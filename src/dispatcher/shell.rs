@@ -37,8 +37,9 @@ use crate::core::{
 };
 use crate::proto::auth::Grant;
 use crate::proto::{
-    ClientMsg, ErrorCode, MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES, MAX_WATCHED,
-    MIN_PREFIX_HEX, PAGE_BYTES, REPLAY_PAGE, ResultView, Role, ServerMsg, StatusView, bounded,
+    ClientMsg, ErrorCode, MAX_CHUNK_BYTES, MAX_HISTORY_EVENTS, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES,
+    MAX_WATCHED, MIN_PREFIX_HEX, MetricsView, PAGE_BYTES, REPLAY_PAGE, ResultView, Role, ServerMsg,
+    StatusView, bounded,
 };
 use crate::store::{EventLog, OutputStore, StoreError};
 
@@ -645,6 +646,8 @@ impl Shell {
                 }
             }
             ClientMsg::Output { job } => self.output(job, log),
+            ClientMsg::History { commit } => self.history(commit, log),
+            ClientMsg::Metrics => ServerMsg::Metrics(MetricsView::of(&self.core)),
             other => ServerMsg::error(
                 ErrorCode::Invalid,
                 format!("{} is not a request", other.kind()),
@@ -652,6 +655,40 @@ impl Shell {
             ),
         };
         self.send(conn, answer);
+    }
+
+    /// The commit's job's records: its timeline.
+    fn history<L: EventLog + ?Sized>(&self, commit: CommitId, log: &L) -> ServerMsg {
+        let Some(j) = self.core.state.job_for_commit(&commit) else {
+            return ServerMsg::error(
+                ErrorCode::NotFound,
+                format!("the dispatcher has not seen commit {commit}"),
+                false,
+            );
+        };
+        match log.job_events(j.id, MAX_HISTORY_EVENTS + 1) {
+            Ok(mut records) => {
+                let more = records.len() > MAX_HISTORY_EVENTS;
+                records.truncate(MAX_HISTORY_EVENTS);
+                // Decided but not yet written: the open batch's records.
+                if !more {
+                    let after = records.last().map_or(0, |r| r.seq);
+                    records.extend(
+                        self.open
+                            .records
+                            .iter()
+                            .filter(|r| r.seq > after && r.event.job() == Some(j.id))
+                            .cloned(),
+                    );
+                }
+                ServerMsg::History {
+                    commit,
+                    records: fit_page(records, PAGE_BYTES),
+                    more,
+                }
+            }
+            Err(e) => read_failed(e),
+        }
     }
 
     fn tips(&self, after: Option<String>) -> ServerMsg {
@@ -1171,7 +1208,9 @@ fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode
         | ClientMsg::Output { .. }
         | ClientMsg::Resolve { .. }
         | ClientMsg::Follow { .. }
-        | ClientMsg::Watch { .. } => true,
+        | ClientMsg::Watch { .. }
+        | ClientMsg::History { .. }
+        | ClientMsg::Metrics => true,
         _ => false,
     };
     if ok {

@@ -452,6 +452,42 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// What a tool's secret presented as such (an HTTP header or cookie,
+    /// over a connection the operator secured) grants: reading with the
+    /// `tool` secret, also writing with `tool-write`; `None` for anything
+    /// else. Without tokens everything is granted (loopback only).
+    /// Compared in constant time.
+    pub fn grant_for_secret(&self, secret: &[u8]) -> Option<Grant> {
+        let Some(tokens) = &self.tokens else {
+            return Some(Grant { write: true });
+        };
+        let matches = |t: &Option<Vec<u8>>| {
+            t.as_deref().is_some_and(|t| {
+                // HMAC both sides under one key: equal lengths, constant time.
+                let tag = |b: &[u8]| {
+                    let mut m = HmacSha256::new_from_slice(b"ci-compare")
+                        .expect("HMAC takes keys of any length");
+                    m.update(b);
+                    m.finalize().into_bytes()
+                };
+                let (a, b) = (tag(t), tag(secret));
+                a.iter()
+                    .zip(b.iter())
+                    .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                    == 0
+            })
+        };
+        if matches(&tokens.tool_write) {
+            Some(Grant { write: true })
+        } else if matches(&tokens.tool) {
+            Some(Grant { write: false })
+        } else {
+            None
+        }
+    }
+}
+
 fn mac(token: &[u8], nonce: &[u8; 16], role: Role, name: &str) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(token).expect("HMAC takes keys of any length");
     // Role names are prefix-free, so nonce || role || name is unambiguous.
@@ -644,6 +680,27 @@ mod tests {
         assert_eq!(
             client_token_from_file(&one, Role::Runner).unwrap(),
             R.as_bytes()
+        );
+    }
+
+    #[test]
+    fn a_presented_secret_grants_what_its_tool_line_says() {
+        let auth = Auth::with_tokens(tokens());
+        assert_eq!(
+            auth.grant_for_secret(W.as_bytes()),
+            Some(Grant { write: true })
+        );
+        assert_eq!(
+            auth.grant_for_secret(T.as_bytes()),
+            Some(Grant { write: false })
+        );
+        // Other roles' secrets, near misses and nothing grant nothing.
+        for other in [R, O, "", "tool-secret-012345678", "tool-secret-01234567890"] {
+            assert_eq!(auth.grant_for_secret(other.as_bytes()), None, "{other:?}");
+        }
+        assert_eq!(
+            Auth::open().grant_for_secret(b""),
+            Some(Grant { write: true })
         );
     }
 }

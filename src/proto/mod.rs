@@ -14,7 +14,7 @@ pub mod views;
 use serde::{Deserialize, Serialize};
 
 use crate::core::{CommitId, CommitInfo, JobId, JobRef, JobReport, LeftJob, Record};
-pub use views::{ResultView, RunnerView, RunningView, StatusView};
+pub use views::{MetricsView, ResultView, RunnerView, RunningView, StatusView};
 
 /// 2: typed refusals (`ErrorCode`), `Hello::left`, paged results and tips.
 /// 3: live output, cancel and retry, subscriptions, short ids, commit
@@ -35,6 +35,10 @@ pub const MAX_WATCHED: usize = 1000;
 
 /// Shortest commit id prefix accepted wherever a full id is not required.
 pub const MIN_PREFIX_HEX: usize = 7;
+
+/// Most records a [`ServerMsg::History`] carries (a job retried and lost
+/// hundreds of times shows its first ones, and says there are more).
+pub const MAX_HISTORY_EVENTS: usize = 1000;
 
 /// Most events one `Replay` answer carries.
 pub const REPLAY_PAGE: usize = 10_000;
@@ -264,6 +268,13 @@ pub enum ClientMsg {
     Watch {
         commits: Vec<CommitId>,
     },
+    /// The records about the commit's job, oldest first (at most
+    /// [`MAX_HISTORY_EVENTS`]): its timeline.
+    History {
+        commit: CommitId,
+    },
+    /// The counts `/metrics` shows.
+    Metrics,
 }
 
 impl ClientMsg {
@@ -286,6 +297,8 @@ impl ClientMsg {
             ClientMsg::Resolve { .. } => "resolve",
             ClientMsg::Follow { .. } => "follow",
             ClientMsg::Watch { .. } => "watch",
+            ClientMsg::History { .. } => "history",
+            ClientMsg::Metrics => "metrics",
         }
     }
 }
@@ -367,6 +380,14 @@ pub enum ServerMsg {
     Unseen {
         commit: CommitId,
     },
+    /// The commit's job's records, oldest first; `more` when there were
+    /// more than [`MAX_HISTORY_EVENTS`].
+    History {
+        commit: CommitId,
+        records: Vec<Record>,
+        more: bool,
+    },
+    Metrics(MetricsView),
 }
 
 impl ServerMsg {
@@ -391,6 +412,8 @@ impl ServerMsg {
             ServerMsg::Ended(_) => "ended",
             ServerMsg::Update(_) => "update",
             ServerMsg::Unseen { .. } => "unseen",
+            ServerMsg::History { .. } => "history",
+            ServerMsg::Metrics(_) => "metrics",
         }
     }
 

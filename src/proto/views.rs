@@ -189,3 +189,58 @@ impl StatusView {
         }
     }
 }
+
+/// The counts behind `/metrics`, derived from the state when asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsView {
+    /// Jobs waiting for a runner.
+    pub queued: u64,
+    /// Runners by state (`idle`, `busy`, `lost`), every state present.
+    pub runners: Vec<(String, u64)>,
+    /// Jobs by status: `pending`, `running` and each outcome, every one
+    /// present.
+    pub jobs: Vec<(String, u64)>,
+    /// Events in the log.
+    pub last_seq: u64,
+}
+
+impl MetricsView {
+    pub fn of(core: &Core) -> MetricsView {
+        let state = &core.state;
+        let mut runners = [("idle", 0u64), ("busy", 0), ("lost", 0)];
+        for name in core.sessions().keys() {
+            let i = match core.runner_state(name) {
+                RunnerState::Idle => 0,
+                RunnerState::Busy => 1,
+                RunnerState::Lost => 2,
+            };
+            runners[i].1 += 1;
+        }
+        let mut jobs: Vec<(String, u64)> = ["pending", "running"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(
+                crate::core::Outcome::ALL
+                    .iter()
+                    .map(|o| o.as_str().to_string()),
+            )
+            .map(|s| (s, 0))
+            .collect();
+        for j in state.jobs() {
+            let word = match &j.status {
+                JobStatus::Queued => "pending",
+                JobStatus::Running { .. } => "running",
+                JobStatus::Done(f) => f.outcome.as_str(),
+            };
+            if let Some(slot) = jobs.iter_mut().find(|(w, _)| w == word) {
+                slot.1 += 1;
+            }
+        }
+        MetricsView {
+            queued: state.queue_len() as u64,
+            runners: runners.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            jobs,
+            last_seq: state.last_seq(),
+        }
+    }
+}

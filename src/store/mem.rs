@@ -204,6 +204,17 @@ impl EventLog for MemStore {
     fn last_seq(&self) -> u64 {
         self.disk().appended_seq()
     }
+
+    fn job_events(&self, job: JobId, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let d = self.disk();
+        Ok(d.durable
+            .iter()
+            .chain(&d.pending)
+            .filter(|r| r.event.job() == Some(job))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
 }
 
 struct MemFlusher(Arc<Mutex<MemDisk>>);

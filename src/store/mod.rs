@@ -152,6 +152,9 @@ pub trait EventLog: Send {
     /// Up to `limit` records from `from_seq` on, in order.
     fn read(&self, from_seq: u64, limit: usize) -> Result<Vec<Record>, StoreError>;
     fn last_seq(&self) -> u64;
+    /// The first `limit` records about `job` (`Event::job`), in order: its
+    /// history for a timeline, without reading the whole log.
+    fn job_events(&self, job: JobId, limit: usize) -> Result<Vec<Record>, StoreError>;
 }
 
 /// Makes durable everything appended to its log before the call.

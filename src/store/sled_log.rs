@@ -1,6 +1,7 @@
 //! The embedded default log on sled: one tree of events, one of outputs, one
-//! of snapshots, in one database under the data directory. The only file
-//! that knows sled: its errors become [`StoreError`]s here.
+//! of commit details, one of snapshots, and an index of each job's events
+//! (for its page's timeline), in one database under the data directory.
+//! The only file that knows sled: its errors become [`StoreError`]s here.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -52,6 +53,12 @@ pub struct SledLog {
     outputs: sled::Tree,
     infos: sled::Tree,
     snapshots: sled::Tree,
+    /// Keys `job ++ seq` (big-endian) for every event about a job: a job's
+    /// history without reading the log. Derived from the log, and rebuilt
+    /// from it where it falls behind (see [`SledLog::catch_up_index`]).
+    by_job: sled::Tree,
+    /// `indexed`: the last sequence number `by_job` covers.
+    meta: sled::Tree,
     last_seq: u64,
     dir: PathBuf,
     /// For a read-only copy: the temporary directory that holds it.
@@ -275,6 +282,8 @@ impl SledLog {
         let outputs = tree("outputs")?;
         let infos = tree("infos")?;
         let snapshots = tree("snapshots")?;
+        let by_job = tree("by-job")?;
+        let meta = tree("meta")?;
         let data_path = db_dir.join("db");
         let cannot_sync = |e: std::io::Error| StoreError::Open {
             dir: data_path.clone(),
@@ -307,7 +316,7 @@ impl SledLog {
                 ),
             });
         }
-        Ok(SledLog {
+        let mut log = SledLog {
             db,
             data_file,
             presence,
@@ -315,10 +324,68 @@ impl SledLog {
             outputs,
             infos,
             snapshots,
+            by_job,
+            meta,
             last_seq,
             dir: dir.to_path_buf(),
             _copy: copy,
-        })
+        };
+        log.catch_up_index()?;
+        Ok(log)
+    }
+
+    /// Indexes the events the job index does not cover yet: all of them
+    /// for a log written before the index existed, else the few a crash
+    /// kept from it (the index is written after its events).
+    fn catch_up_index(&mut self) -> Result<(), StoreError> {
+        let indexed = match self
+            .meta
+            .get(INDEXED)
+            .map_err(|e| sled_read(&self.dir, e))?
+        {
+            Some(v) => format::seq_of(&v).unwrap_or(0),
+            None => 0,
+        };
+        if indexed >= self.last_seq {
+            return Ok(());
+        }
+        let behind = self.last_seq - indexed;
+        if behind > 100_000 {
+            tracing::info!(
+                events = behind,
+                "indexing the log's events by job, once (for the commit pages)"
+            );
+        }
+        let mut from = indexed + 1;
+        while from <= self.last_seq {
+            let records = self.read(from, 65_536)?;
+            let Some(last) = records.last().map(|r| r.seq) else {
+                break;
+            };
+            self.index(&records)?;
+            from = last + 1;
+        }
+        Ok(())
+    }
+
+    /// Adds `records` to the job index and moves its mark past them.
+    fn index(&self, records: &[Record]) -> Result<(), StoreError> {
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        for r in records {
+            if let Some(job) = r.event.job() {
+                batch.insert(&job_event_key(job, r.seq)[..], &[][..]);
+            }
+        }
+        self.by_job
+            .apply_batch(batch)
+            .map_err(|e| sled_write(&self.dir, e))?;
+        self.meta
+            .insert(INDEXED, &format::key(last.seq))
+            .map_err(|e| sled_write(&self.dir, e))?;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -374,6 +441,16 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> StoreError {
         dir: dir.to_path_buf(),
         detail: e.to_string(),
     }
+}
+
+/// The job index's mark (in the `meta` tree).
+const INDEXED: &[u8] = b"indexed";
+
+fn job_event_key(job: JobId, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&job.0.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
 }
 
 fn output_key(job: JobRef) -> [u8; 12] {
@@ -459,7 +536,7 @@ impl EventLog for SledLog {
             .apply_batch(batch)
             .map_err(|e| sled_write(&self.dir, e))?;
         self.last_seq = seq;
-        Ok(())
+        self.index(records)
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
@@ -518,6 +595,22 @@ impl EventLog for SledLog {
 
     fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    fn job_events(&self, job: JobId, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.by_job.scan_prefix(job.0.to_be_bytes()).take(limit) {
+            let (k, _) = item.map_err(|e| sled_read(&self.dir, e))?;
+            let Some(seq) = k.get(8..).and_then(format::seq_of) else {
+                continue;
+            };
+            // A key the log does not hold (it cannot happen; if it did, a
+            // timeline would only miss a line).
+            if let Some(r) = self.read(seq, 1)?.into_iter().find(|r| r.seq == seq) {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -662,6 +755,53 @@ mod tests {
         assert_eq!(recs[0].at_ms, 7);
         let state = super::super::load_state(&log, Rebuild::FromSnapshot).unwrap();
         assert_eq!(state.jobs().len(), 3);
+    }
+
+    #[test]
+    fn a_jobs_events_come_from_the_index_which_a_reopen_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = |j: u64| Event::CommitSeen {
+            job: JobId(j),
+            commit: commit(j as u8),
+            branch: None,
+        };
+        let assigned = |j: u64| Event::JobAssigned {
+            job: JobId(j),
+            commit: commit(j as u8),
+            runner: "r".into(),
+            attempt: 1,
+        };
+        {
+            let mut log = SledLog::open(dir.path()).unwrap();
+            let evs = vec![
+                seen(1),
+                seen(2),
+                assigned(2),
+                Event::DispatcherStarted { pid: 1 },
+            ];
+            log.append(&Record::run(1, 7, &evs)).unwrap();
+            log.append(&Record::run(5, 8, &[assigned(1)])).unwrap();
+            let seqs = |log: &SledLog, j| -> Vec<u64> {
+                log.job_events(JobId(j), 10)
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.seq)
+                    .collect()
+            };
+            assert_eq!(seqs(&log, 1), vec![1, 5]);
+            assert_eq!(seqs(&log, 2), vec![2, 3]);
+            assert_eq!(seqs(&log, 3), Vec::<u64>::new());
+            assert_eq!(log.job_events(JobId(1), 1).unwrap().len(), 1);
+            // As if written before the index existed, or a crash kept the
+            // events and not their index entries.
+            log.by_job.clear().unwrap();
+            log.meta.clear().unwrap();
+            log.flush().unwrap();
+        }
+        let log = SledLog::open(dir.path()).unwrap();
+        let events = log.job_events(JobId(1), 10).unwrap();
+        assert_eq!(events.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 5]);
+        assert_eq!(events[1].event, assigned(1));
     }
 
     #[test]
