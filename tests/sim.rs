@@ -381,6 +381,7 @@ struct User {
     outstanding: VecDeque<(Action, CommitId)>,
     following: HashMap<CommitId, Following>,
     watching: usize,
+    asked_history: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1866,6 +1867,9 @@ impl World {
                 self.user.following.insert(commit, Following::default());
                 self.send_up(conn, ClientMsg::Follow { commit });
             }
+        } else if self.rng.percent(30) {
+            self.user.asked_history += 1;
+            self.send_up(conn, ClientMsg::History { commit });
         } else if self.user.watching < 50 {
             self.user.watching += 2;
             let never = commit_id(self.seed ^ 0xdead, self.steps);
@@ -1940,6 +1944,25 @@ impl World {
                 f.got.extend_from_slice(&data);
             }
             ServerMsg::Update(view) => self.check_view(&view),
+            ServerMsg::History {
+                commit, records, ..
+            } => {
+                // The job's own records, in order, from its first, all durable.
+                let Some(job) = self.replica.job_for_commit(&commit).map(|j| j.id) else {
+                    self.fail(format!("a history of {commit}, which is not durable"));
+                };
+                let ok = records
+                    .first()
+                    .is_some_and(|r| matches!(r.event, Event::CommitSeen { .. }))
+                    && records.windows(2).all(|w| w[0].seq < w[1].seq)
+                    && records
+                        .iter()
+                        .all(|r| r.event.job() == Some(job) && r.seq <= self.replica.last_seq());
+                if !ok || self.user.asked_history == 0 {
+                    self.fail(format!("a wrong history of {commit}: {records:?}"));
+                }
+                self.user.asked_history -= 1;
+            }
             ServerMsg::Ended(view) => {
                 self.check_view(&view);
                 let Some(f) = self.user.following.remove(&view.commit) else {

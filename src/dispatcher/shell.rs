@@ -1621,6 +1621,173 @@ mod tests {
         assert_eq!(b.outputs[0].1.len(), MAX_OUTPUT_BYTES);
     }
 
+    /// Writes a batch as the driver would, and returns it.
+    fn carry(s: &mut Shell, store: &mut MemStore, at: u64) -> Batch {
+        let b = s.take_batch(now(at), 0).expect("a batch");
+        for (job, output) in &b.outputs {
+            store.put_output(*job, output).unwrap();
+        }
+        store.append(&b.records).unwrap();
+        store.flush().unwrap();
+        s.durable(b.id, now(at));
+        b
+    }
+
+    /// A follower sees what the runner streamed, the rest it did not
+    /// stream when the result comes, then the end; the commit's history
+    /// is its own records, in order; the metrics count it.
+    #[test]
+    fn a_followed_job_streams_ends_and_has_a_timeline() {
+        let mut store = MemStore::new();
+        let mut s = Shell::new(
+            Core::new(State::new(), CoreConfig::default()),
+            ShellConfig {
+                snapshot_every: 1_000_000,
+            },
+        );
+        store.append(&s.start(1, now(1)).records).unwrap();
+        tool(&mut s, 7, &store);
+        tool(&mut s, 9, &store);
+        let frame = |s: &mut Shell, conn, msg, at, store: &MemStore| {
+            s.handle(ShellInput::Frame { conn, msg }, now(at), store)
+        };
+        frame(
+            &mut s,
+            7,
+            ClientMsg::Commits {
+                infos: Vec::new(),
+                branch: Some("main".into()),
+                commits: vec![commit(1), commit(2)],
+                tip: None,
+            },
+            3,
+            &store,
+        );
+        frame(
+            &mut s,
+            9,
+            ClientMsg::Follow { commit: commit(1) },
+            3,
+            &store,
+        );
+        s.handle(
+            ShellInput::RunnerHello {
+                conn: 8,
+                name: "r".into(),
+                holding: None,
+                left: None,
+            },
+            now(3),
+            &store,
+        );
+        let b = carry(&mut s, &mut store, 3);
+        let job = b
+            .sends
+            .iter()
+            .find_map(|t| match &t.msg {
+                ServerMsg::Assign { job, .. } => Some(*job),
+                _ => None,
+            })
+            .expect("assigned");
+        assert!(b.sends.iter().any(
+            |t| t.conn == 9 && matches!(&t.msg, ServerMsg::Update(v) if v.outcome == "pending")
+        ));
+        // The runner streams 6 of the 10 bytes, one chunk twice.
+        for (offset, data) in [
+            (0, b"abc".to_vec()),
+            (0, b"abc".to_vec()),
+            (3, b"def".to_vec()),
+        ] {
+            frame(
+                &mut s,
+                8,
+                ClientMsg::OutputChunk { job, offset, data },
+                4,
+                &store,
+            );
+        }
+        frame(
+            &mut s,
+            8,
+            ClientMsg::Result {
+                job,
+                report: JobReport {
+                    outcome: Outcome::Fail,
+                    exit_code: Some(1),
+                    duration_ms: 2_000,
+                    tests: None,
+                    message: String::new(),
+                },
+                output: b"abcdefghij".to_vec(),
+                info: None,
+            },
+            5,
+            &store,
+        );
+        let b = carry(&mut s, &mut store, 5);
+        let mut seen = Vec::new();
+        let mut ended = None;
+        for t in b.sends.iter().filter(|t| t.conn == 9) {
+            match &t.msg {
+                ServerMsg::OutputChunk {
+                    job: j,
+                    offset,
+                    data,
+                } => {
+                    assert_eq!(*j, job);
+                    assert_eq!(*offset as usize, seen.len(), "no gap, no repeat");
+                    seen.extend_from_slice(data);
+                }
+                ServerMsg::Ended(v) => ended = Some(v.outcome.clone()),
+                other => panic!("the follower got {other:?}"),
+            }
+        }
+        assert_eq!(seen, b"abcdefghij");
+        assert_eq!(ended.as_deref(), Some("fail"));
+        // Its timeline.
+        frame(
+            &mut s,
+            7,
+            ClientMsg::History { commit: commit(1) },
+            6,
+            &store,
+        );
+        frame(
+            &mut s,
+            7,
+            ClientMsg::History { commit: commit(3) },
+            6,
+            &store,
+        );
+        frame(&mut s, 7, ClientMsg::Metrics, 6, &store);
+        let b = s.take_batch(now(6), 0).unwrap();
+        let msgs = answers(&b);
+        let ServerMsg::History { records, more, .. } = msgs[0] else {
+            panic!("{:?}", msgs[0]);
+        };
+        let kinds: Vec<&str> = records.iter().map(|r| r.event.kind()).collect();
+        assert_eq!(kinds, ["commit_seen", "job_assigned", "result"]);
+        assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert!(!more);
+        assert!(matches!(
+            msgs[1],
+            ServerMsg::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ));
+        let ServerMsg::Metrics(m) = msgs[2] else {
+            panic!("{:?}", msgs[2]);
+        };
+        assert_eq!(m.queued, 0, "commit 2 went to the idle runner");
+        let count = |w: &str| m.jobs.iter().find(|(k, _)| k == w).map(|(_, n)| *n);
+        assert_eq!((count("fail"), count("running")), (Some(1), Some(1)));
+        assert_eq!(
+            m.runners.iter().find(|(k, _)| k == "busy").map(|x| x.1),
+            Some(1)
+        );
+    }
+
     /// After a storage failure nothing is decided: every connection is told
     /// to go, later frames are refused, the timer stops.
     #[test]

@@ -1,0 +1,160 @@
+//! `/metrics` on the real dispatcher (`--http`): the Prometheus text
+//! format with every figure the issue names, counting what really
+//! happened; the tool secret to read it when tokens are set; and the
+//! loopback rule for HTTP as for the TCP port.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::*;
+
+/// `GET path` over plain HTTP/1.1 on loopback: (status, body).
+fn get(addr: &str, path: &str, bearer: Option<&str>) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(SHORT)).unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
+}
+
+/// The `http listening on HOST:PORT` line the dispatcher prints second.
+fn http_addr(d: &Dispatcher) -> String {
+    wait_for("the http address", SHORT, || {
+        d.proc
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("http listening on "))
+            .map(|a| a.trim().to_string())
+            .ok_or_else(|| d.proc.stdout())
+    })
+}
+
+/// The value of the sample `name` (labels included) in a text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let repo = TestRepo::new();
+    let good = repo.copy_data("passing");
+    let d = Dispatcher::start(&repo.dir("dispatcher"), &["--http", "127.0.0.1:0"]);
+    let addr = d.addr();
+    let http = http_addr(&d);
+    // Nothing yet: the figures are there, at zero.
+    let (status, text) = get(&http, "/metrics", None).unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sample(&text, "ci_queue_length"), Some(0.0), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    let _observer = observer(addr, &repo, "main");
+    // Queued with no runner: the queue shows it.
+    wait_for("the commit queued", LONG, || {
+        let (_, text) = get(&http, "/metrics", None)?;
+        match sample(&text, "ci_queue_length") {
+            Some(n) if n >= 1.0 => Ok(()),
+            _ => Err(text),
+        }
+    });
+    let _runner = runner(addr, &repo, "r1");
+    wait_final(addr, &[&good], LONG);
+    let text = wait_for("the runner idle again", LONG, || {
+        let (_, text) = get(&http, "/metrics", None)?;
+        match sample(&text, "ci_runners{state=\"idle\"}") {
+            Some(n) if n == 1.0 => Ok(text),
+            _ => Err(text),
+        }
+    });
+    for (name, want) in [
+        ("ci_queue_length", 0.0),
+        ("ci_jobs{status=\"pass\"}", 1.0),
+        ("ci_jobs{status=\"pending\"}", 0.0),
+        ("ci_runners{state=\"busy\"}", 0.0),
+        ("ci_runners{state=\"lost\"}", 0.0),
+        ("ci_job_duration_seconds_count", 1.0),
+        ("ci_events_total{kind=\"result\"}", 1.0),
+        ("ci_events_total{kind=\"commit_seen\"}", 1.0),
+        ("ci_heartbeat_losses_total", 0.0),
+    ] {
+        assert_eq!(sample(&text, name), Some(want), "{name} in:\n{text}");
+    }
+    // Runner and observer connected (and maybe a tool), appends and
+    // flushes measured.
+    for (name, at_least) in [
+        ("ci_connections", 2.0),
+        ("ci_connections_accepted_total", 2.0),
+        ("ci_log_append_seconds_count", 2.0),
+        ("ci_log_flush_seconds_count", 2.0),
+        ("ci_log_events", 4.0),
+    ] {
+        let v = sample(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(v >= at_least, "{name} is {v}, expected at least {at_least}");
+    }
+    let (status, _) = get(&http, "/nowhere", None).unwrap();
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn metrics_need_the_tool_secret_when_tokens_are_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "runner: runner-secret-0123456789\nobserver: observer-secret-0123456789\n\
+         tool: tool-secret-0123456789\ntool-write: tool-write-secret-0123456789\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = Dispatcher::start(
+        &dir.path().join("data"),
+        &["--http", "127.0.0.1:0", "--token-file", p(&tokens)],
+    );
+    let http = http_addr(&d);
+    for wrong in [None, Some("runner-secret-0123456789"), Some("nope")] {
+        let (status, body) = get(&http, "/metrics", wrong).unwrap();
+        assert_eq!(status, 401, "{wrong:?}: {body}");
+        assert!(!body.contains("ci_"), "{body}");
+    }
+    for right in ["tool-secret-0123456789", "tool-write-secret-0123456789"] {
+        let (status, body) = get(&http, "/metrics", Some(right)).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("ci_queue_length 0"), "{body}");
+    }
+}
+
+#[test]
+fn http_on_a_non_loopback_address_needs_tokens_or_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = Dispatcher::spawn_proc(
+        "127.0.0.1:0",
+        &dir.path().join("data"),
+        &["--http", "0.0.0.0:0"],
+        0,
+    );
+    let status = proc.wait_exit(SHORT);
+    assert_ne!(exit_code(&status), Some(0), "{}", proc.report());
+    let err = proc.stderr();
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without tokens")
+            && err.contains("--insecure"),
+        "{err}"
+    );
+}
