@@ -78,7 +78,7 @@ fn metrics_count_what_happened() {
     let text = wait_for("the runner idle again", LONG, || {
         let (_, text) = get(&http, "/metrics", None)?;
         match sample(&text, "ci_runners{state=\"idle\"}") {
-            Some(n) if n == 1.0 => Ok(text),
+            Some(1.0) => Ok(text),
             _ => Err(text),
         }
     });
