@@ -1367,6 +1367,7 @@ impl World {
         if let (Owner::Runner(_), ClientMsg::Hello(_)) = (self.conns[&conn].owner, &msg) {
             self.conns.get_mut(&conn).expect("conn").welcome_owed = true;
         }
+        self.say(|| format!("host gets {} on conn {conn}", msg.kind()));
         let arrivals = &mut self.conns.get_mut(&conn).expect("conn").arrivals;
         arrivals.push_back(self.now_ms);
         if arrivals.len() > 16 {
@@ -1396,6 +1397,7 @@ impl World {
         if !self.conn_live_at_host(conn) {
             return;
         }
+        self.say(|| format!("shell reads {} on conn {conn}", msg.kind()));
         let input = match msg {
             ClientMsg::Hello(h) => match self.conns[&conn].owner {
                 Owner::Runner(_) => ShellInput::RunnerHello {
@@ -2530,4 +2532,13 @@ fn regression_seed_6_a_runner_waiting_for_its_welcome_is_not_lost() {
 #[test]
 fn regression_seed_57_a_dead_runner_is_found_after_a_start() {
     run_checked(57, DEFAULT_STEPS, false);
+}
+
+/// A runner went on streaming output of a job it no longer held; the
+/// shell dropped those chunks without counting them as a sign of life,
+/// and with its heartbeats queued behind them the runner was declared
+/// lost. Found by a wide run (seed 2035).
+#[test]
+fn regression_seed_2035_stale_output_is_a_sign_of_life() {
+    run_checked(2035, DEFAULT_STEPS, false);
 }

@@ -129,6 +129,12 @@ pub enum Input {
         runner: RunnerName,
         holding: Option<JobRef>,
     },
+    /// The runner sent something that only shows it is alive (a chunk of
+    /// live output, perhaps of a job it no longer holds): it is heard,
+    /// nothing is decided.
+    Heard {
+        runner: RunnerName,
+    },
     /// The runner is idle and wants work.
     RunnerReady {
         runner: RunnerName,
@@ -337,6 +343,7 @@ impl Core {
             Input::Heartbeat { runner, holding } => {
                 self.on_heartbeat(&mut step, runner, holding, now)
             }
+            Input::Heard { runner } => self.hear(&runner, now, Link::Connected),
             Input::RunnerReady { runner } => {
                 self.hear(&runner, now, Link::Connected);
                 self.make_idle(&runner);

@@ -433,19 +433,15 @@ impl Shell {
         mut data: Vec<u8>,
         now: Now,
     ) {
-        if self.core.state.holder(&name) != Some(job) {
+        // Output is a sign of life as good as a heartbeat, even of a job
+        // the runner no longer holds (its heartbeats sort that out): a
+        // runner busy streaming is never taken for lost.
+        let held = self.core.state.holder(&name) == Some(job);
+        let step = self.core.handle(Input::Heard { runner: name }, now);
+        self.absorb(step);
+        if !held {
             return;
         }
-        // Output is a sign of life as good as a heartbeat: a runner busy
-        // streaming is never taken for lost.
-        let step = self.core.handle(
-            Input::Heartbeat {
-                runner: name,
-                holding: Some(job),
-            },
-            now,
-        );
-        self.absorb(step);
         data.truncate(MAX_CHUNK_BYTES);
         let Some((offset, new)) = self.live.chunk(job, offset, &data) else {
             return;

@@ -170,6 +170,12 @@ impl Tap {
         self.more.notify_one();
     }
 
+    /// Writes `line` into the stream as if the command had: the runner's
+    /// own lines (the command it runs) among the command's output.
+    pub fn announce(&self, line: &str) {
+        self.push(line.as_bytes());
+    }
+
     /// How many bytes the command has written so far.
     pub fn end(&self) -> u64 {
         let t = self.lock();

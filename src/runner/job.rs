@@ -227,6 +227,9 @@ async fn run_job(
         hide,
     };
     debug!(command = ?cfg.command, timeout_s = timeout.as_secs_f64(), "running tests");
+    // The log starts with the exact command, as Buildkite's and Jenkins'
+    // logs do: the dashboard shows it, and a reader can run it by hand.
+    tap.announce(&command_line(&cfg.command));
     let out = exec::run_tapped(&spec, cancel, tap).await;
     warn_isolation(&out.isolation);
     let text = String::from_utf8_lossy(&out.output);
@@ -267,11 +270,32 @@ async fn run_job(
     )
 }
 
+/// `$ ARGV...` and a newline, each argument quoted as a POSIX shell
+/// would need it to be typed.
+fn command_line(argv: &[String]) -> String {
+    let quoted = shlex::try_join(argv.iter().map(String::as_str))
+        .unwrap_or_else(|_| format!("{argv:?}"));
+    format!("$ {quoted}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_command_line_reads_as_it_would_be_typed() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(&argv(&["python3", "-m", "unittest", "discover", "-s", "tests"])),
+            "$ python3 -m unittest discover -s tests\n"
+        );
+        assert_eq!(
+            command_line(&argv(&["sh", "-c", "echo 'hi'; exit 1"])),
+            "$ sh -c \"echo 'hi'; exit 1\"\n"
+        );
+    }
 
     #[test]
     fn clear_takes_away_whatever_earlier_jobs_left() {

@@ -358,7 +358,14 @@ impl SledLog {
         }
         let mut from = indexed + 1;
         while from <= self.last_seq {
-            let records = self.read(from, 65_536)?;
+            let records = match self.read(from, 65_536) {
+                Ok(records) => records,
+                // A damaged record is reported, with its sequence number,
+                // by whoever reads the log next (the dispatcher refuses to
+                // start); opening stays possible so that tools can look.
+                Err(StoreError::Corrupt { .. }) => break,
+                Err(e) => return Err(e),
+            };
             let Some(last) = records.last().map(|r| r.seq) else {
                 break;
             };
