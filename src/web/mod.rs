@@ -91,6 +91,8 @@ pub struct Inner {
     ctx: WebContext,
     sessions: auth::Sessions,
     streams: Arc<Semaphore>,
+    /// Cancelled when the server stops: live logs end at once.
+    stop: CancellationToken,
 }
 
 impl std::ops::Deref for App {
@@ -206,6 +208,7 @@ pub async fn serve(listener: TcpListener, ctx: WebContext, stop: CancellationTok
         ctx,
         sessions,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        stop: stop.clone(),
     }));
     let router = router(app);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
