@@ -288,6 +288,7 @@ pub async fn start(
             metrics: metrics.clone(),
             auth: auth.clone(),
             loopback_only: auth.is_open() && !config.insecure,
+            max_connections: crate::web::connection_cap(fd_limit),
         };
         tokio::spawn(crate::web::serve(l, ctx, stop_listening.clone()))
     });

@@ -54,6 +54,8 @@ pub struct WebContext {
     /// Refuse requests whose `Host` is not a loopback name (no tokens and
     /// no `--insecure`: the DNS rebinding guard).
     pub loopback_only: bool,
+    /// Most HTTP connections open at once ([`connection_cap`]).
+    pub max_connections: usize,
 }
 
 /// How long a stopping server waits for open requests and streams.
@@ -62,6 +64,13 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Most HTTP connections open at once; further ones wait in the kernel's
 /// backlog until one closes.
 pub const MAX_CONNECTIONS: usize = 4096;
+
+/// The HTTP connection cap under a descriptor limit of `fd_limit`: at
+/// most a quarter of it (the TCP port, the log and live-log streams' local
+/// connections need the rest), between 64 and [`MAX_CONNECTIONS`].
+pub fn connection_cap(fd_limit: u64) -> usize {
+    ((fd_limit / 4) as usize).clamp(64, MAX_CONNECTIONS)
+}
 
 /// Most live-log streams at once; beyond it, 503 with `Retry-After`.
 pub const MAX_STREAMS: usize = 1024;
@@ -91,6 +100,8 @@ pub struct Inner {
     ctx: WebContext,
     sessions: auth::Sessions,
     streams: Arc<Semaphore>,
+    /// Cancelled when the server stops: live logs end at once.
+    stop: CancellationToken,
 }
 
 impl std::ops::Deref for App {
@@ -190,7 +201,7 @@ impl WebError {
 
 /// Serves until `stop`; then gives open requests a moment and returns.
 ///
-/// Each accepted connection takes a permit of [`MAX_CONNECTIONS`] (none
+/// Each accepted connection takes a permit of `max_connections` (none
 /// free: the accept waits), is served by hyper's HTTP/1 with a
 /// [`HEADER_READ_TIMEOUT`] and a bounded read buffer, and can be dropped
 /// at once through its [`ConnKill`].
@@ -206,9 +217,10 @@ pub async fn serve(listener: TcpListener, ctx: WebContext, stop: CancellationTok
         ctx,
         sessions,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        stop: stop.clone(),
     }));
+    let permits = Arc::new(Semaphore::new(app.ctx.max_connections));
     let router = router(app);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -439,5 +451,35 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "the dispatcher is stopping\n",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_descriptor_limit() {
+        assert_eq!(connection_cap(1024), 256);
+        assert_eq!(connection_cap(100), 64);
+        assert_eq!(connection_cap(20_000), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(u64::MAX), MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn refusals_map_to_statuses_by_code() {
+        let s = |code| {
+            WebError::Refused {
+                code,
+                message: String::new(),
+            }
+            .status()
+        };
+        assert_eq!(s(ErrorCode::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(s(ErrorCode::Conflict), StatusCode::CONFLICT);
+        assert_eq!(s(ErrorCode::NotPermitted), StatusCode::FORBIDDEN);
+        assert_eq!(s(ErrorCode::Invalid), StatusCode::BAD_REQUEST);
+        assert_eq!(s(ErrorCode::Ambiguous), StatusCode::BAD_REQUEST);
+        assert_eq!(s(ErrorCode::Busy), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -239,9 +239,15 @@ async fn start(
         Ok(None) | Err(_) => return Err(WebError::Gone),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
+    let stop = app.stop.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        produce(conn, first, Encoder::new(from), tx, kill).await;
+        tokio::select! {
+            _ = produce(conn, first, Encoder::new(from), tx, kill) => {}
+            // The server stops: the stream ends (a client reconnects to
+            // the next dispatcher with its last id).
+            _ = stop.cancelled() => {}
+        }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
