@@ -287,6 +287,7 @@ pub async fn start(
             local: local.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
+            loopback_only: auth.is_open() && !config.insecure,
         };
         tokio::spawn(crate::web::serve(l, ctx, stop_listening.clone()))
     });

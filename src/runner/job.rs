@@ -273,8 +273,8 @@ async fn run_job(
 /// `$ ARGV...` and a newline, each argument quoted as a POSIX shell
 /// would need it to be typed.
 fn command_line(argv: &[String]) -> String {
-    let quoted = shlex::try_join(argv.iter().map(String::as_str))
-        .unwrap_or_else(|_| format!("{argv:?}"));
+    let quoted =
+        shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| format!("{argv:?}"));
     format!("$ {quoted}\n")
 }
 
@@ -288,7 +288,9 @@ mod tests {
     fn the_command_line_reads_as_it_would_be_typed() {
         let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            command_line(&argv(&["python3", "-m", "unittest", "discover", "-s", "tests"])),
+            command_line(&argv(&[
+                "python3", "-m", "unittest", "discover", "-s", "tests"
+            ])),
             "$ python3 -m unittest discover -s tests\n"
         );
         assert_eq!(

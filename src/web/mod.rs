@@ -1,74 +1,419 @@
-//! The dispatcher's HTTP side (`--http ADDR`): `/metrics` in the
-//! Prometheus text format. Every figure comes through an in-process
-//! connection to the shell ([`crate::dispatcher::local`]), as for any
-//! tool.
+//! The dispatcher's HTTP side (`--http ADDR`): the dashboard pages, the
+//! JSON API under `/api/v1/`, the live log as server-sent events, and
+//! `/metrics` in the Prometheus text format.
 //!
-//! Access follows the TCP port's rule: without tokens the dispatcher only
-//! listens on loopback (unless `--insecure`) and everything is served;
-//! with tokens a request must present the tool secret
-//! (`Authorization: Bearer SECRET`) to read.
+//! Everything shown comes through in-process connections to the shell
+//! ([`crate::dispatcher::local`]), as for any tool, with the grant the
+//! request's credentials earned ([`auth`]); pages and the API get their
+//! data from the same functions ([`api`]), so they never disagree.
+//!
+//! - `mod.rs`: the router, the accept loop and every limit (connections,
+//!   header read time, request time, body and URI sizes), security headers.
+//! - `auth.rs`: grants from a bearer header or the login cookie, the
+//!   loopback `Host` rule without tokens, cross-site and CSRF checks.
+//! - `api.rs`: reads and actions, and their JSON under `/api/v1/`.
+//! - `sse.rs`: a job's output as server-sent events.
+//! - `pages.rs`: the HTML pages; `html.rs`: escaping, layout, CSS and JS.
 
+mod api;
+mod auth;
+mod html;
+mod pages;
+mod sse;
+
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+use tracing::{debug, warn};
 
-use crate::dispatcher::local::Local;
+use crate::dispatcher::local::{Gone, Local};
 use crate::dispatcher::metrics::Metrics;
-use crate::proto::auth::{Auth, Grant};
-use crate::proto::{ClientMsg, ServerMsg};
+use crate::proto::auth::Auth;
+use crate::proto::{ClientMsg, ErrorCode, ServerMsg};
 
-/// What the handlers share.
+/// What the dispatcher hands the web server.
 #[derive(Clone)]
 pub struct WebContext {
     pub local: Local,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
+    /// Refuse requests whose `Host` is not a loopback name (no tokens and
+    /// no `--insecure`: the DNS rebinding guard).
+    pub loopback_only: bool,
 }
 
 /// How long a stopping server waits for open requests and streams.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves until `stop`; then gives open requests a moment and returns.
-pub async fn serve(listener: TcpListener, ctx: WebContext, stop: CancellationToken) {
-    let app = router(ctx);
-    let stopping = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
-    stopping.cancelled().await;
-    match tokio::time::timeout(STOP_GRACE, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "the http server stopped with an error"),
-        Ok(Err(_)) => warn!("the http server panicked"),
-        Err(_) => warn!("open http requests did not end in time; closing them"),
+/// Most HTTP connections open at once; further ones wait in the kernel's
+/// backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Most live-log streams at once; beyond it, 503 with `Retry-After`.
+pub const MAX_STREAMS: usize = 1024;
+
+/// A client that has not sent a whole request head in this time is
+/// disconnected (idle keep-alive connections too).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An ordinary request (not a stream's body) must be answered in this time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request body taken (the login form); 413 beyond.
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+
+/// Largest request target (path and query); 414 beyond.
+const MAX_URI_BYTES: usize = 2048;
+
+/// Largest read buffer per connection: a request head bigger than this
+/// gets 431 from hyper.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
+
+pub struct Inner {
+    ctx: WebContext,
+    sessions: auth::Sessions,
+    streams: Arc<Semaphore>,
+}
+
+impl std::ops::Deref for App {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
     }
 }
 
-pub fn router(ctx: WebContext) -> Router {
+/// Cancelling it drops the connection a request came on at once (a live
+/// log whose reader stopped reading).
+#[derive(Clone)]
+pub struct ConnKill(pub CancellationToken);
+
+/// Why a request failed; pages and the API show it their own way.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("this dispatcher needs the tool secret: log in, or send Authorization: Bearer SECRET")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("the dispatcher is stopping")]
+    Gone,
+    #[error("unexpected answer from the dispatcher: {0}")]
+    Unexpected(&'static str),
+}
+
+impl From<Gone> for WebError {
+    fn from(_: Gone) -> WebError {
+        WebError::Gone
+    }
+}
+
+impl WebError {
+    /// The status, decided on the refusal's code, never on its text.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WebError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebError::Gone => StatusCode::SERVICE_UNAVAILABLE,
+            WebError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebError::Refused { code, .. } => match code {
+                ErrorCode::Invalid | ErrorCode::Ambiguous => StatusCode::BAD_REQUEST,
+                ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                ErrorCode::NotPermitted => StatusCode::FORBIDDEN,
+                ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                ErrorCode::Conflict => StatusCode::CONFLICT,
+                ErrorCode::ShuttingDown
+                | ErrorCode::Busy
+                | ErrorCode::Timeout
+                | ErrorCode::Unavailable
+                | ErrorCode::TooSlow => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Version | ErrorCode::Superseded => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// As the API says it: `{"error": "..."}`.
+    pub fn into_json(self) -> Response {
+        let status = self.status();
+        let mut resp = (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+
+    /// As a page says it; without access, a redirect to the login form.
+    pub fn into_page(self) -> Response {
+        if matches!(self, WebError::Unauthorized) {
+            return Redirect::to("/login").into_response();
+        }
+        let status = self.status();
+        let body = format!(
+            "<h1>{}</h1><p class=\"error\">{}</p>",
+            status.as_u16(),
+            html::escape(&self.to_string())
+        );
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html::layout("Error", None, "", &body),
+        )
+            .into_response()
+    }
+}
+
+/// Serves until `stop`; then gives open requests a moment and returns.
+///
+/// Each accepted connection takes a permit of [`MAX_CONNECTIONS`] (none
+/// free: the accept waits), is served by hyper's HTTP/1 with a
+/// [`HEADER_READ_TIMEOUT`] and a bounded read buffer, and can be dropped
+/// at once through its [`ConnKill`].
+pub async fn serve(listener: TcpListener, ctx: WebContext, stop: CancellationToken) {
+    let sessions = match auth::Sessions::new() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "no randomness for the web sessions; the http server is off");
+            return;
+        }
+    };
+    let app = App(Arc::new(Inner {
+        ctx,
+        sessions,
+        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+    }));
+    let router = router(app);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, most likely: let some close.
+                    warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let kill = CancellationToken::new();
+        let router = router.clone();
+        let conn_kill = ConnKill(kill.clone());
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(conn_kill.clone());
+                let req = req.map(Body::new);
+                let fut = router.clone().call(req);
+                async move { Ok::<_, Infallible>(fut.await.unwrap_or_else(|e| match e {})) }
+            });
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "http connection ended");
+                    }
+                }
+                _ = kill.cancelled() => {
+                    debug!(%peer, "http connection dropped: its reader stopped reading");
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(STOP_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(STOP_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("open http requests did not end in time; closing them");
+    }
+}
+
+pub fn router(app: App) -> Router {
     Router::new()
+        .route("/", get(pages::commits))
+        .route("/commits/{sha}", get(pages::commit))
+        .route("/runners", get(pages::runners))
+        .route("/history", get(pages::history))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/static/app.js", get(app_js))
+        .route("/static/app.css", get(app_css))
+        .route("/api/v1/commits", get(api::commits))
+        .route("/api/v1/commits/{sha}", get(api::commit))
+        .route("/api/v1/commits/{sha}/log", get(sse::log))
+        .route("/api/v1/commits/{sha}/cancel", post(api::cancel))
+        .route("/api/v1/commits/{sha}/retry", post(api::retry))
+        .route("/api/v1/runners", get(api::runners))
+        .route("/api/v1/history", get(api::history))
+        .route("/api/v1/status", get(api::status_json))
         .route("/metrics", get(metrics))
-        .with_state(ctx)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
 }
 
-/// The grant the request's credentials earn; `None`: refuse it
-/// ([`unauthorized`]).
-pub fn grant(ctx: &WebContext, headers: &HeaderMap) -> Option<Grant> {
-    let secret = headers
-        .get(header::AUTHORIZATION)
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// Every request: the target's size, the loopback `Host` rule, the
+/// cross-site rule for POSTs, the body's declared size, the request time
+/// limit; then the security headers on the answer.
+async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
+    let mut resp = check(&app, req, next).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+async fn check(app: &App, req: Request, next: Next) -> Response {
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > MAX_URI_BYTES {
+        return plain(
+            StatusCode::URI_TOO_LONG,
+            "the request target is longer than 2048 bytes\n",
+        );
+    }
+    let headers = req.headers();
+    if app.ctx.loopback_only {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !host.is_some_and(auth::is_loopback_host) {
+            return plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this dispatcher has no tokens and answers only requests to a loopback name \
+                 (localhost, 127.0.0.1, [::1]); give it --token-file to serve other names\n",
+            );
+        }
+    }
+    if let Some(why) = auth::cross_site(req.method(), headers) {
+        return if req.uri().path().starts_with("/api/") {
+            WebError::Forbidden(why.into()).into_json()
+        } else {
+            plain(
+                StatusCode::FORBIDDEN,
+                "cross-site requests may not act here\n",
+            )
+        };
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    ctx.auth.grant_for_secret(secret.unwrap_or("").as_bytes())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request bodies are at most 4 KiB\n",
+        );
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the dispatcher did not answer in time\n",
+        ),
+    }
 }
 
-pub fn unauthorized() -> Response {
+async fn not_found() -> Response {
+    plain(StatusCode::NOT_FOUND, "not found\n")
+}
+
+async fn app_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        html::APP_JS,
+    )
+        .into_response()
+}
+
+async fn app_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        html::APP_CSS,
+    )
+        .into_response()
+}
+
+fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -77,30 +422,22 @@ pub fn unauthorized() -> Response {
         .into_response()
 }
 
-fn unavailable() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the dispatcher is stopping\n",
-    )
-        .into_response()
-}
-
-async fn metrics(State(ctx): State<WebContext>, headers: HeaderMap) -> Response {
-    let Some(g) = grant(&ctx, &headers) else {
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let Ok(a) = auth::access(&app, &headers) else {
         return unauthorized();
     };
-    let Ok(mut conn) = ctx.local.open(g).await else {
-        return unavailable();
-    };
-    match conn.request(ClientMsg::Metrics).await {
+    match api::ask(&app, a.grant, ClientMsg::Metrics).await {
         Ok(ServerMsg::Metrics(view)) => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            ctx.metrics.render(&view),
+            app.ctx.metrics.render(&view),
         )
             .into_response(),
-        _ => unavailable(),
+        _ => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the dispatcher is stopping\n",
+        ),
     }
 }
