@@ -67,7 +67,10 @@ fn send_raw(addr: &str, raw: &[u8]) -> Result<Resp, String> {
 
 /// `METHOD path` with `headers` and `body`, Host set to `addr`.
 fn req(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        raw.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -117,7 +120,12 @@ fn api_commit(http: &str, sha: &str, auth: &[(&str, &str)]) -> Value {
 
 fn wait_outcome(http: &str, sha: &str, auth: &[(&str, &str)], want: &str) -> Value {
     wait_for(&format!("{} to be {want}", short(sha)), LONG, || {
-        let v = api_commit(http, sha, auth);
+        let r = get_with(http, &format!("/api/v1/commits/{sha}"), auth);
+        if r.status == 404 {
+            return Err(r.body);
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
         if v["outcome"] == want {
             Ok(v)
         } else {

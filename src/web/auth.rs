@@ -221,10 +221,10 @@ pub fn cross_site(method: &Method, headers: &HeaderMap) -> Option<&'static str> 
     if method != Method::POST {
         return None;
     }
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if matches!(site.as_bytes(), b"cross-site" | b"same-site") {
-            return Some("cross-site requests may not act here");
-        }
+    if let Some(site) = headers.get("sec-fetch-site")
+        && matches!(site.as_bytes(), b"cross-site" | b"same-site")
+    {
+        return Some("cross-site requests may not act here");
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());

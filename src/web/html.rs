@@ -25,7 +25,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Terminal output as plain text: ANSI escape sequences (CSI `ESC [ ...
-/// final`, OSC `ESC ] ... BEL|ESC \`, and two-character `ESC x`) removed,
+/// final`, OSC `ESC ] ... BEL|ESC \`, `ESC ( B` and two-character `ESC x`) removed,
 /// carriage returns and other control characters but `\n` and `\t`
 /// dropped. The result still needs [`escape`].
 pub fn strip_ansi(s: &str) -> String {
@@ -52,6 +52,14 @@ pub fn strip_ansi(s: &str) -> String {
                             if it.peek() == Some(&'\\') {
                                 it.next();
                             }
+                            break;
+                        }
+                    }
+                }
+                Some(c) if (' '..='/').contains(&c) => {
+                    // nF: intermediates, then one final character.
+                    for c in it.by_ref() {
+                        if !(' '..='/').contains(&c) {
                             break;
                         }
                     }
@@ -103,11 +111,11 @@ pub fn layout(title: &str, csrf: Option<&str>, body_attrs: &str, body: &str) -> 
     if let Some(t) = csrf {
         let _ = write!(out, "<meta name=\"ci-csrf\" content=\"{}\">", escape(t));
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<script src=\"/static/app.js\" defer></script></head><body{body_attrs}>\
          <nav><a href=\"/\">Commits</a> <a href=\"/runners\">Runners</a> \
-         <a href=\"/history\">History</a></nav><main>{body}</main></body></html>\n"
+         <a href=\"/history\">History</a></nav><main>{body}</main></body></html>"
     );
     out
 }

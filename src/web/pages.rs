@@ -455,13 +455,15 @@ pub async fn history(
         if let Some(p) = h.prev {
             let _ = write!(
                 body,
-                "<a id=\"prev\" href=\"/history?from={p}{lim}\">← Earlier</a> "
+                "<a id=\"prev\" href=\"/history?from={p}{}\">← Earlier</a> ",
+                escape(&lim)
             );
         }
         if let Some(n) = h.next {
             let _ = write!(
                 body,
-                "<a id=\"next\" href=\"/history?from={n}{lim}\">Later →</a>"
+                "<a id=\"next\" href=\"/history?from={n}{}\">Later →</a>",
+                escape(&lim)
             );
         }
         let _ = write!(body, "</p><p>{} events in the log.</p>", h.last_seq);
