@@ -330,6 +330,10 @@ impl Browser {
         })
     }
 
+    fn resize(&self, width: u32, height: u32) {
+        self.run("resize", self.c().set_window_size(width, height));
+    }
+
     fn screenshot(&self, to: &Path) {
         let png = self.run("screenshot", self.c().screenshot());
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
@@ -548,7 +552,10 @@ fn the_dashboard_in_chromium_shows_the_history_streams_a_running_job_and_cancels
     assert!(log.contains("FAILED (failures=1)"), "{log}");
     assert!(!b.enabled("#cancel"), "a finished job cannot be cancelled");
     assert!(b.enabled("#retry"), "a finished job can be retried");
+    // Tall enough for the output below the timeline.
+    b.resize(1280, 1320);
     b.screenshot(&screenshot_dir(&repo).join("commit.png"));
+    b.resize(1280, 860);
     for (sha, outcome) in [(&good, "pass"), (&fixed, "pass"), (&hostile, "pass")] {
         b.goto(&format!("/commits/{sha}"));
         assert_eq!(b.text("#outcome"), outcome);
