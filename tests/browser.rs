@@ -502,14 +502,14 @@ fn the_dashboard_in_chromium_shows_the_history_streams_a_running_job_and_cancels
     b.wait_text("the filtered table", "#commits", SHORT, |_| {
         b.path().contains("outcome=fail")
     });
-    assert_eq!(b.attrs("#commits tr.commit", "data-sha"), [broken.clone()]);
+    assert_eq!(b.attrs("#commits tr.commit", "data-sha"), [broken.as_str()]);
     b.goto("/");
     b.select("#filters select[name=branch]", "feature");
     b.click("#filters button[type=submit]");
     b.wait_text("the branch filter", "#commits", SHORT, |_| {
         b.path().contains("branch=feature")
     });
-    assert_eq!(b.attrs("#commits tr.commit", "data-sha"), [feature.clone()]);
+    assert_eq!(b.attrs("#commits tr.commit", "data-sha"), [feature.as_str()]);
 
     // Paging: two a page, #next to the older ones, then no #next.
     b.goto("/?limit=2");

@@ -511,7 +511,7 @@ fn short_ids_are_accepted_when_unique_and_refused_clearly_when_ambiguous_unknown
     let repo = TestRepo::new();
     let base = repo.commit(&[("tests/test_ok.py", &passing_test("Ok"))], "base");
     let (a, b, common) = colliding_commits(&repo);
-    assert!(common >= 7 && common < 40, "{a} {b}");
+    assert!((7..40).contains(&common), "{a} {b}");
     let dispatcher = Dispatcher::start(&repo.dir("dispatcher"), &[]);
     let addr = dispatcher.addr().to_owned();
     submit(&addr, "main", &[&base]);
