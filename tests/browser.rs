@@ -509,7 +509,10 @@ fn the_dashboard_in_chromium_shows_the_history_streams_a_running_job_and_cancels
     b.wait_text("the branch filter", "#commits", SHORT, |_| {
         b.path().contains("branch=feature")
     });
-    assert_eq!(b.attrs("#commits tr.commit", "data-sha"), [feature.as_str()]);
+    assert_eq!(
+        b.attrs("#commits tr.commit", "data-sha"),
+        [feature.as_str()]
+    );
 
     // Paging: two a page, #next to the older ones, then no #next.
     b.goto("/?limit=2");
