@@ -26,6 +26,12 @@ fn bench_json_with_tiny_sizes_prints_every_key() {
             "2",
             "--idle-window",
             "0.2",
+            "--page-commits",
+            "300",
+            "--page-requests",
+            "3",
+            "--dashboards",
+            "2",
         ])
         .timeout(std::time::Duration::from_secs(300))
         .output()
@@ -44,6 +50,16 @@ fn bench_json_with_tiny_sizes_prints_every_key() {
         "rss_mb",
         "idle_runners_cpu_pct",
         "push_to_result_ms",
+        "api_commits_ms",
+        "api_commits_next_ms",
+        "commits_page_ms",
+        "commit_page_ms",
+        "history_page_ms",
+        "live_log_sse_ms",
+        "live_log_follow_ms",
+        "jobs_per_s_http",
+        "jobs_per_s_dashboards",
+        "dashboards_ratio",
     ] {
         for part in ["median", "min", "max"] {
             assert!(v[key][part].is_number(), "missing {key}.{part}: {v}");

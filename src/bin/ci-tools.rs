@@ -199,6 +199,9 @@ async fn run(
             idle_runners,
             idle_window,
             growth,
+            page_commits,
+            page_requests,
+            dashboards,
         } => {
             tools::bench::run(tools::bench::BenchOptions {
                 runners,
@@ -215,6 +218,9 @@ async fn run(
                 only,
                 growth,
                 json,
+                page_commits,
+                page_requests,
+                dashboards,
             })
             .await
         }

@@ -167,7 +167,7 @@ pub enum Cmd {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
-        /// Only these figures (repeatable or comma-separated): jobs, appends, restart, replay, rss, idle, push.
+        /// Only these figures (repeatable or comma-separated): jobs, appends, restart, replay, rss, idle, push, pages, live, dashboards.
         #[arg(long, value_delimiter = ',', value_name = "FIGURE")]
         only: Vec<String>,
         /// Repetitions of each figure (the median is reported).
@@ -206,6 +206,15 @@ pub enum Cmd {
         /// Also measure growth: runners 1..1000, history 10^4..HISTORY.
         #[arg(long)]
         growth: bool,
+        /// Commits of history for the page figure.
+        #[arg(long, default_value_t = 100_000, value_name = "N")]
+        page_commits: u64,
+        /// Requests of each kind in the page figure.
+        #[arg(long, default_value_t = 200, value_name = "N")]
+        page_requests: usize,
+        /// Dashboard clients streaming in the dashboards figure.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        dashboards: usize,
     },
     /// Print a shell's completion script for the four programs (or one).
     ///

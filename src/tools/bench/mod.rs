@@ -28,8 +28,17 @@ use crate::store::{EventLog, SledLog, SnapshotStore};
 use crate::util::now_ms;
 
 /// The figures `bench` can measure; `--only` picks some.
-pub const FIGURES: [&str; 7] = [
-    "jobs", "appends", "restart", "replay", "rss", "idle", "push",
+pub const FIGURES: [&str; 10] = [
+    "jobs",
+    "appends",
+    "restart",
+    "replay",
+    "rss",
+    "idle",
+    "push",
+    "pages",
+    "live",
+    "dashboards",
 ];
 
 /// Sizes and repetitions; the defaults finish in about a minute.
@@ -57,6 +66,12 @@ pub struct BenchOptions {
     pub idle_window: Duration,
     /// Repetitions of each figure.
     pub reps: usize,
+    /// Commits of history for the page figure.
+    pub page_commits: u64,
+    /// Requests of each kind in the page figure.
+    pub page_requests: usize,
+    /// Dashboard clients streaming in the dashboards figure.
+    pub dashboards: usize,
     /// Which figures (names from [`FIGURES`]); empty means all.
     pub only: Vec<String>,
     /// Also measure how the figures grow with runners and history.
@@ -78,6 +93,9 @@ impl Default for BenchOptions {
             idle_runners: 1000,
             idle_window: Duration::from_secs(3),
             reps: 3,
+            page_commits: 100_000,
+            page_requests: 200,
+            dashboards: 20,
             only: Vec::new(),
             growth: false,
             json: false,
@@ -168,11 +186,15 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+mod web;
+
 /// A spawned `ci-dispatcher`.
 struct DispatcherProc {
     child: Child,
     pid: u32,
     addr: String,
+    /// The HTTP address, when started with `--http`.
+    http: Option<String>,
     /// From spawning to the `listening on` line.
     startup: Duration,
 }
@@ -216,10 +238,23 @@ impl DispatcherProc {
             }
         };
         let startup = started.elapsed();
+        let http = if extra.contains(&"--http") {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .context("ci-dispatcher did not say where http listens")??
+                .unwrap_or_default();
+            match line.strip_prefix("http listening on ") {
+                Some(a) => Some(a.trim().to_string()),
+                None => bail!("expected `http listening on HOST:PORT`, got {line:?}"),
+            }
+        } else {
+            None
+        };
         Ok(DispatcherProc {
             child,
             pid,
             addr,
+            http,
             startup,
         })
     }
@@ -389,18 +424,38 @@ fn save_snapshot(dir: &Path, state: &State) -> anyhow::Result<()> {
 
 /// One repetition of the job-cycle figure: jobs per second from the first
 /// report to the last acknowledged result.
+/// What else a job cycle's dispatcher serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Web {
+    /// No `--http`.
+    Off,
+    /// `--http`, with this many dashboard clients streaming
+    /// ([`web::dashboard`]).
+    Dashboards(usize),
+}
+
 async fn job_cycle(
     tmp: &Path,
     rep: u32,
     runners: usize,
     jobs: u64,
     per_report: usize,
+    web: Web,
 ) -> anyhow::Result<f64> {
     let dir = tmp.join(format!("jobs-{runners}-{rep}"));
-    let d = DispatcherProc::spawn(&dir, &[]).await?;
+    let d = match web {
+        Web::Off => DispatcherProc::spawn(&dir, &[]).await?,
+        Web::Dashboards(_) => DispatcherProc::spawn(&dir, &["--http", "127.0.0.1:0"]).await?,
+    };
     let acked = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
     let stop = tokio_util::sync::CancellationToken::new();
+    let mut watchers = Vec::new();
+    if let (Web::Dashboards(n), Some(http)) = (web, &d.http) {
+        for _ in 0..n {
+            watchers.push(tokio::spawn(web::dashboard(http.clone(), stop.clone())));
+        }
+    }
     let mut tasks = Vec::new();
     for i in 0..runners {
         let client = Client::connect(
@@ -455,6 +510,12 @@ async fn job_cycle(
     stop.cancel();
     for t in tasks {
         let _ = t.await;
+    }
+    for w in watchers {
+        let rounds = w.await.context("a dashboard client panicked")??;
+        if rounds == 0 {
+            bail!("a dashboard client made no round during the job cycle");
+        }
     }
     d.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -839,7 +900,7 @@ fn wants(opts: &BenchOptions, name: &str) -> bool {
 }
 
 /// Progress goes to stderr, so stdout stays one table or one JSON object.
-fn note(_opts: &BenchOptions, msg: &str) {
+fn note(msg: &str) {
     eprintln!("bench: {msg}");
 }
 
@@ -849,55 +910,106 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
             bail!("unknown figure {o:?}; choose from {}", FIGURES.join(", "));
         }
     }
-    let reps = opts.reps.max(1);
     let tmp = tempfile::Builder::new().prefix("ci-bench-").tempdir()?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut figs: Vec<Figure> = Vec::new();
-    let mut extra = serde_json::Map::new();
-
+    let mut m = Measured {
+        opts: &opts,
+        tmp: tmp.path().to_path_buf(),
+        reps: opts.reps.max(1),
+        figs: Vec::new(),
+        extra: serde_json::Map::new(),
+    };
     if wants(&opts, "jobs") {
-        note(
-            &opts,
-            &format!(
-                "job cycles: {} runners, {} jobs x {reps}",
-                opts.runners, opts.jobs
-            ),
-        );
+        m.jobs().await?;
+    }
+    if wants(&opts, "appends") {
+        m.appends().await?;
+    }
+    if ["restart", "replay", "rss"].iter().any(|f| wants(&opts, f)) {
+        m.history().await?;
+    }
+    if wants(&opts, "idle") {
+        m.idle().await?;
+    }
+    if wants(&opts, "push") {
+        m.push().await?;
+    }
+    if wants(&opts, "pages") {
+        m.pages().await?;
+    }
+    if wants(&opts, "live") {
+        m.live().await?;
+    }
+    if wants(&opts, "dashboards") {
+        m.dashboards().await?;
+    }
+    let growth = match opts.growth {
+        true => Some(measure_growth(&opts, &m.tmp).await?),
+        false => None,
+    };
+    let Measured {
+        figs, extra, reps, ..
+    } = m;
+    if opts.json {
+        print_json(&opts, reps, &figs, extra, growth)?;
+    } else {
+        print_table(&figs, &extra, growth.as_deref());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The figures measured so far, and how to measure more.
+struct Measured<'a> {
+    opts: &'a BenchOptions,
+    tmp: PathBuf,
+    reps: usize,
+    figs: Vec<Figure>,
+    /// Sizes and side figures printed after the table.
+    extra: serde_json::Map<String, Value>,
+}
+
+impl Measured<'_> {
+    async fn jobs(&mut self) -> anyhow::Result<()> {
+        let (opts, reps) = (self.opts, self.reps);
+        note(&format!(
+            "job cycles: {} runners, {} jobs x {reps}",
+            opts.runners, opts.jobs
+        ));
         let mut v = Vec::new();
         for r in 0..reps {
             v.push(
                 job_cycle(
-                    &tmp_path,
+                    &self.tmp,
                     r as u32,
                     opts.runners,
                     opts.jobs,
                     opts.commits_per_report,
+                    Web::Off,
                 )
                 .await?,
             );
         }
-        figs.push(Figure {
+        self.figs.push(Figure {
             key: "jobs_per_s",
             what: format!("full job cycles, {} runners", opts.runners),
             unit: "jobs/s",
             stat: Stat::of(&v),
             target: Some((10_000.0, true)),
         });
+        Ok(())
     }
-    if wants(&opts, "appends") {
-        note(
-            &opts,
-            &format!(
-                "durable appends: {} clients, {} events x {reps}",
-                opts.append_clients, opts.append_events
-            ),
-        );
+
+    async fn appends(&mut self) -> anyhow::Result<()> {
+        let (opts, reps) = (self.opts, self.reps);
+        note(&format!(
+            "durable appends: {} clients, {} events x {reps}",
+            opts.append_clients, opts.append_events
+        ));
         let (mut v, mut ceiling) = (Vec::new(), Vec::new());
         for r in 0..reps {
             for (load, out) in [(Load::Commits, &mut v), (Load::NoWrite, &mut ceiling)] {
                 out.push(
                     appends(
-                        &tmp_path,
+                        &self.tmp,
                         r as u32,
                         opts.append_clients,
                         opts.append_events,
@@ -908,7 +1020,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        figs.push(Figure {
+        self.figs.push(Figure {
             key: "appends_per_s",
             what: format!(
                 "durable appends, {} clients, {} event(s)/request",
@@ -923,7 +1035,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
         // their cost is the log's.
         let requests = (opts.append_events as f64 / opts.append_batch.max(1) as f64).ceil();
         let per_request = requests / opts.append_events as f64;
-        figs.push(Figure {
+        self.figs.push(Figure {
             key: "no_write_requests_per_s",
             what: format!(
                 "same clients, requests that write nothing (x{:.0} for events)",
@@ -933,34 +1045,35 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
             stat: Stat::of(&ceiling.iter().map(|r| r * per_request).collect::<Vec<_>>()),
             target: None,
         });
+        Ok(())
     }
-    let hist = ["restart", "replay", "rss"].iter().any(|f| wants(&opts, f));
-    if hist {
-        note(
-            &opts,
-            &format!(
-                "history of {} events: restart, replay, RSS x {reps}",
-                opts.history
-            ),
-        );
+
+    /// Restart, replay and RSS, from one generated history.
+    async fn history(&mut self) -> anyhow::Result<()> {
+        let (opts, reps) = (self.opts, self.reps);
+        note(&format!(
+            "history of {} events: restart, replay, RSS x {reps}",
+            opts.history
+        ));
         let h = history_figures(
-            &tmp_path,
+            &self.tmp,
             opts.history,
             opts.history_batch,
             reps,
-            wants(&opts, "replay"),
+            wants(opts, "replay"),
         )
         .await?;
-        extra.insert("history_generate_s".into(), round3(h.generate_s));
-        if wants(&opts, "restart") {
-            figs.push(Figure {
+        self.extra
+            .insert("history_generate_s".into(), round3(h.generate_s));
+        if wants(opts, "restart") {
+            self.figs.push(Figure {
                 key: "restart_ms_snapshot",
                 what: "restart to serving, with snapshot".into(),
                 unit: "ms",
                 stat: Stat::of(&h.restart_snapshot_ms),
                 target: Some((200.0, false)),
             });
-            figs.push(Figure {
+            self.figs.push(Figure {
                 key: "restart_ms_no_snapshot",
                 what: "restart to serving, no snapshot".into(),
                 unit: "ms",
@@ -968,8 +1081,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
                 target: None,
             });
         }
-        if wants(&opts, "replay") {
-            figs.push(Figure {
+        if wants(opts, "replay") {
+            self.figs.push(Figure {
                 key: "replay_events_per_s",
                 what: "replay --verify, no snapshot".into(),
                 unit: "events/s",
@@ -977,15 +1090,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
                 target: Some((1_000_000.0, true)),
             });
         }
-        if wants(&opts, "rss") {
-            figs.push(Figure {
+        if wants(opts, "rss") {
+            self.figs.push(Figure {
                 key: "rss_mb",
                 what: "dispatcher RSS after restart (snapshot)".into(),
                 unit: "MB",
                 stat: Stat::of(&h.rss_mb),
                 target: Some((100.0, false)),
             });
-            figs.push(Figure {
+            self.figs.push(Figure {
                 key: "rss_mb_no_snapshot",
                 what: "dispatcher RSS after restart (full replay)".into(),
                 unit: "MB",
@@ -993,126 +1106,253 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
                 target: None,
             });
         }
+        Ok(())
     }
-    if wants(&opts, "idle") {
-        note(
-            &opts,
-            &format!(
-                "{} idle runners heartbeating: {reps} windows of {:?}",
-                opts.idle_runners, opts.idle_window
-            ),
-        );
-        let v = idle_cpu(&tmp_path, opts.idle_runners, opts.idle_window, reps).await?;
-        figs.push(Figure {
+
+    async fn idle(&mut self) -> anyhow::Result<()> {
+        let (opts, reps) = (self.opts, self.reps);
+        note(&format!(
+            "{} idle runners heartbeating: {reps} windows of {:?}",
+            opts.idle_runners, opts.idle_window
+        ));
+        let v = idle_cpu(&self.tmp, opts.idle_runners, opts.idle_window, reps).await?;
+        self.figs.push(Figure {
             key: "idle_runners_cpu_pct",
             what: format!("dispatcher CPU, {} idle runners", opts.idle_runners),
             unit: "% core",
             stat: Stat::of(&v),
             target: Some((5.0, false)),
         });
+        Ok(())
     }
-    if wants(&opts, "push") {
-        let n = reps.max(5);
-        note(
-            &opts,
-            &format!("push to result: real repo, ci-runner, ci-tools submit x {n}"),
-        );
-        let (v, bare) = push_to_result(&tmp_path, n).await?;
-        extra.insert("push_bare_command_ms".into(), round3(bare));
-        figs.push(Figure {
+
+    async fn push(&mut self) -> anyhow::Result<()> {
+        let n = self.reps.max(5);
+        note(&format!(
+            "push to result: real repo, ci-runner, ci-tools submit x {n}"
+        ));
+        let (v, bare) = push_to_result(&self.tmp, n).await?;
+        self.extra
+            .insert("push_bare_command_ms".into(), round3(bare));
+        self.figs.push(Figure {
             key: "push_to_result_ms",
             what: "push to result (minus bare `true`)".into(),
             unit: "ms",
             stat: Stat::of(&v),
             target: Some((50.0, false)),
         });
+        Ok(())
     }
 
-    let mut growth = Vec::new();
-    if opts.growth {
-        growth = measure_growth(&opts, &tmp_path).await?;
+    async fn pages(&mut self) -> anyhow::Result<()> {
+        let opts = self.opts;
+        note(&format!(
+            "pages: {} commits of history, {} requests of each",
+            opts.page_commits, opts.page_requests
+        ));
+        let p = web::pages(&self.tmp, opts.page_commits, opts.page_requests.max(1)).await?;
+        for (key, what, v) in [
+            (
+                "api_commits_ms",
+                "GET /api/v1/commits?limit=50",
+                &p.api_first,
+            ),
+            (
+                "api_commits_next_ms",
+                "the same, second page (cursor)",
+                &p.api_next,
+            ),
+            ("commits_page_ms", "GET / (commits page)", &p.commits_page),
+            (
+                "commit_page_ms",
+                "GET /commits/SHA (a middle one)",
+                &p.commit_page,
+            ),
+            ("history_page_ms", "GET /history", &p.history_page),
+        ] {
+            self.figs.push(Figure {
+                key,
+                what: format!("{what}, {} commits", opts.page_commits),
+                unit: "ms",
+                stat: Stat::of(v),
+                target: Some((50.0, false)),
+            });
+        }
+        Ok(())
     }
 
-    if opts.json {
-        let mut obj = serde_json::Map::new();
-        obj.insert("history_events".into(), json!(opts.history));
-        obj.insert("history_batch".into(), json!(opts.history_batch));
-        obj.insert("runners".into(), json!(opts.runners));
-        obj.insert("jobs".into(), json!(opts.jobs));
-        obj.insert("append_clients".into(), json!(opts.append_clients));
-        obj.insert("append_events".into(), json!(opts.append_events));
-        obj.insert("append_batch".into(), json!(opts.append_batch));
-        obj.insert("idle_runners".into(), json!(opts.idle_runners));
-        obj.insert("reps".into(), json!(reps));
-        for f in &figs {
-            obj.insert(f.key.into(), f.stat.json());
-        }
-        obj.extend(extra);
-        if opts.growth {
-            obj.insert("growth".into(), Value::Array(growth));
-        }
-        println!("{}", serde_json::to_string_pretty(&Value::Object(obj))?);
-    } else {
-        let fmt = |x: f64| {
-            if x.abs() >= 100.0 {
-                format!("{x:.0}")
-            } else {
-                format!("{x:.2}")
+    async fn live(&mut self) -> anyhow::Result<()> {
+        let n = self.reps.max(3);
+        note(&format!("live log: real runner, 40 lines x {n} jobs"));
+        let (sse, tcp) = web::live(&self.tmp, n).await?;
+        self.figs.push(Figure {
+            key: "live_log_sse_ms",
+            what: "a line written to it arriving over SSE".into(),
+            unit: "ms",
+            stat: Stat::of(&sse),
+            target: Some((100.0, false)),
+        });
+        self.figs.push(Figure {
+            key: "live_log_follow_ms",
+            what: "the same over TCP (logs --follow)".into(),
+            unit: "ms",
+            stat: Stat::of(&tcp),
+            target: None,
+        });
+        Ok(())
+    }
+
+    /// Job cycles with dashboard clients streaming against the same
+    /// without: pairs, alternating, so that a slow spell of a shared
+    /// machine falls on both sides alike; both with `--http`, to isolate
+    /// the clients' cost.
+    async fn dashboards(&mut self) -> anyhow::Result<()> {
+        let (opts, reps) = (self.opts, self.reps);
+        note(&format!(
+            "job cycles with and without {} dashboard clients: {} runners, {} jobs x {reps}",
+            opts.dashboards, opts.runners, opts.jobs
+        ));
+        let (mut alone, mut watched, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..reps {
+            let mut pair = [0.0; 2];
+            for (i, web) in [Web::Dashboards(0), Web::Dashboards(opts.dashboards)]
+                .into_iter()
+                .enumerate()
+            {
+                pair[i] = job_cycle(
+                    &self.tmp,
+                    200 + (2 * r + i) as u32,
+                    opts.runners,
+                    opts.jobs,
+                    opts.commits_per_report,
+                    web,
+                )
+                .await?;
             }
-        };
-        let rows: Vec<Vec<String>> = figs
+            alone.push(pair[0]);
+            watched.push(pair[1]);
+            ratio.push(pair[1] / pair[0]);
+        }
+        self.figs.push(Figure {
+            key: "jobs_per_s_http",
+            what: format!(
+                "full job cycles, {} runners, --http on, nobody looking",
+                opts.runners
+            ),
+            unit: "jobs/s",
+            stat: Stat::of(&alone),
+            target: None,
+        });
+        self.figs.push(Figure {
+            key: "jobs_per_s_dashboards",
+            what: format!(
+                "the same with {} dashboard clients streaming",
+                opts.dashboards
+            ),
+            unit: "jobs/s",
+            stat: Stat::of(&watched),
+            target: None,
+        });
+        self.figs.push(Figure {
+            key: "dashboards_ratio",
+            what: "with dashboards / without, per pair".into(),
+            unit: "x",
+            stat: Stat::of(&ratio),
+            target: Some((0.9, true)),
+        });
+        Ok(())
+    }
+}
+
+fn print_json(
+    opts: &BenchOptions,
+    reps: usize,
+    figs: &[Figure],
+    extra: serde_json::Map<String, Value>,
+    growth: Option<Vec<Value>>,
+) -> anyhow::Result<()> {
+    let mut obj = serde_json::Map::new();
+    obj.insert("history_events".into(), json!(opts.history));
+    obj.insert("history_batch".into(), json!(opts.history_batch));
+    obj.insert("runners".into(), json!(opts.runners));
+    obj.insert("jobs".into(), json!(opts.jobs));
+    obj.insert("append_clients".into(), json!(opts.append_clients));
+    obj.insert("append_events".into(), json!(opts.append_events));
+    obj.insert("append_batch".into(), json!(opts.append_batch));
+    obj.insert("idle_runners".into(), json!(opts.idle_runners));
+    obj.insert("page_commits".into(), json!(opts.page_commits));
+    obj.insert("dashboards".into(), json!(opts.dashboards));
+    obj.insert("reps".into(), json!(reps));
+    for f in figs {
+        obj.insert(f.key.into(), f.stat.json());
+    }
+    obj.extend(extra);
+    if let Some(growth) = growth {
+        obj.insert("growth".into(), Value::Array(growth));
+    }
+    println!("{}", serde_json::to_string_pretty(&Value::Object(obj))?);
+    Ok(())
+}
+
+fn print_table(figs: &[Figure], extra: &serde_json::Map<String, Value>, growth: Option<&[Value]>) {
+    let fmt = |x: f64| {
+        if x.abs() >= 100.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    let rows: Vec<Vec<String>> = figs
+        .iter()
+        .map(|f| {
+            vec![
+                f.what.clone(),
+                fmt(f.stat.median),
+                fmt(f.stat.min),
+                fmt(f.stat.max),
+                f.unit.to_string(),
+                match f.target {
+                    Some((t, true)) => format!(">= {}", fmt(t)),
+                    Some((t, false)) => format!("<= {}", fmt(t)),
+                    None => "-".into(),
+                },
+                match f.met() {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        super::table::render(
+            &["FIGURE", "MEDIAN", "MIN", "MAX", "UNIT", "TARGET", "MET"],
+            &rows
+        )
+    );
+    for (k, v) in extra {
+        println!("{k}: {v}");
+    }
+    if let Some(growth) = growth {
+        println!();
+        let rows: Vec<Vec<String>> = growth
             .iter()
-            .map(|f| {
+            .map(|g| {
                 vec![
-                    f.what.clone(),
-                    fmt(f.stat.median),
-                    fmt(f.stat.min),
-                    fmt(f.stat.max),
-                    f.unit.to_string(),
-                    match f.target {
-                        Some((t, true)) => format!(">= {}", fmt(t)),
-                        Some((t, false)) => format!("<= {}", fmt(t)),
-                        None => "-".into(),
-                    },
-                    match f.met() {
-                        Some(true) => "yes".into(),
-                        Some(false) => "NO".into(),
-                        None => "-".into(),
-                    },
+                    g["figure"].as_str().unwrap_or("").to_string(),
+                    g["size"].to_string(),
+                    g["median"].to_string(),
+                    g["min"].to_string(),
+                    g["max"].to_string(),
                 ]
             })
             .collect();
         print!(
             "{}",
-            super::table::render(
-                &["FIGURE", "MEDIAN", "MIN", "MAX", "UNIT", "TARGET", "MET"],
-                &rows
-            )
+            super::table::render(&["GROWTH", "SIZE", "MEDIAN", "MIN", "MAX"], &rows)
         );
-        for (k, v) in &extra {
-            println!("{k}: {v}");
-        }
-        if opts.growth {
-            println!();
-            let rows: Vec<Vec<String>> = growth
-                .iter()
-                .map(|g| {
-                    vec![
-                        g["figure"].as_str().unwrap_or("").to_string(),
-                        g["size"].to_string(),
-                        g["median"].to_string(),
-                        g["min"].to_string(),
-                        g["max"].to_string(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                super::table::render(&["GROWTH", "SIZE", "MEDIAN", "MIN", "MAX"], &rows)
-            );
-        }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Each figure at growing sizes: runners 1..1000, history 10^4..`history`.
@@ -1129,15 +1369,25 @@ async fn measure_growth(opts: &BenchOptions, tmp: &Path) -> anyhow::Result<Vec<V
     let mut sizes = vec![1usize, 10, 100, 1000];
     sizes.retain(|&r| r <= opts.idle_runners.max(opts.runners));
     for &r in &sizes {
-        note(opts, &format!("growth: job cycles with {r} runners"));
+        note(&format!("growth: job cycles with {r} runners"));
         let mut v = Vec::new();
         for k in 0..reps {
-            v.push(job_cycle(tmp, 100 + k as u32, r, opts.jobs, opts.commits_per_report).await?);
+            v.push(
+                job_cycle(
+                    tmp,
+                    100 + k as u32,
+                    r,
+                    opts.jobs,
+                    opts.commits_per_report,
+                    Web::Off,
+                )
+                .await?,
+            );
         }
         row("jobs_per_s", r as u64, &v);
     }
     for &c in &sizes {
-        note(opts, &format!("growth: appends with {c} clients"));
+        note(&format!("growth: appends with {c} clients"));
         let mut v = Vec::new();
         for k in 0..reps {
             v.push(
@@ -1155,13 +1405,13 @@ async fn measure_growth(opts: &BenchOptions, tmp: &Path) -> anyhow::Result<Vec<V
         row("appends_per_s", c as u64, &v);
     }
     for &r in &sizes {
-        note(opts, &format!("growth: {r} idle runners"));
+        note(&format!("growth: {r} idle runners"));
         let v = idle_cpu(tmp, r, opts.idle_window, reps).await?;
         row("idle_runners_cpu_pct", r as u64, &v);
     }
     let mut h = 10_000u64;
     while h <= opts.history.max(10_000) {
-        note(opts, &format!("growth: history of {h} events"));
+        note(&format!("growth: history of {h} events"));
         let f = history_figures(tmp, h, opts.history_batch, reps, true).await?;
         row("restart_ms_snapshot", h, &f.restart_snapshot_ms);
         row("restart_ms_no_snapshot", h, &f.restart_no_snapshot_ms);
