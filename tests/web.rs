@@ -926,6 +926,15 @@ fn hostile_http_input_is_bounded() {
         "RSS {during_kib} KiB (was {before_kib} KiB)"
     );
     eprintln!("RSS {before_kib} KiB before, {during_kib} KiB under load");
+    // Idle connections are closed after the header read timeout (10 s).
+    let mut first = &idle[0];
+    first.set_read_timeout(Some(SHORT)).unwrap();
+    let mut buf = [0u8; 256];
+    match first.read(&mut buf) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("an idle connection stayed open: {e}"),
+    }
     drop(idle);
     drop(subscribers);
     // Everything answers again once they are gone.

@@ -186,8 +186,9 @@ pub const APP_JS: &str = r#"
     }
     var c = document.getElementById("cancel");
     var r = document.getElementById("retry");
+    var write = document.body.getAttribute("data-write") === "1";
     if (c) c.disabled = true;
-    if (r) r.disabled = false;
+    if (r) r.disabled = !write;
   }
   if (log && log.getAttribute("data-live") === "1") {
     var url = log.getAttribute("data-src");

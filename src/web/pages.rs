@@ -363,7 +363,10 @@ async fn commit_inner(
         app,
         &a,
         &format!("Commit {}", v.commit.short()),
-        &format!(" data-sha=\"{sha}\""),
+        &format!(
+            " data-sha=\"{sha}\" data-write=\"{}\"",
+            if a.grant.write { "1" } else { "0" }
+        ),
         &body,
     ))
 }
