@@ -367,8 +367,9 @@ fn commit_data(repo: &TestRepo, subdir: &str, message: &str) -> String {
     repo.commit(&files, message)
 }
 
-/// A test that prints `first line`, writes `FLAGS/started`, ticks until
-/// `FLAGS/go` exists, then prints `second line` and passes.
+/// A test that writes `FLAGS/waiting`, waits for `FLAGS/speak`, prints
+/// `first line`, writes `FLAGS/started`, waits for `FLAGS/go`, then prints
+/// `second line` and passes.
 fn gated_test(flags: &Path) -> String {
     format!(
         r#"import os, time, unittest
@@ -377,13 +378,18 @@ FLAGS = {flags:?}
 
 
 class TestSlow(unittest.TestCase):
+    def wait_for(self, flag):
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(FLAGS, flag)):
+            self.assertLess(time.time(), deadline, "never told " + flag)
+            time.sleep(0.05)
+
     def test_waits_for_the_go_ahead(self):
+        open(os.path.join(FLAGS, "waiting"), "w").close()
+        self.wait_for("speak")
         print("first line", flush=True)
         open(os.path.join(FLAGS, "started"), "w").close()
-        deadline = time.time() + 120
-        while not os.path.exists(os.path.join(FLAGS, "go")):
-            self.assertLess(time.time(), deadline, "never told to go")
-            time.sleep(0.1)
+        self.wait_for("go")
         print("second line", flush=True)
 "#,
         flags = flags.display().to_string()
@@ -592,10 +598,21 @@ fn the_dashboard_in_chromium_shows_the_history_streams_a_running_job_and_cancels
     );
     submit("main", &[&live]);
     b.goto(&format!("/commits/{live}"));
+    // The job runs and has printed nothing of its own yet; the page is
+    // not reloaded from here on (the mark would be gone).
+    wait_file(&flags, "waiting");
+    b.js("window.ciTestMark = 'loaded once'; return null;");
+    assert!(!b.text("#log").contains("first line"));
+    touch(&flags, "speak");
     wait_file(&flags, "started");
     let text = b.wait_text("the first line, live", "#log", LONG, |t| {
         t.contains("first line")
     });
+    assert_eq!(
+        b.js("return window.ciTestMark;"),
+        "loaded once",
+        "the line arrived without a reload"
+    );
     assert!(text.starts_with("$ python3 -m unittest"), "{text}");
     assert!(!text.contains("second line"));
     assert!(!flags.join("go").exists(), "the job has not ended");
@@ -620,7 +637,6 @@ fn the_dashboard_in_chromium_shows_the_history_streams_a_running_job_and_cancels
         t.contains("attempt 1: cancelled")
     });
 
-    fs::remove_file(flags.join("started")).expect("reset the flag");
     touch(&flags, "go");
     b.click("#retry");
     b.wait_text(
