@@ -621,3 +621,45 @@ pub async fn output(addr: &str, token: Option<Vec<u8>>, sha: &str) -> anyhow::Re
         other => bail!("unexpected answer to output: {}", other.kind()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::JobId;
+
+    fn attempt(n: u32) -> JobRef {
+        JobRef {
+            job: JobId(7),
+            attempt: n,
+        }
+    }
+
+    #[test]
+    fn a_followed_log_prints_each_byte_once_whatever_is_sent_again() {
+        let text = b"$ python3 -m unittest\nfirst line\nsecond line\n";
+        let mut out = Vec::new();
+        let mut p = Printed::default();
+        p.chunk(&mut out, attempt(1), 0, &text[..10]).unwrap();
+        // A restarted dispatcher sends it all again, in other pieces.
+        p.chunk(&mut out, attempt(1), 0, &text[..4]).unwrap();
+        p.chunk(&mut out, attempt(1), 4, &text[4..20]).unwrap();
+        p.chunk(&mut out, attempt(1), 20, &text[20..]).unwrap();
+        p.chunk(&mut out, attempt(1), 0, text).unwrap();
+        assert_eq!(out, text);
+        assert_eq!(p.next_offset, text.len() as u64);
+    }
+
+    #[test]
+    fn a_gap_or_a_new_attempt_moves_on_without_repeating() {
+        let mut out = Vec::new();
+        let mut p = Printed::default();
+        // A follower that joins late starts where the dispatcher's buffer does.
+        p.chunk(&mut out, attempt(1), 100, b"abc").unwrap();
+        p.chunk(&mut out, attempt(1), 110, b"xyz").unwrap();
+        assert_eq!(out, b"abcxyz");
+        // The next attempt starts over at its own offsets.
+        p.chunk(&mut out, attempt(2), 0, b"123").unwrap();
+        p.chunk(&mut out, attempt(2), 0, b"1234").unwrap();
+        assert_eq!(out, b"abcxyz1234");
+    }
+}
