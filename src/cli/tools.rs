@@ -75,11 +75,12 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print a commit's test output; with --follow, live until its job ends.
+    /// Print a commit's test output; with --follow, live until its job ends (then exit 0 if it passed, 1 if not).
     Logs {
         #[command(flatten)]
         dispatcher: DispatcherAddr,
-        /// Wait for the job (if it is queued) and print its output as the test writes it.
+        /// Wait for the job (if it is queued) and print its output as the test writes it,
+        /// reconnecting if the dispatcher restarts; exit 0 if the job passed, 1 if not.
         #[arg(short, long)]
         follow: bool,
         /// The commit: a full id or a unique prefix of 7+ hex digits.

@@ -5,7 +5,7 @@
 //! dispatcher pushes what changes, nobody polls.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -32,16 +32,8 @@ pub struct Query {
 /// [`MIN_PREFIX_HEX`] hex digits that the dispatcher resolves (it must be
 /// unique among the commits it has seen).
 pub async fn resolve(client: &mut Client, given: &str) -> anyhow::Result<CommitId> {
-    if let Ok(c) = CommitId::parse(given) {
+    if let Some(c) = check_given(given)? {
         return Ok(c);
-    }
-    let hex = given.len() >= MIN_PREFIX_HEX
-        && given.len() < 64
-        && given.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex {
-        bail!(
-            "{given:?} is not a commit id: give the full id, or at least {MIN_PREFIX_HEX} of its first hexadecimal digits"
-        );
     }
     match client
         .request(&ClientMsg::Resolve {
@@ -52,6 +44,24 @@ pub async fn resolve(client: &mut Client, given: &str) -> anyhow::Result<CommitI
         ServerMsg::Resolved { commit } => Ok(commit),
         other => bail!("unexpected answer to resolve: {}", other.kind()),
     }
+}
+
+/// What can be said of a commit named on the command line without asking
+/// the dispatcher: a full id is one, a prefix must be asked about (`None`),
+/// anything else is refused.
+pub fn check_given(given: &str) -> anyhow::Result<Option<CommitId>> {
+    if let Ok(c) = CommitId::parse(given) {
+        return Ok(Some(c));
+    }
+    let hex = given.len() >= MIN_PREFIX_HEX
+        && given.len() < 64
+        && given.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex {
+        bail!(
+            "{given:?} is not a commit id: give the full id, or at least {MIN_PREFIX_HEX} of its first hexadecimal digits"
+        );
+    }
+    Ok(None)
 }
 
 /// Commits named on the command line, each resolved.
@@ -257,54 +267,157 @@ pub async fn act(
     }
 }
 
-/// `logs SHA [--follow]` (and `output SHA`): the output of the commit's
-/// latest attempt. Without `follow`, what there is now; with it, as it is
-/// produced (waiting while the commit is queued) until the job ends.
+/// Where a `logs` stream got to: the attempt whose output is being printed
+/// and the offset of its next byte. Kept across reconnections, so that what
+/// a restarted dispatcher sends again is not printed twice.
+#[derive(Debug, Default)]
+struct Printed {
+    attempt: Option<JobRef>,
+    next_offset: u64,
+}
+
+impl Printed {
+    /// Prints the part of a chunk not printed yet; says so on stderr when
+    /// a new attempt starts or bytes were not kept.
+    fn chunk(
+        &mut self,
+        out: &mut impl Write,
+        job: JobRef,
+        offset: u64,
+        data: &[u8],
+    ) -> io::Result<()> {
+        if self.attempt != Some(job) {
+            if self.attempt.is_some() {
+                out.flush()?;
+                crate::cli::stderr_line(format_args!(
+                    "--- attempt {} (the previous one was lost) ---",
+                    job.attempt
+                ));
+            }
+            self.attempt = Some(job);
+            self.next_offset = offset;
+        }
+        let end = offset + data.len() as u64;
+        if end <= self.next_offset {
+            return Ok(());
+        }
+        if offset > self.next_offset {
+            out.flush()?;
+            crate::cli::stderr_line(format_args!(
+                "--- {} bytes of output not kept ---",
+                offset - self.next_offset
+            ));
+        }
+        let skip = self.next_offset.saturating_sub(offset) as usize;
+        out.write_all(&data[skip..])?;
+        self.next_offset = end;
+        out.flush()
+    }
+}
+
+/// Why a `logs` session stopped before the job ended.
+enum Stopped {
+    /// The dispatcher went away (or refused for now): connect again.
+    Away(anyhow::Error),
+    /// Retrying cannot help (a permanent refusal, stdout closed...).
+    Fatal(anyhow::Error),
+}
+
+impl Stopped {
+    /// Sorted on the error's type and the refusal's code, never its text.
+    fn of(e: anyhow::Error) -> Stopped {
+        match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Refused { code, .. }) if code.is_permanent() => Stopped::Fatal(e),
+            Some(_) => Stopped::Away(e),
+            None => Stopped::Fatal(e),
+        }
+    }
+}
+
+/// `logs SHA [--follow]`: the output of the commit's latest attempt.
+/// Without `follow`, what there is now (exit 0); with it, as it is produced
+/// (waiting while the commit is queued) until the job ends, reconnecting
+/// when the dispatcher goes away (nothing printed twice); exit 0 if the job
+/// passed, 1 if it ended otherwise.
 pub async fn logs(
     addr: &str,
     token: Option<Vec<u8>>,
     sha: &str,
     follow: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = connect(addr, token).await?;
-    let commit = resolve(&mut client, sha).await?;
+    let mut commit = None;
+    let mut printed = Printed::default();
+    let mut backoff = Backoff::random();
+    let mut said_away = false;
+    loop {
+        let since = Instant::now();
+        match logs_session(addr, token.clone(), sha, follow, &mut commit, &mut printed).await {
+            Ok(code) => return Ok(code),
+            Err(Stopped::Fatal(e)) => return Err(e),
+            Err(Stopped::Away(e)) if !follow => return Err(e),
+            Err(Stopped::Away(e)) => {
+                if !said_away {
+                    said_away = true;
+                    crate::cli::stderr_line(format_args!(
+                        "--- waiting for the dispatcher at {addr} ({e:#}) ---"
+                    ));
+                }
+                tracing::debug!("logs --follow: {e:#}; reconnecting");
+                backoff.session_ended(since.elapsed().as_millis() as u64);
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// One connection of `logs`: resolve (once), follow, print.
+async fn logs_session(
+    addr: &str,
+    token: Option<Vec<u8>>,
+    sha: &str,
+    follow: bool,
+    commit: &mut Option<CommitId>,
+    printed: &mut Printed,
+) -> Result<ExitCode, Stopped> {
+    let mut client = connect(addr, token).await.map_err(Stopped::of)?;
+    let commit = match *commit {
+        Some(c) => c,
+        None => {
+            let c = resolve(&mut client, sha).await.map_err(Stopped::of)?;
+            *commit = Some(c);
+            c
+        }
+    };
     client
         .writer
         .send(&ClientMsg::Follow { commit })
         .await
-        .map_err(ClientError::from)?;
+        .map_err(|e| Stopped::of(ClientError::from(e).into()))?;
     let mut out = stdout();
-    let mut attempt: Option<JobRef> = None;
-    let mut next_offset = 0u64;
+    let fatal = |e: io::Error| Stopped::Fatal(e.into());
     loop {
-        let Some(msg) = client.reader.recv().await.map_err(ClientError::from)? else {
-            bail!("the dispatcher closed the connection before the job ended");
+        let msg = match client.reader.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                return Err(Stopped::Away(anyhow::anyhow!(
+                    "the dispatcher closed the connection before the job ended"
+                )));
+            }
+            Err(e) => return Err(Stopped::of(ClientError::from(e).into())),
         };
         match msg {
             ServerMsg::OutputChunk { job, offset, data } => {
-                if attempt != Some(job) {
-                    if attempt.is_some() {
-                        out.flush()?;
-                        crate::cli::stderr_line(format_args!(
-                            "--- attempt {} (the previous one was lost) ---",
-                            job.attempt
-                        ));
-                    }
-                    attempt = Some(job);
-                    next_offset = offset;
-                }
-                if offset > next_offset {
-                    out.flush()?;
-                    crate::cli::stderr_line(format_args!(
-                        "--- {} bytes of output not kept ---",
-                        offset - next_offset
-                    ));
-                }
-                out.write_all(&data)?;
-                next_offset = offset + data.len() as u64;
-                out.flush()?;
+                printed.chunk(&mut out, job, offset, &data).map_err(fatal)?;
             }
-            ServerMsg::Ended(_) => break,
+            ServerMsg::Ended(view) => {
+                out.flush().map_err(fatal)?;
+                let passed = view.outcome == "pass";
+                return Ok(if !follow || passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
             ServerMsg::Update(view) if !follow => {
                 if view.outcome == "pending" {
                     crate::cli::stderr_line(format_args!(
@@ -312,17 +425,21 @@ pub async fn logs(
                         commit.short()
                     ));
                 }
-                break;
+                out.flush().map_err(fatal)?;
+                return Ok(ExitCode::SUCCESS);
             }
             ServerMsg::Update(_) => {}
             ServerMsg::Error { code, message, .. } => {
-                return Err(ClientError::Refused { code, message }.into());
+                return Err(Stopped::of(ClientError::Refused { code, message }.into()));
             }
-            other => bail!("unexpected message while following: {}", other.kind()),
+            other => {
+                return Err(Stopped::Fatal(anyhow::anyhow!(
+                    "unexpected message while following: {}",
+                    other.kind()
+                )));
+            }
         }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Blocks until every commit has a final outcome, watching them (the
@@ -338,6 +455,11 @@ pub async fn wait(
 ) -> anyhow::Result<ExitCode> {
     if shas.is_empty() {
         bail!("give at least one commit id to wait for");
+    }
+    // Before the loop: a malformed id is not cured by waiting for the
+    // dispatcher.
+    for sha in shas {
+        check_given(sha)?;
     }
     let started = Instant::now();
     let deadline = started + timeout;
@@ -497,5 +619,47 @@ pub async fn output(addr: &str, token: Option<Vec<u8>>, sha: &str) -> anyhow::Re
             commit.short()
         ),
         other => bail!("unexpected answer to output: {}", other.kind()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::JobId;
+
+    fn attempt(n: u32) -> JobRef {
+        JobRef {
+            job: JobId(7),
+            attempt: n,
+        }
+    }
+
+    #[test]
+    fn a_followed_log_prints_each_byte_once_whatever_is_sent_again() {
+        let text = b"$ python3 -m unittest\nfirst line\nsecond line\n";
+        let mut out = Vec::new();
+        let mut p = Printed::default();
+        p.chunk(&mut out, attempt(1), 0, &text[..10]).unwrap();
+        // A restarted dispatcher sends it all again, in other pieces.
+        p.chunk(&mut out, attempt(1), 0, &text[..4]).unwrap();
+        p.chunk(&mut out, attempt(1), 4, &text[4..20]).unwrap();
+        p.chunk(&mut out, attempt(1), 20, &text[20..]).unwrap();
+        p.chunk(&mut out, attempt(1), 0, text).unwrap();
+        assert_eq!(out, text);
+        assert_eq!(p.next_offset, text.len() as u64);
+    }
+
+    #[test]
+    fn a_gap_or_a_new_attempt_moves_on_without_repeating() {
+        let mut out = Vec::new();
+        let mut p = Printed::default();
+        // A follower that joins late starts where the dispatcher's buffer does.
+        p.chunk(&mut out, attempt(1), 100, b"abc").unwrap();
+        p.chunk(&mut out, attempt(1), 110, b"xyz").unwrap();
+        assert_eq!(out, b"abcxyz");
+        // The next attempt starts over at its own offsets.
+        p.chunk(&mut out, attempt(2), 0, b"123").unwrap();
+        p.chunk(&mut out, attempt(2), 0, b"1234").unwrap();
+        assert_eq!(out, b"abcxyz1234");
     }
 }

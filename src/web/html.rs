@@ -132,9 +132,11 @@ th{background:#eceff1}
 code,pre{font-family:ui-monospace,monospace}
 pre#log{background:#111;color:#eee;padding:.8em;overflow:auto;max-height:70vh;white-space:pre-wrap}
 .badge{padding:.1em .5em;border-radius:.6em;color:#fff;font-weight:600;font-size:.85em}
-.outcome-pass{background:#2e7d32}.outcome-fail,.outcome-error{background:#c62828}
-.outcome-timeout{background:#f9a825}.outcome-running,.outcome-pending{background:#0277bd}
-.outcome-cancelled{background:#757575}
+.badge.outcome-pass{background:#2e7d32}.badge.outcome-fail,.badge.outcome-error{background:#c62828}
+.badge.outcome-timeout{background:#f9a825}.badge.outcome-running,.badge.outcome-pending{background:#0277bd}
+.badge.outcome-cancelled{background:#757575}
+tr.commit.outcome-fail,tr.commit.outcome-error{background:#fff5f5}
+tr.commit.outcome-running,tr.commit.outcome-pending{background:#f3f9fd}
 tr.commit td.outcome{font-weight:600}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:600}
 #broke{background:#ffebee;border-left:4px solid #c62828;padding:.5em}
