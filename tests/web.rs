@@ -5,8 +5,8 @@
 //! as `ci-tools logs`, `Last-Event-ID` resumes), cancel and retry, access
 //! with tokens (bearer, login cookie, CSRF, cross-site), and hostile input
 //! (malformed requests, huge heads and bodies, thousands of idle
-//! connections and live-log subscribers) while the TCP port and job cycles
-//! carry on and memory stays bounded.
+//! connections and live-log subscribers, a subscriber that stops reading)
+//! while the TCP port and job cycles carry on and memory stays bounded.
 //!
 //! Requests are written by hand over `TcpStream` so that nothing a client
 //! library would fix up hides what the server does.
