@@ -5,8 +5,8 @@
 //! as `ci-tools logs`, `Last-Event-ID` resumes), cancel and retry, access
 //! with tokens (bearer, login cookie, CSRF, cross-site), and hostile input
 //! (malformed requests, huge heads and bodies, thousands of idle
-//! connections and live-log subscribers) while the TCP port and job cycles
-//! carry on and memory stays bounded.
+//! connections and live-log subscribers, a subscriber that stops reading)
+//! while the TCP port and job cycles carry on and memory stays bounded.
 //!
 //! Requests are written by hand over `TcpStream` so that nothing a client
 //! library would fix up hides what the server does.
@@ -952,6 +952,94 @@ fn hostile_http_input_is_bounded() {
         &http,
         "POST",
         &format!("/api/v1/commits/{slow}/cancel"),
+        &[("X-CI-CSRF", &csrf_of(&page))],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+const FLOOD_TEST: &str = r#"import sys
+import time
+import unittest
+
+
+class TestFlood(unittest.TestCase):
+    def test_floods_then_waits(self):
+        line = "x" * 1000 + "\n"
+        start = time.time()
+        i = 0
+        while time.time() - start < 30:
+            sys.stdout.write("%08d " % i + line * 64)
+            sys.stdout.flush()
+            i += 1
+            time.sleep(0.05)
+        time.sleep(120)
+"#;
+
+/// A live-log reader that stops reading while output keeps coming has its
+/// connection dropped (after the 30 s stall limit), not buffered for.
+#[test]
+fn a_live_log_reader_that_stops_reading_is_dropped() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let repo = TestRepo::new();
+    let flood = repo.commit(&[("tests/test_flood.py", FLOOD_TEST)], "flood");
+    let d = Dispatcher::start(&repo.dir("dispatcher"), &["--http", "127.0.0.1:0"]);
+    let addr = d.addr().to_string();
+    let http = http_addr(&d);
+    let _observer = observer(&addr, &repo, "main");
+    let _runner = runner(&addr, &repo, "r1");
+    wait_outcome(&http, &flood, &[], "running");
+    wait_for("the flood in the dispatcher", LONG, || {
+        let v = api_commit(&http, &flood, &[]);
+        let page = get(&http, &format!("/commits/{flood}")).body;
+        if v["outcome"] == "running" && page.contains("00000010 ") {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+    // A small receive buffer, and no reading.
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let target: std::net::SocketAddr = http.parse().unwrap();
+    sock.connect(&SockAddr::from(target)).unwrap();
+    let mut s: TcpStream = sock.into();
+    write!(
+        s,
+        "GET /api/v1/commits/{flood}/log HTTP/1.0\r\nHost: {http}\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(40));
+    // By now the dispatcher gave up on it: what was sent ends without the
+    // job's end, well short of the output.
+    s.set_read_timeout(Some(SHORT)).unwrap();
+    let mut got = Vec::new();
+    let r = s.read_to_end(&mut got);
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection is still open: {r:?}"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(!text.contains("event: end"));
+    // Kernel buffers (up to 4 MiB a side) and the stream's small queue.
+    assert!(got.len() < 16 << 20, "{} bytes arrived", got.len());
+    eprintln!(
+        "{} bytes arrived before the connection was dropped",
+        got.len()
+    );
+    // The dashboard still answers, and the job can be cancelled.
+    let page = get(&http, &format!("/commits/{flood}")).body;
+    let r = req(
+        &http,
+        "POST",
+        &format!("/api/v1/commits/{flood}/cancel"),
         &[("X-CI-CSRF", &csrf_of(&page))],
         "",
     );
