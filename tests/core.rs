@@ -610,3 +610,32 @@ fn after_a_hiccup_the_sockets_are_read_before_anyone_is_judged() {
     sim.advance(tick);
     assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
 }
+
+/// A running job that is cancelled keeps who ran it and for how long; the
+/// runner's late result for that attempt is refused, not taken for a
+/// resend of a recorded one (found by the simulator, seed 2).
+#[test]
+fn a_cancelled_running_job_keeps_its_runner_and_refuses_its_late_result() {
+    let mut sim = Sim::new();
+    sim.connect("a");
+    sim.commits(&[commit(1)]);
+    sim.advance(1_500);
+    let step = sim.input(Input::Cancel { commit: commit(1) });
+    assert_eq!(kinds(&step), ["job_cancelled"]);
+    let JobStatus::Done(f) = sim.job(1).status else {
+        panic!("cancelled job has no outcome");
+    };
+    assert_eq!(f.outcome, Outcome::Cancelled);
+    assert_eq!(sim.core.state.runner(&f), Some("a"));
+    assert_eq!(f.duration_ms, 1_500);
+    let step = sim.result("a", jr(1, 1), Outcome::Pass);
+    assert!(step.records.is_empty());
+    assert!(matches!(
+        step.reply,
+        Some(Reply::ResultAck {
+            accepted: false,
+            ..
+        })
+    ));
+    assert_eq!(sim.core.state.results(), 1);
+}

@@ -2326,11 +2326,12 @@ impl World {
                 ));
             }
             let lost = self.real_losses.get(&j.id).copied().unwrap_or(0);
+            // A cancelled job keeps the runner that was running it, if any.
             let right = match f.runner {
-                Some(_) => f.outcome == true_outcome(commit),
-                None if f.outcome == Outcome::Cancelled => {
+                _ if f.outcome == Outcome::Cancelled => {
                     self.actions_recorded.contains(&(Action::Cancel, *commit))
                 }
+                Some(_) => f.outcome == true_outcome(commit),
                 None => f.outcome == Outcome::Error && lost >= MAX_ATTEMPTS,
             };
             if !right {

@@ -624,9 +624,12 @@ impl Core {
         };
         match &j.status {
             JobStatus::Done(f)
-                if f.attempt == job.attempt && self.state.runner(f) == Some(runner.as_str()) =>
+                if f.attempt == job.attempt
+                    && f.outcome != Outcome::Cancelled
+                    && self.state.runner(f) == Some(runner.as_str()) =>
             {
-                // A resend of a result we already recorded (the ack was lost).
+                // A resend of a result we already recorded (the ack was lost);
+                // a cancelled attempt's runner never had its result recorded.
                 self.make_idle(runner);
                 Reply::ResultAck {
                     job,

@@ -517,22 +517,28 @@ impl State {
                     return Err(format!("job {job} already has a result"));
                 }
                 let message = self.intern("cancelled")?;
-                if let JobStatus::Running { runner, .. } = status {
-                    let name = self.name(runner).to_string();
-                    if self.holders.get(&name).map(|h| h.job) == Some(*job) {
-                        self.holders.remove(&name);
+                // A running job keeps who ran it and for how long (from
+                // the hand-out to the cancel, checkout included).
+                let (ran_on, ran_ms) = match status {
+                    JobStatus::Running { runner, since_ms } => {
+                        let name = self.name(runner).to_string();
+                        if self.holders.get(&name).map(|h| h.job) == Some(*job) {
+                            self.holders.remove(&name);
+                        }
+                        (Some(runner), at_ms.saturating_sub(since_ms))
                     }
-                }
+                    _ => (None, 0),
+                };
                 if status == JobStatus::Queued {
                     remove_from_queue(&mut self.queue, *job);
                 }
                 let j = self.job_mut(*job)?;
                 j.status = JobStatus::Done(Finished {
-                    runner: None,
+                    runner: ran_on,
                     attempt: *attempt,
                     outcome: Outcome::Cancelled,
                     exit_code: None,
-                    duration_ms: 0,
+                    duration_ms: ran_ms,
                     tests: None,
                     message,
                     output_bytes: 0,

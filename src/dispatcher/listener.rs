@@ -70,6 +70,27 @@ pub fn connection_cap(asked: usize, fd_limit: u64) -> usize {
     asked.min(room as usize)
 }
 
+/// Whether the dispatcher serves HTTP too (`--http`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebSide {
+    Off,
+    On,
+}
+
+/// The TCP port's and the HTTP side's connection caps under `fd_limit`.
+/// Both take descriptors from the same limit, so HTTP's share
+/// ([`crate::web::connection_cap`]) comes off first and the TCP port gets
+/// what is left after it and the reserve: together they never run the
+/// log out of descriptors.
+pub fn connection_caps(asked: usize, fd_limit: u64, web: WebSide) -> (usize, usize) {
+    let http = match web {
+        WebSide::Off => 0,
+        WebSide::On => crate::web::connection_cap(fd_limit),
+    };
+    let tcp = connection_cap(asked, fd_limit.saturating_sub(http as u64));
+    (tcp, http)
+}
+
 /// Counts unproven connections per source address.
 #[derive(Debug)]
 pub(crate) struct Admission {
@@ -198,4 +219,25 @@ async fn refuse_busy(stream: TcpStream, ip: IpAddr) {
         true,
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), w.send(&msg)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sides_together_leave_the_reserve_free() {
+        for fd_limit in [512u64, 1024, 4096, 20_000, 1 << 20] {
+            for web in [WebSide::Off, WebSide::On] {
+                let (tcp, http) = connection_caps(16_384, fd_limit, web);
+                assert!(
+                    (tcp + http) as u64 + FD_RESERVE <= fd_limit,
+                    "{fd_limit} {web:?}: {tcp} + {http}"
+                );
+                assert_eq!(http == 0, web == WebSide::Off);
+            }
+        }
+        // Room to spare: what was asked.
+        assert_eq!(connection_caps(100, 1 << 20, WebSide::On).0, 100);
+    }
 }

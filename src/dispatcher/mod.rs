@@ -100,7 +100,7 @@ pub struct Dispatcher {
     done: tokio::task::JoinHandle<Result<(), DispatcherError>>,
     pub replayed_events: u64,
     pub restart_ms: u64,
-    /// The connection cap in force (see [`listener::connection_cap`]).
+    /// The connection cap in force (see [`listener::connection_caps`]).
     pub connection_cap: usize,
     /// Where the HTTP server listens, when asked for (`--http`).
     pub http_addr: Option<SocketAddr>,
@@ -229,7 +229,11 @@ pub async fn start(
             source,
         })?;
     let fd_limit = listener::raise_fd_limit();
-    let cap = listener::connection_cap(config.max_connections, fd_limit);
+    let web_side = match config.http {
+        Some(_) => listener::WebSide::On,
+        None => listener::WebSide::Off,
+    };
+    let (cap, http_cap) = listener::connection_caps(config.max_connections, fd_limit, web_side);
     if cap < config.max_connections {
         warn!(
             cap,
@@ -288,7 +292,7 @@ pub async fn start(
             metrics: metrics.clone(),
             auth: auth.clone(),
             loopback_only: auth.is_open() && !config.insecure,
-            max_connections: crate::web::connection_cap(fd_limit),
+            max_connections: http_cap,
         };
         tokio::spawn(crate::web::serve(l, ctx, stop_listening.clone()))
     });

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    CommitId, CommitInfo, Core, Job, JobStatus, Now, RunnerState, State, TestCounts,
+    CommitId, CommitInfo, Core, Job, JobStatus, Now, Outcome, RunnerState, State, TestCounts,
 };
 
 /// One commit's result, as `results --json` prints it.
@@ -66,7 +66,9 @@ impl ResultView {
                 v.outcome = f.outcome.as_str().into();
                 v.runner = state.runner(f).map(str::to_string);
                 v.exit_code = f.exit_code;
-                v.duration_ms = Some(f.duration_ms);
+                // A job cancelled before it ran has no duration.
+                v.duration_ms = (f.outcome != Outcome::Cancelled || f.runner.is_some())
+                    .then_some(f.duration_ms);
                 v.tests = f.tests;
                 v.message = state.name(f.message).to_string();
                 v.output_bytes = f.output_bytes;

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Access};
 use super::{App, WebError};
-use crate::core::{CommitId, JobRef, Record};
+use crate::core::{CommitId, Event, JobRef, Record};
 use crate::proto::auth::Grant;
 use crate::proto::{
     ClientMsg, MAX_OUTPUT_BYTES, MIN_PREFIX_HEX, ResultView, RunnerView, ServerMsg, StatusView,
@@ -342,6 +342,16 @@ pub async fn commit_detail(
         _ => None,
     };
     let (output, output_end) = output_so_far(&mut conn, commit).await?;
+    let mut view = view;
+    if view.started_at_ms.is_none() && view.is_final() {
+        // The view carries the start only while the job runs; a finished
+        // job's last hand-out is in its timeline.
+        view.started_at_ms = records
+            .iter()
+            .rev()
+            .find(|r| matches!(r.event, Event::JobAssigned { .. }))
+            .map(|r| r.at_ms);
+    }
     Ok(CommitDetail {
         command: command_of(&output),
         broke,
