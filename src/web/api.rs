@@ -552,21 +552,27 @@ pub async fn commit(
     )
 }
 
+/// What a POST on a commit asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Cancel,
+    Retry,
+}
+
 async fn act(
     app: App,
     headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
-    cancel: bool,
+    action: Action,
 ) -> Response {
     json(
         async {
             let a: Access = auth::access(&app, &headers)?;
             auth::check_action(&app, &a, &headers, None)?;
             let commit = resolve(&app, a.grant, &path(p)?).await?;
-            let msg = if cancel {
-                ClientMsg::Cancel { commit }
-            } else {
-                ClientMsg::Retry { commit }
+            let msg = match action {
+                Action::Cancel => ClientMsg::Cancel { commit },
+                Action::Retry => ClientMsg::Retry { commit },
             };
             match ask(&app, a.grant, msg).await? {
                 ServerMsg::ActionDone { commit, message } => {
@@ -585,7 +591,7 @@ pub async fn cancel(
     headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
 ) -> Response {
-    act(app, headers, p, true).await
+    act(app, headers, p, Action::Cancel).await
 }
 
 /// `POST /api/v1/commits/{sha}/retry`.
@@ -594,7 +600,7 @@ pub async fn retry(
     headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
 ) -> Response {
-    act(app, headers, p, false).await
+    act(app, headers, p, Action::Retry).await
 }
 
 /// `GET /api/v1/runners`.

@@ -188,6 +188,32 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
 
 mod web;
 
+/// A real `ci-runner` named `bench-runner` on `repo`, its work directory
+/// `TMP/NAME-work` and its log `TMP/NAME-runner.log`; killed when dropped.
+fn spawn_runner(
+    dispatcher: &str,
+    repo: &Path,
+    tmp: &Path,
+    name: &str,
+) -> anyhow::Result<tokio::process::Child> {
+    Command::new(bin("ci-runner")?)
+        .arg("--dispatcher")
+        .arg(dispatcher)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--work-dir")
+        .arg(tmp.join(format!("{name}-work")))
+        .args(["--name", "bench-runner", "--heartbeat-interval", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            tmp.join(format!("{name}-runner.log")),
+        )?))
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start ci-runner")
+}
+
 /// A spawned `ci-dispatcher`.
 struct DispatcherProc {
     child: Child,
@@ -815,22 +841,7 @@ async fn push_to_result(tmp: &Path, reps: usize) -> anyhow::Result<(Vec<f64>, f6
     super::demo::commit_files(&repo, &[(".ci.toml", ci_toml), ("n.txt", "0")], "first")?;
     let dir = tmp.join("push-dispatcher");
     let d = DispatcherProc::spawn(&dir, &[]).await?;
-    let mut runner = Command::new(bin("ci-runner")?)
-        .arg("--dispatcher")
-        .arg(&d.addr)
-        .arg("--repo")
-        .arg(&repo)
-        .arg("--work-dir")
-        .arg(tmp.join("push-work"))
-        .args(["--name", "bench-runner", "--heartbeat-interval", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(
-            tmp.join("push-runner.log"),
-        )?))
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start ci-runner")?;
+    let mut runner = spawn_runner(&d.addr, &repo, tmp, "push")?;
     let mut tool =
         Client::connect(&d.addr, &identity(Role::Tool, "bench".into()), None, None).await?;
     let tools_bin = bin("ci-tools")?;

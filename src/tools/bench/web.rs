@@ -10,7 +10,6 @@
 //! - `dashboards`: job cycles per second while dashboard clients stream.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -18,9 +17,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::process::Command;
 
-use super::{DispatcherProc, bin, generate_history, identity, save_snapshot};
+use super::{DispatcherProc, generate_history, identity, save_snapshot};
 use crate::client::Client;
 use crate::core::{CommitInfo, JobId};
 use crate::proto::{ClientMsg, Role, ServerMsg};
@@ -268,22 +266,7 @@ pub(super) async fn live(tmp: &Path, reps: usize) -> anyhow::Result<(Vec<f64>, V
     let dir = tmp.join("live-dispatcher");
     let d = DispatcherProc::spawn(&dir, &["--http", "127.0.0.1:0"]).await?;
     let http_addr = d.http.clone().context("no http address")?;
-    let mut runner = Command::new(bin("ci-runner")?)
-        .arg("--dispatcher")
-        .arg(&d.addr)
-        .arg("--repo")
-        .arg(&repo)
-        .arg("--work-dir")
-        .arg(tmp.join("live-work"))
-        .args(["--name", "bench-runner"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(
-            tmp.join("live-runner.log"),
-        )?))
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start ci-runner")?;
+    let mut runner = super::spawn_runner(&d.addr, &repo, tmp, "live")?;
     let mut tool =
         Client::connect(&d.addr, &identity(Role::Tool, "bench".into()), None, None).await?;
     let (mut sse, mut tcp) = (Vec::new(), Vec::new());
