@@ -737,3 +737,33 @@ fn up_says_what_is_wrong_with_its_token_file_and_listen_address() {
     up.sigterm();
     assert_eq!(up.wait_exit(SHORT).code(), Some(0));
 }
+
+/// `up --http` serves the dashboard too, printing where (as
+/// `ci-dispatcher --http` does): the commits page shows what ran.
+#[test]
+fn up_with_http_serves_the_dashboard() {
+    let repo = TestRepo::new();
+    let sha = repo.commit_passing(1).remove(0);
+    let (mut up, addr) = start_up(
+        &repo,
+        &[],
+        "127.0.0.1:0",
+        &["--http", "127.0.0.1:0"],
+        "up-http",
+    );
+    let http = wait_for("`up` to print its http address", SHORT, || {
+        let out = up.stdout();
+        out.lines()
+            .find_map(|l| l.strip_prefix("http listening on "))
+            .map(|a| a.trim().to_string())
+            .ok_or(out)
+    });
+    let results = wait_final(&addr, &[&sha], LONG);
+    assert_eq!(outcome_of(&results, &sha), Some("pass"));
+    let (status, body) = http_get(&http, "/", None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("id=\"commits\""), "{body}");
+    assert!(body.contains(&format!("data-sha=\"{sha}\"")), "{body}");
+    up.sigterm();
+    assert_eq!(up.wait_exit(SHORT).code(), Some(0));
+}

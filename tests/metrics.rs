@@ -5,33 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use common::*;
-
-/// `GET path` over plain HTTP/1.1 on loopback: (status, body).
-fn get(addr: &str, path: &str, bearer: Option<&str>) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(SHORT)).unwrap();
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, body.to_string()))
-}
 
 /// The `http listening on HOST:PORT` line the dispatcher prints second.
 fn http_addr(d: &Dispatcher) -> String {
@@ -59,7 +33,7 @@ fn metrics_count_what_happened() {
     let addr = d.addr();
     let http = http_addr(&d);
     // Nothing yet: the figures are there, at zero.
-    let (status, text) = get(&http, "/metrics", None).unwrap();
+    let (status, text) = http_get(&http, "/metrics", None).unwrap();
     assert_eq!(status, 200, "{text}");
     assert_eq!(sample(&text, "ci_queue_length"), Some(0.0), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
@@ -67,7 +41,7 @@ fn metrics_count_what_happened() {
     let _observer = observer(addr, &repo, "main");
     // Queued with no runner: the queue shows it.
     wait_for("the commit queued", LONG, || {
-        let (_, text) = get(&http, "/metrics", None)?;
+        let (_, text) = http_get(&http, "/metrics", None)?;
         match sample(&text, "ci_queue_length") {
             Some(n) if n >= 1.0 => Ok(()),
             _ => Err(text),
@@ -76,7 +50,7 @@ fn metrics_count_what_happened() {
     let _runner = runner(addr, &repo, "r1");
     wait_final(addr, &[&good], LONG);
     let text = wait_for("the runner idle again", LONG, || {
-        let (_, text) = get(&http, "/metrics", None)?;
+        let (_, text) = http_get(&http, "/metrics", None)?;
         match sample(&text, "ci_runners{state=\"idle\"}") {
             Some(1.0) => Ok(text),
             _ => Err(text),
@@ -107,7 +81,7 @@ fn metrics_count_what_happened() {
         let v = sample(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
         assert!(v >= at_least, "{name} is {v}, expected at least {at_least}");
     }
-    let (status, _) = get(&http, "/nowhere", None).unwrap();
+    let (status, _) = http_get(&http, "/nowhere", None).unwrap();
     assert_eq!(status, 404);
 }
 
@@ -129,12 +103,12 @@ fn metrics_need_the_tool_secret_when_tokens_are_set() {
     );
     let http = http_addr(&d);
     for wrong in [None, Some("runner-secret-0123456789"), Some("nope")] {
-        let (status, body) = get(&http, "/metrics", wrong).unwrap();
+        let (status, body) = http_get(&http, "/metrics", wrong).unwrap();
         assert_eq!(status, 401, "{wrong:?}: {body}");
         assert!(!body.contains("ci_"), "{body}");
     }
     for right in ["tool-secret-0123456789", "tool-write-secret-0123456789"] {
-        let (status, body) = get(&http, "/metrics", Some(right)).unwrap();
+        let (status, body) = http_get(&http, "/metrics", Some(right)).unwrap();
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("ci_queue_length 0"), "{body}");
     }

@@ -124,6 +124,7 @@ async fn run(
             interval,
             branches,
             insecure,
+            http,
         } => {
             if insecure && token_file.is_none() {
                 ci::cli::stderr_line(format_args!(
@@ -147,6 +148,7 @@ async fn run(
                     heartbeat_interval: Duration::from_secs(2),
                     job_timeout: Duration::from_secs(1800),
                     branches,
+                    http,
                 },
                 security,
             )
@@ -154,6 +156,9 @@ async fn run(
             {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "listening on {}", cluster.addr)?;
+                if let Some(http) = cluster.http_addr {
+                    writeln!(out, "http listening on {http}")?;
+                }
                 writeln!(
                     out,
                     "{runners} runner(s) and an observer started; Ctrl-C to stop"

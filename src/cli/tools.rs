@@ -159,6 +159,9 @@ pub enum Cmd {
         /// Without --token-file, listen on a non-loopback address anyway.
         #[arg(long)]
         insecure: bool,
+        /// Also serve the web dashboard, the JSON API (/api/v1/) and /metrics over HTTP on this address; port 0 picks a free port. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// Run the whole system on a throw-away repository and print the results.
     Demo,

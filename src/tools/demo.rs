@@ -67,6 +67,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         heartbeat_interval: Duration::from_millis(500),
         job_timeout: Duration::from_secs(120),
         branches: vec!["main".into()],
+        http: None,
     })
     .await?;
     let addr = cluster.addr.clone();

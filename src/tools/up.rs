@@ -29,6 +29,8 @@ pub struct UpOptions {
     pub heartbeat_interval: Duration,
     pub job_timeout: Duration,
     pub branches: Vec<String>,
+    /// Serve the dashboard, the API and `/metrics` here (`--http`).
+    pub http: Option<String>,
 }
 
 /// Who `up`'s dispatcher trusts: as `ci-dispatcher --token-file F
@@ -46,6 +48,8 @@ pub struct Security {
 pub struct Cluster {
     pub dispatcher: Dispatcher,
     pub addr: String,
+    /// Where the dashboard is served, when asked for.
+    pub http_addr: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -90,6 +94,7 @@ pub async fn launch_with(opts: UpOptions, security: Security) -> anyhow::Result<
     let mut cfg = DispatcherConfig::new(opts.listen.clone());
     cfg.heartbeat_timeout = opts.heartbeat_timeout;
     cfg.insecure = security.insecure;
+    cfg.http = opts.http.clone();
     let dir = opts.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SledLog::open(&dir))
         .await?
@@ -137,6 +142,7 @@ pub async fn launch_with(opts: UpOptions, security: Security) -> anyhow::Result<
         }
     }));
     Ok(Cluster {
+        http_addr: d.http_addr,
         dispatcher: d,
         addr,
         stop,
