@@ -396,17 +396,6 @@ class TestSlow(unittest.TestCase):
     )
 }
 
-fn http_addr(d: &Dispatcher) -> String {
-    wait_for("the http address", SHORT, || {
-        d.proc
-            .stdout()
-            .lines()
-            .find_map(|l| l.strip_prefix("http listening on "))
-            .map(|a| a.trim().to_string())
-            .ok_or_else(|| d.proc.stdout())
-    })
-}
-
 /// Where screenshots go: the repository's `docs/screenshots/` with
 /// `CI_SCREENSHOTS=1`, else the test's temp dir.
 fn screenshot_dir(repo: &TestRepo) -> PathBuf {
@@ -454,7 +443,7 @@ fn the_dashboard_in_chromium_shows_the_history_streams_a_running_job_and_cancels
     );
     let d = Dispatcher::start(&repo.dir("dispatcher"), &["--http", "127.0.0.1:0"]);
     let addr = d.addr().to_owned();
-    let http = http_addr(&d);
+    let http = printed_http_addr(&d.proc);
     let submit = |branch: &str, shas: &[&str]| {
         let mut args = vec!["submit", "--dispatcher", &addr, "--branch", branch];
         args.extend_from_slice(shas);

@@ -751,13 +751,7 @@ fn up_with_http_serves_the_dashboard() {
         &["--http", "127.0.0.1:0"],
         "up-http",
     );
-    let http = wait_for("`up` to print its http address", SHORT, || {
-        let out = up.stdout();
-        out.lines()
-            .find_map(|l| l.strip_prefix("http listening on "))
-            .map(|a| a.trim().to_string())
-            .ok_or(out)
-    });
+    let http = printed_http_addr(&up);
     let results = wait_final(&addr, &[&sha], LONG);
     assert_eq!(outcome_of(&results, &sha), Some("pass"));
     let (status, body) = http_get(&http, "/", None).unwrap();

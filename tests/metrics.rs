@@ -7,18 +7,6 @@ mod common;
 
 use common::*;
 
-/// The `http listening on HOST:PORT` line the dispatcher prints second.
-fn http_addr(d: &Dispatcher) -> String {
-    wait_for("the http address", SHORT, || {
-        d.proc
-            .stdout()
-            .lines()
-            .find_map(|l| l.strip_prefix("http listening on "))
-            .map(|a| a.trim().to_string())
-            .ok_or_else(|| d.proc.stdout())
-    })
-}
-
 /// The value of the sample `name` (labels included) in a text exposition.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -31,7 +19,7 @@ fn metrics_count_what_happened() {
     let good = repo.copy_data("passing");
     let d = Dispatcher::start(&repo.dir("dispatcher"), &["--http", "127.0.0.1:0"]);
     let addr = d.addr();
-    let http = http_addr(&d);
+    let http = printed_http_addr(&d.proc);
     // Nothing yet: the figures are there, at zero.
     let (status, text) = http_get(&http, "/metrics", None).unwrap();
     assert_eq!(status, 200, "{text}");
@@ -101,7 +89,7 @@ fn metrics_need_the_tool_secret_when_tokens_are_set() {
         &dir.path().join("data"),
         &["--http", "127.0.0.1:0", "--token-file", p(&tokens)],
     );
-    let http = http_addr(&d);
+    let http = printed_http_addr(&d.proc);
     for wrong in [None, Some("runner-secret-0123456789"), Some("nope")] {
         let (status, body) = http_get(&http, "/metrics", wrong).unwrap();
         assert_eq!(status, 401, "{wrong:?}: {body}");

@@ -90,18 +90,6 @@ fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
     req(addr, "GET", path, headers, "")
 }
 
-/// The `http listening on HOST:PORT` line the dispatcher prints second.
-fn http_addr(d: &Dispatcher) -> String {
-    wait_for("the http address", SHORT, || {
-        d.proc
-            .stdout()
-            .lines()
-            .find_map(|l| l.strip_prefix("http listening on "))
-            .map(|a| a.trim().to_string())
-            .ok_or_else(|| d.proc.stdout())
-    })
-}
-
 /// The CSRF token a page carries for its script.
 fn csrf_of(page: &str) -> String {
     let at = page
@@ -152,7 +140,7 @@ fn pages_and_api_show_a_known_history() {
     let all = [&first, &hostile, &second, &broken];
     let d = Dispatcher::start(&repo.dir("dispatcher"), &["--http", "127.0.0.1:0"]);
     let addr = d.addr().to_string();
-    let http = http_addr(&d);
+    let http = printed_http_addr(&d.proc);
     // Submitted oldest first (no observer: it would report the tip first).
     let mut submit = vec!["submit", "--dispatcher", &addr, "--branch", "main"];
     submit.extend(all.iter().map(|s| s.as_str()));
@@ -519,7 +507,7 @@ fn live_log_streams_lines_while_the_job_runs() {
     let live = repo.commit(&[("tests/test_live.py", LIVE_TEST)], "live output");
     let d = Dispatcher::start(&repo.dir("dispatcher"), &["--http", "127.0.0.1:0"]);
     let addr = d.addr().to_string();
-    let http = http_addr(&d);
+    let http = printed_http_addr(&d.proc);
     let _observer = observer(&addr, &repo, "main");
     // Follow from before it starts: the stream waits while it is queued.
     wait_outcome(&http, &live, &[], "pending");
@@ -660,7 +648,7 @@ fn tokens_guard_reads_and_actions() {
         &["--http", "127.0.0.1:0", "--token-file", p(&tokens)],
     );
     let addr = d.addr().to_string();
-    let http = http_addr(&d);
+    let http = printed_http_addr(&d.proc);
     // No runner: the commit stays queued.
     let _observer = observer_with(&addr, &repo, "main", &["--token-file", p(&tokens)]);
     let read = [("Authorization", "Bearer tool-secret-0123456789")];
@@ -829,7 +817,7 @@ fn hostile_http_input_is_bounded() {
     let slow = repo.commit(&[("tests/test_slow.py", SLOW_TEST)], "slow");
     let d = Dispatcher::start(&repo.dir("dispatcher"), &["--http", "127.0.0.1:0"]);
     let addr = d.addr().to_string();
-    let http = http_addr(&d);
+    let http = printed_http_addr(&d.proc);
     let pid = d.proc.pid();
     let _observer = observer(&addr, &repo, "main");
     let _r1 = runner(&addr, &repo, "r1");
@@ -985,7 +973,7 @@ fn a_live_log_reader_that_stops_reading_is_dropped() {
     let flood = repo.commit(&[("tests/test_flood.py", FLOOD_TEST)], "flood");
     let d = Dispatcher::start(&repo.dir("dispatcher"), &["--http", "127.0.0.1:0"]);
     let addr = d.addr().to_string();
-    let http = http_addr(&d);
+    let http = printed_http_addr(&d.proc);
     let _observer = observer(&addr, &repo, "main");
     let _runner = runner(&addr, &repo, "r1");
     wait_outcome(&http, &flood, &[], "running");

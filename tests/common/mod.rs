@@ -1127,3 +1127,15 @@ pub fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> Result<(u16, St
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Ok((status, body.to_string()))
 }
+
+/// The `http listening on HOST:PORT` line a dispatcher (or `up`) started
+/// with `--http` prints after its `listening on` line.
+pub fn printed_http_addr(p: &Proc) -> String {
+    wait_for("the http address", SHORT, || {
+        let out = p.stdout();
+        out.lines()
+            .find_map(|l| l.strip_prefix("http listening on "))
+            .map(|a| a.trim().to_string())
+            .ok_or(out)
+    })
+}
