@@ -128,13 +128,6 @@ fn every_client_command_defaults_its_dispatcher_the_same_way() {
     );
 }
 
-fn closed_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    drop(l);
-    addr
-}
-
 #[test]
 fn the_flag_wins_over_ci_dispatcher_which_wins_over_the_default() {
     let repo = TestRepo::new();

@@ -373,6 +373,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback address nobody listens on (a port just bound and freed).
+pub fn closed_port() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 /// A running `ci-dispatcher`.
 pub struct Dispatcher {
     pub proc: Proc,
