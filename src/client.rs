@@ -72,6 +72,8 @@ impl ClientError {
 #[derive(Clone, Debug)]
 pub struct Backoff {
     next_ms: u64,
+    first_ms: u64,
+    max_ms: u64,
     seed: u64,
 }
 
@@ -83,10 +85,24 @@ impl Backoff {
 
     /// With jitter drawn from `seed` (any value).
     pub fn new(seed: u64) -> Backoff {
+        Backoff::between(Self::FIRST_MS, Self::MAX_MS, seed)
+    }
+
+    /// From `first_ms` doubling to `max_ms` (the notifier waits longer
+    /// between attempts on a sink that is down than a client on the
+    /// dispatcher).
+    pub fn between(first_ms: u64, max_ms: u64, seed: u64) -> Backoff {
         Backoff {
-            next_ms: Self::FIRST_MS,
+            next_ms: first_ms,
+            first_ms,
+            max_ms: max_ms.max(first_ms),
             seed: seed | 1,
         }
+    }
+
+    /// Starts over from the first pause (after a success).
+    pub fn reset(&mut self) {
+        self.next_ms = self.first_ms;
     }
 
     /// With jitter from the operating system's random source.
@@ -101,7 +117,7 @@ impl Backoff {
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
         let step = self.next_ms;
-        self.next_ms = (self.next_ms * 2).min(Self::MAX_MS);
+        self.next_ms = (self.next_ms * 2).min(self.max_ms);
         step - self.seed % (step / 4).max(1)
     }
 
@@ -113,7 +129,7 @@ impl Backoff {
     /// A connection ended after `lasted_ms`: only a long one resets.
     pub fn session_ended(&mut self, lasted_ms: u64) {
         if lasted_ms >= Self::HEALTHY_MS {
-            self.next_ms = Self::FIRST_MS;
+            self.reset();
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod core;
 pub mod dispatcher;
 pub mod encoding;
 pub mod git;
+pub mod notify;
 pub mod observer;
 pub mod proto;
 pub mod runner;

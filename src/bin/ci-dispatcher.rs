@@ -27,6 +27,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.insecure = args.insecure;
     config.max_connections = args.max_connections as usize;
     config.http = args.http.clone();
+    config.notify = args.notify_config()?;
     let auth = match &args.token_file {
         Some(path) => Auth::with_tokens(Tokens::from_file(path)?),
         None => {

@@ -42,10 +42,144 @@ pub struct Args {
     /// (whose soft limit is raised to the hard one at start).
     #[arg(long, default_value_t = crate::dispatcher::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(8..), value_name = "N")]
     pub max_connections: u32,
+    /// POST a JSON event to this URL for every result and when a branch
+    /// turns red (`branch_broken`) or green again (`branch_fixed`);
+    /// repeatable. Owed notifications survive a crash and are retried with
+    /// backoff; a repeat carries the same `id`.
+    #[arg(long = "notify-url", value_name = "URL")]
+    pub notify_urls: Vec<String>,
+    /// Sign --notify-url bodies: `X-CI-Signature: sha256=<hex HMAC-SHA256>`
+    /// with the secret in this file.
+    #[arg(long, value_name = "FILE")]
+    pub notify_secret_file: Option<PathBuf>,
+    /// Run this command (split like a shell would, never run by one) with
+    /// the same JSON event on its standard input; exit status 0 means
+    /// delivered. Repeatable.
+    #[arg(long = "notify-command", value_name = "COMMAND")]
+    pub notify_commands: Vec<String>,
+    /// Set each job's commit status (pending, running, its outcome) on
+    /// this forge. Needs --status-repo and --status-token-file.
+    #[arg(long, value_enum, value_name = "FORGE")]
+    pub status_forge: Option<crate::notify::Forge>,
+    /// The forge's API base URL. Default for github:
+    /// https://api.github.com; Gitea/Forgejo: https://HOST/api/v1;
+    /// GitLab: https://HOST/api/v4.
+    #[arg(long, value_name = "URL", requires = "status_forge")]
+    pub status_api: Option<String>,
+    /// The repository statuses are set on: OWNER/NAME (GitLab: the
+    /// project's path, or its numeric id).
+    #[arg(long, value_name = "REPO", requires = "status_forge")]
+    pub status_repo: Option<String>,
+    /// The token statuses are set with (GitHub: `repo:status` or a
+    /// fine-grained token with "Commit statuses: write"; Gitea: `write:repository`;
+    /// GitLab: `api`).
+    #[arg(long, value_name = "FILE", requires = "status_forge")]
+    pub status_token_file: Option<PathBuf>,
+    /// The name the status is shown under on the forge.
+    #[arg(long, default_value = "ci", value_name = "NAME")]
+    pub status_context: String,
+    /// The dashboard's address as people reach it (e.g.
+    /// https://ci.example.com), for links in statuses and notifications.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
     /// Seconds a new connection has to say hello (for tests).
     #[arg(long, default_value = "5", value_parser = parse_secs, hide = true, value_name = "SECS")]
     pub hello_timeout: Duration,
     /// More logs on stderr (-v, -vv); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Why the notification flags cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyFlagsError {
+    #[error(transparent)]
+    Sink(#[from] crate::notify::sink::SinkError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is empty; put the secret or token on its first line")]
+    Empty { path: String },
+    #[error("{0}")]
+    Missing(&'static str),
+}
+
+/// The first line of a secret or token file, trimmed.
+fn read_secret(path: &std::path::Path) -> Result<String, NotifyFlagsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| NotifyFlagsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    if line.is_empty() {
+        return Err(NotifyFlagsError::Empty {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(line)
+}
+
+impl Args {
+    /// The sinks the flags name, with their secrets read.
+    pub fn notify_config(&self) -> Result<crate::notify::NotifyConfig, NotifyFlagsError> {
+        use crate::notify::sink::{Sink, StatusTarget, check_url, parse_command};
+        let mut sinks = Vec::new();
+        let secret = match &self.notify_secret_file {
+            Some(p) => Some(read_secret(p)?.into_bytes()),
+            None => None,
+        };
+        if secret.is_some() && self.notify_urls.is_empty() {
+            return Err(NotifyFlagsError::Missing(
+                "--notify-secret-file signs --notify-url bodies; give a --notify-url too",
+            ));
+        }
+        for url in &self.notify_urls {
+            check_url(url)?;
+            sinks.push(Sink::Url {
+                url: url.clone(),
+                secret: secret.clone(),
+            });
+        }
+        for c in &self.notify_commands {
+            sinks.push(Sink::Command {
+                argv: parse_command(c)?,
+            });
+        }
+        if let Some(forge) = self.status_forge {
+            let api = match (&self.status_api, forge) {
+                (Some(a), _) => a.clone(),
+                (None, crate::notify::Forge::Github) => "https://api.github.com".into(),
+                (None, _) => {
+                    return Err(NotifyFlagsError::Missing(
+                        "--status-api is needed for gitea and gitlab (e.g. https://HOST/api/v1, https://HOST/api/v4)",
+                    ));
+                }
+            };
+            check_url(&api)?;
+            let repo = self.status_repo.clone().ok_or(NotifyFlagsError::Missing(
+                "--status-forge needs --status-repo OWNER/NAME",
+            ))?;
+            let token_file = self.status_token_file.as_ref().ok_or(NotifyFlagsError::Missing(
+                "--status-forge needs --status-token-file (a token allowed to set commit statuses)",
+            ))?;
+            sinks.push(Sink::Status(StatusTarget {
+                forge,
+                api,
+                repo,
+                context: self.status_context.clone(),
+                token: read_secret(token_file)?,
+            }));
+        }
+        if let Some(u) = &self.public_url {
+            check_url(u).map_err(|_| {
+                NotifyFlagsError::Missing("--public-url must be an http or https URL")
+            })?;
+        }
+        Ok(crate::notify::NotifyConfig {
+            sinks,
+            dashboard: self.public_url.clone(),
+        })
+    }
 }

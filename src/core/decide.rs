@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::event::{Event, JobReport, LostReason, Outcome, Record};
+use super::event::{
+    DropReason, Event, JobReport, LostReason, Notice, NoticeKind, NoticeState, Outcome, Record,
+};
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 use super::state::{JobStatus, State};
 
@@ -66,6 +68,29 @@ impl LeftJob {
     }
 }
 
+/// Which notifications a sink takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkTakes {
+    /// Results, and branches turning red or green (`--notify-url`,
+    /// `--notify-command`).
+    Events,
+    /// Each job's status as it moves: pending, running, its outcome (a
+    /// forge's commit statuses).
+    Statuses,
+}
+
+/// A place notifications are owed to. `key` names it in the log: the same
+/// sink keeps its key across restarts, so what it was owed is still sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkSpec {
+    pub key: String,
+    pub takes: SinkTakes,
+}
+
+/// Most notifications owed to one sink; beyond it, the oldest is dropped
+/// (on record) so a sink that never comes back cannot fill the memory.
+pub const MAX_OWED_PER_SINK: usize = 100_000;
+
 /// Tunables of the decisions.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -73,6 +98,8 @@ pub struct CoreConfig {
     pub heartbeat_timeout_ms: u64,
     /// A job whose runner is lost this many times ends as `error`.
     pub max_attempts: u32,
+    /// Where notifications go; none by default.
+    pub sinks: Vec<SinkSpec>,
 }
 
 impl Default for CoreConfig {
@@ -80,6 +107,7 @@ impl Default for CoreConfig {
         CoreConfig {
             heartbeat_timeout_ms: 10_000,
             max_attempts: 3,
+            sinks: Vec::new(),
         }
     }
 }
@@ -165,6 +193,12 @@ pub enum Input {
     /// Somebody asks for the commit's finished job to run again.
     Retry {
         commit: CommitId,
+    },
+    /// The notifier delivered notification `n` (`None`), or gave it up
+    /// for good (`Some(why)`).
+    Notified {
+        n: u64,
+        dropped: Option<DropReason>,
     },
 }
 
@@ -369,6 +403,17 @@ impl Core {
             Input::Stalled { gap_ms } => self.grace_all(&mut step, gap_ms, now),
             Input::Cancel { commit } => self.on_cancel(&mut step, commit, now),
             Input::Retry { commit } => self.on_retry(&mut step, commit, now),
+            Input::Notified { n, dropped } => {
+                // A repeat (the notifier sent it twice across a
+                // reconnection) changes nothing.
+                if self.state.outbox().contains_key(&n) {
+                    let event = match dropped {
+                        None => Event::NotificationDelivered { n },
+                        Some(reason) => Event::NotificationDropped { n, reason },
+                    };
+                    self.emit(&mut step, event, now);
+                }
+            }
         }
         self.schedule(&mut step, now);
         step
@@ -415,6 +460,18 @@ impl Core {
             );
         }
         self.emit(step, Event::DispatcherStarted { pid }, now);
+        // What is owed to a sink this start does not have cannot be sent.
+        let gone: Vec<u64> = self
+            .state
+            .outbox()
+            .values()
+            .filter(|d| !self.config.sinks.iter().any(|s| s.key == d.sink))
+            .map(|d| d.n)
+            .collect();
+        for n in gone {
+            let reason = DropReason::SinkRemoved;
+            self.emit(step, Event::NotificationDropped { n, reason }, now);
+        }
     }
 
     fn on_commits(
@@ -821,6 +878,15 @@ impl Core {
     /// Numbers `event` after the state's last record, stamps it with the
     /// wall clock and applies it: the only way the core changes its state.
     fn emit(&mut self, step: &mut Step, event: Event, now: Now) {
+        // "Broken" and "fixed" compare with where the branch stood before.
+        let mark_before = match &event {
+            Event::Result { job, .. } if !self.config.sinks.is_empty() => self
+                .state
+                .job(*job)
+                .and_then(|j| self.state.branch(j))
+                .and_then(|b| self.state.branch_mark(b)),
+            _ => None,
+        };
         let record = Record {
             seq: self.state.last_seq() + 1,
             at_ms: now.wall_ms,
@@ -830,7 +896,156 @@ impl Core {
             // decide only produces events valid for the current state.
             panic!("core produced an inapplicable record {record:?}: {why}");
         }
+        let notices = if self.config.sinks.is_empty() {
+            Vec::new()
+        } else {
+            self.notices_for(&record.event, mark_before)
+        };
         step.records.push(record);
+        for (takes, notice) in notices {
+            self.owe(step, takes, notice, now);
+        }
+    }
+
+    /// The notifications an event just applied makes due, by the kind of
+    /// sink that takes them.
+    fn notices_for(
+        &self,
+        event: &Event,
+        mark_before: Option<super::state::BranchMark>,
+    ) -> Vec<(SinkTakes, Notice)> {
+        let (job, state, message) = match event {
+            Event::CommitSeen { job, .. } => (*job, NoticeState::Queued, "queued".to_string()),
+            Event::JobAssigned { job, runner, .. } => {
+                (*job, NoticeState::Running, format!("running on {runner}"))
+            }
+            Event::HeartbeatLost {
+                job,
+                runner,
+                reason,
+                ..
+            } => (
+                *job,
+                NoticeState::Queued,
+                match reason {
+                    LostReason::HandedBack => format!("handed back by {runner}; queued again"),
+                    _ => format!("runner {runner} lost; queued again"),
+                },
+            ),
+            Event::JobRetried { job, .. } => (
+                *job,
+                NoticeState::Queued,
+                "queued again (retry)".to_string(),
+            ),
+            Event::Result { job, .. } | Event::JobCancelled { job, .. } => {
+                let Some(j) = self.state.job(*job) else {
+                    return Vec::new();
+                };
+                let JobStatus::Done(f) = j.status else {
+                    return Vec::new();
+                };
+                let report = self.state.report(&f);
+                let base = Notice {
+                    kind: NoticeKind::Result,
+                    job: j.id,
+                    commit: j.commit,
+                    branch: self.state.branch(j).map(str::to_string),
+                    attempt: f.attempt,
+                    state: NoticeState::Finished(f.outcome),
+                    runner: self.state.runner(&f).map(str::to_string),
+                    message: report.message,
+                    tests: f.tests,
+                    duration_ms: f.duration_ms,
+                };
+                let mut out = vec![
+                    (
+                        SinkTakes::Statuses,
+                        Notice {
+                            kind: NoticeKind::Status,
+                            ..base.clone()
+                        },
+                    ),
+                    (SinkTakes::Events, base.clone()),
+                ];
+                let now_mark = base
+                    .branch
+                    .as_deref()
+                    .and_then(|b| self.state.branch_mark(b));
+                if let (Some(before), Some(after)) = (mark_before, now_mark)
+                    && after.job == j.id
+                    && before.job != j.id
+                {
+                    let was_green = before.outcome == Outcome::Pass;
+                    let is_green = after.outcome == Outcome::Pass;
+                    let turned = match (was_green, is_green) {
+                        (true, false) => Some(NoticeKind::BranchBroken),
+                        (false, true) => Some(NoticeKind::BranchFixed),
+                        _ => None,
+                    };
+                    if let Some(kind) = turned {
+                        out.push((SinkTakes::Events, Notice { kind, ..base }));
+                    }
+                }
+                return out;
+            }
+            _ => return Vec::new(),
+        };
+        let Some(j) = self.state.job(job) else {
+            return Vec::new();
+        };
+        vec![(
+            SinkTakes::Statuses,
+            Notice {
+                kind: NoticeKind::Status,
+                job,
+                commit: j.commit,
+                branch: self.state.branch(j).map(str::to_string),
+                attempt: j.attempts,
+                state,
+                runner: match j.status {
+                    JobStatus::Running { runner, .. } => Some(self.state.name(runner).to_string()),
+                    _ => None,
+                },
+                message,
+                tests: None,
+                duration_ms: 0,
+            },
+        )]
+    }
+
+    /// Records `notice` as owed to every sink that takes it; a sink owed
+    /// too much already loses its oldest.
+    fn owe(&mut self, step: &mut Step, takes: SinkTakes, notice: Notice, now: Now) {
+        let sinks: Vec<String> = self
+            .config
+            .sinks
+            .iter()
+            .filter(|s| s.takes == takes)
+            .map(|s| s.key.clone())
+            .collect();
+        for sink in sinks {
+            if self.state.owed(&sink) >= MAX_OWED_PER_SINK
+                && let Some(n) = self
+                    .state
+                    .outbox()
+                    .values()
+                    .find(|d| d.sink == sink)
+                    .map(|d| d.n)
+            {
+                let reason = DropReason::OutboxFull;
+                self.emit(step, Event::NotificationDropped { n, reason }, now);
+            }
+            let n = self.state.next_notice();
+            self.emit(
+                step,
+                Event::NotificationDue {
+                    n,
+                    sink,
+                    notice: notice.clone(),
+                },
+                now,
+            );
+        }
     }
 
     /// Jobs the core considers held, for invariant checks.

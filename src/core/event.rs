@@ -174,6 +174,103 @@ pub enum Event {
         commit: CommitId,
         attempt: u32,
     },
+    /// A notification (a commit status, a result, a branch turning) is
+    /// owed to `sink`: number `n`, sent until `NotificationDelivered`
+    /// (or `NotificationDropped`) follows. The outbox of `notify/`.
+    NotificationDue {
+        n: u64,
+        sink: String,
+        notice: Notice,
+    },
+    /// The sink took notification `n` (it answered 2xx, or the command
+    /// exited 0). A crash before this is written sends it again, with the
+    /// same idempotency key and body.
+    NotificationDelivered { n: u64 },
+    /// Notification `n` will not be sent: why.
+    NotificationDropped { n: u64, reason: DropReason },
+}
+
+/// What a notification says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// A job's result was recorded (sinks of events).
+    Result,
+    /// The branch's newest finished commit failed; the one before passed.
+    BranchBroken,
+    /// The branch's newest finished commit passed; the one before did not.
+    BranchFixed,
+    /// The commit's status changed (sinks of commit statuses).
+    Status,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Result => "result",
+            NoticeKind::BranchBroken => "branch_broken",
+            NoticeKind::BranchFixed => "branch_fixed",
+            NoticeKind::Status => "status",
+        }
+    }
+}
+
+/// Where the job stood when the notice was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NoticeState {
+    Queued,
+    Running,
+    Finished(Outcome),
+}
+
+impl NoticeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeState::Queued => "pending",
+            NoticeState::Running => "running",
+            NoticeState::Finished(o) => o.as_str(),
+        }
+    }
+}
+
+/// One notification's content: everything its body is made of, so a
+/// repeat after a restart says exactly what the first delivery said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub kind: NoticeKind,
+    pub job: JobId,
+    pub commit: CommitId,
+    pub branch: Option<String>,
+    pub attempt: u32,
+    pub state: NoticeState,
+    pub runner: Option<RunnerName>,
+    /// One line for a person (the result's message, "running on ...").
+    pub message: String,
+    pub tests: Option<TestCounts>,
+    pub duration_ms: u64,
+}
+
+/// Why a notification was given up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// The dispatcher was restarted without the sink it was owed to.
+    SinkRemoved,
+    /// The sink refused it for good (an HTTP 4xx other than 408 and 429):
+    /// sending it again cannot help. The status and a line of the answer.
+    Refused { status: u16, message: String },
+    /// The sink's outbox was full: the oldest undelivered one goes.
+    OutboxFull,
+}
+
+impl DropReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DropReason::SinkRemoved => "sink_removed",
+            DropReason::Refused { .. } => "refused",
+            DropReason::OutboxFull => "outbox_full",
+        }
+    }
 }
 
 impl Event {
@@ -181,6 +278,7 @@ impl Event {
     pub fn job(&self) -> Option<JobId> {
         match self {
             Event::CommitSeen { job, .. } => Some(*job),
+            Event::NotificationDue { notice, .. } => Some(notice.job),
             other => other.job_ref().map(|j| j.job),
         }
     }
@@ -197,6 +295,9 @@ impl Event {
             Event::DispatcherPaused { .. } => "dispatcher_paused",
             Event::JobCancelled { .. } => "job_cancelled",
             Event::JobRetried { .. } => "job_retried",
+            Event::NotificationDue { .. } => "notification_due",
+            Event::NotificationDelivered { .. } => "notification_delivered",
+            Event::NotificationDropped { .. } => "notification_dropped",
         }
     }
 

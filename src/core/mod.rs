@@ -7,13 +7,16 @@
 pub mod event;
 pub mod ids;
 
-pub use event::{CommitInfo, Event, JobReport, LostReason, Outcome, Record, TestCounts};
+pub use event::{
+    CommitInfo, DropReason, Event, JobReport, LostReason, Notice, NoticeKind, NoticeState, Outcome,
+    Record, TestCounts,
+};
 pub use ids::{CommitId, JobId, JobRef, RunnerName};
 pub mod decide;
 pub mod state;
 
 pub use decide::{
-    Core, CoreConfig, Input, LeftHow, LeftJob, Link, Now, Refusal, Reply, RunnerState, Session,
-    Standing, Step, ToRunner,
+    Core, CoreConfig, Input, LeftHow, LeftJob, Link, MAX_OWED_PER_SINK, Now, Refusal, Reply,
+    RunnerState, Session, SinkSpec, SinkTakes, Standing, Step, ToRunner,
 };
-pub use state::{Finished, Job, JobStatus, State, Sym};
+pub use state::{BranchMark, Due, Finished, Job, JobStatus, State, Sym};

@@ -20,7 +20,7 @@ type RandomState = foldhash::quality::RandomState;
 
 mod snapshot;
 
-use super::event::{Event, JobReport, LostReason, Outcome, Record, TestCounts};
+use super::event::{Event, JobReport, LostReason, Notice, Outcome, Record, TestCounts};
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 
 /// An interned string (branch, runner name or result message) of a `State`;
@@ -79,6 +79,33 @@ impl Job {
             attempt: self.attempts,
         }
     }
+}
+
+/// A notification owed: to which sink, what it says, when it was decided.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Due {
+    pub n: u64,
+    pub sink: String,
+    pub notice: Notice,
+    pub at_ms: u64,
+}
+
+impl Due {
+    /// The idempotency key: the same for every delivery of this
+    /// notification, different for any other one of this log (the commit
+    /// is in it so that a log started afresh does not repeat old keys for
+    /// other commits).
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.notice.commit, self.n)
+    }
+}
+
+/// Where a branch stands for "broken" and "fixed": its newest finished
+/// job (by number, cancelled ones not counted) and that job's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BranchMark {
+    pub job: JobId,
+    pub outcome: Outcome,
 }
 
 /// A snapshot that cannot be used: what in it is wrong.
@@ -212,6 +239,15 @@ pub struct State {
     by_commit: Index,
     /// Name -> `Sym` + 1 (derived from `names`, rebuilt on load).
     by_name: Index,
+    /// Notifications due and not yet delivered or dropped, by number.
+    outbox: BTreeMap<u64, Due>,
+    /// How many notifications were ever due (the next is number + 1).
+    notices: u64,
+    /// How many of the outbox's are owed to each sink (derived from
+    /// `outbox`, rebuilt on load).
+    owed: BTreeMap<String, usize>,
+    /// Each branch's newest finished job and its outcome.
+    branch_marks: BTreeMap<String, BranchMark>,
 }
 
 impl State {
@@ -241,6 +277,10 @@ impl State {
     /// Rebuilds the derived indexes; a commit or name found twice means the
     /// jobs or names did not come from a fold.
     fn rebuild_indexes(&mut self) -> Result<(), String> {
+        self.owed.clear();
+        for d in self.outbox.values() {
+            *self.owed.entry(d.sink.clone()).or_default() += 1;
+        }
         let State {
             jobs,
             names,
@@ -503,6 +543,10 @@ impl State {
                     remove_from_queue(&mut self.queue, *job);
                 }
                 self.results += 1;
+                if let Some(b) = self.job(*job).and_then(|j| j.branch) {
+                    let branch = self.name(b).to_string();
+                    self.mark_branch(branch, *job, report.outcome);
+                }
             }
             Event::JobCancelled { job, attempt, .. } => {
                 let j = self.job_mut(*job)?;
@@ -558,8 +602,70 @@ impl State {
                 self.queue.push_back(*job);
                 self.results -= 1;
             }
+            Event::NotificationDue { n, sink, notice } => {
+                if *n != self.notices + 1 {
+                    return Err(format!("notification {n} is not the next number"));
+                }
+                self.notices = *n;
+                *self.owed.entry(sink.clone()).or_default() += 1;
+                self.outbox.insert(
+                    *n,
+                    Due {
+                        n: *n,
+                        sink: sink.clone(),
+                        notice: notice.clone(),
+                        at_ms,
+                    },
+                );
+            }
+            Event::NotificationDelivered { n } | Event::NotificationDropped { n, .. } => {
+                let Some(d) = self.outbox.remove(n) else {
+                    return Err(format!("notification {n} is not owed"));
+                };
+                if let Some(c) = self.owed.get_mut(&d.sink) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.owed.remove(&d.sink);
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Moves the branch's mark to `job` unless a newer job marks it.
+    fn mark_branch(&mut self, branch: String, job: JobId, outcome: Outcome) {
+        if outcome == Outcome::Cancelled {
+            return;
+        }
+        let mark = BranchMark { job, outcome };
+        match self.branch_marks.get_mut(&branch) {
+            Some(m) if m.job > job => {}
+            Some(m) => *m = mark,
+            None => {
+                self.branch_marks.insert(branch, mark);
+            }
+        }
+    }
+
+    /// The branch's newest finished job and its outcome, if any finished.
+    pub fn branch_mark(&self, branch: &str) -> Option<BranchMark> {
+        self.branch_marks.get(branch).copied()
+    }
+
+    /// Notifications owed, oldest first.
+    pub fn outbox(&self) -> &BTreeMap<u64, Due> {
+        &self.outbox
+    }
+
+    /// How many notifications are owed to `sink`.
+    pub fn owed(&self, sink: &str) -> usize {
+        self.owed.get(sink).copied().unwrap_or(0)
+    }
+
+    /// The number the next due notification gets.
+    pub fn next_notice(&self) -> u64 {
+        self.notices + 1
     }
 
     fn job_mut(&mut self, id: JobId) -> Result<&mut Job, String> {

@@ -37,16 +37,27 @@ impl Local {
     /// A connection of a tool with `grant`.
     pub async fn open(&self, grant: Grant) -> Result<LocalConn, Gone> {
         let conn = self.ids.fetch_add(1, Ordering::Relaxed);
+        let hello = ShellInput::ClientHello {
+            conn,
+            role: Role::Tool,
+            grant,
+        };
+        self.open_as(conn, hello).await
+    }
+
+    /// The notifier's connection: it is sent what is owed and reports
+    /// what it delivered (`notify::run`).
+    pub async fn open_notifier(&self) -> Result<LocalConn, Gone> {
+        let conn = self.ids.fetch_add(1, Ordering::Relaxed);
+        self.open_as(conn, ShellInput::NotifierHello { conn }).await
+    }
+
+    async fn open_as(&self, conn: ConnId, hello: ShellInput) -> Result<LocalConn, Gone> {
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOX);
         let kill = CancellationToken::new();
         let outbox = Outbox {
             tx,
             kill: kill.clone(),
-        };
-        let hello = ShellInput::ClientHello {
-            conn,
-            role: Role::Tool,
-            grant,
         };
         self.cmds
             .send_async(Cmd::Open {

@@ -48,6 +48,8 @@ pub struct DispatcherConfig {
     pub max_connections: usize,
     /// Serve the dashboard, the JSON API and `/metrics` over HTTP here.
     pub http: Option<String>,
+    /// Where notifications and commit statuses go.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl DispatcherConfig {
@@ -61,6 +63,7 @@ impl DispatcherConfig {
             insecure: false,
             max_connections: MAX_CONNECTIONS,
             http: None,
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -204,6 +207,7 @@ pub async fn start(
         CoreConfig {
             heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
             max_attempts: config.max_attempts,
+            sinks: config.notify.sinks.iter().map(|s| s.spec()).collect(),
         },
     );
     let shell = shell::Shell::new(
@@ -296,6 +300,11 @@ pub async fn start(
         };
         tokio::spawn(crate::web::serve(l, ctx, stop_listening.clone()))
     });
+    let notifier = tokio::spawn(crate::notify::run(
+        local.clone(),
+        config.notify.clone(),
+        stop_listening.clone(),
+    ));
     let token = shutdown.clone();
     let done = tokio::spawn(async move {
         let mut writer_done = tokio::task::spawn_blocking(move || writer.join());
@@ -313,6 +322,7 @@ pub async fn start(
                 if let Some(web) = web {
                     let _ = web.await;
                 }
+                let _ = notifier.await;
                 let _ = tx.send_async(actor::Cmd::Shutdown).await;
                 drop(tx);
                 writer_done.await

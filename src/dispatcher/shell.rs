@@ -92,6 +92,8 @@ pub enum ShellInput {
     },
     /// A frame from a connection that said hello.
     Frame { conn: ConnId, msg: ClientMsg },
+    /// The dispatcher's notifier (an in-process connection) opened.
+    NotifierHello { conn: ConnId },
     /// The connection ended (either side).
     Closed { conn: ConnId },
 }
@@ -144,7 +146,11 @@ pub enum ShellStatus {
 enum Peer {
     Runner { name: RunnerName },
     Client { role: Role, grant: Grant },
+    Notifier,
 }
+
+/// Most notifications in one [`ServerMsg::Owed`].
+pub const OWED_PAGE: usize = 512;
 
 pub struct Shell {
     core: Core,
@@ -166,6 +172,8 @@ pub struct Shell {
     next_tick_mono_ms: Option<u64>,
     /// Live output, followers and watchers (not durable, not decided on).
     live: Live,
+    /// The notifier's connection, if it is connected.
+    notifier: Option<ConnId>,
 }
 
 /// The batch being decided.
@@ -175,6 +183,8 @@ struct Open {
     outputs: Vec<(JobRef, Vec<u8>)>,
     infos: Vec<(JobId, CommitInfo)>,
     sends: Vec<Transmit>,
+    /// Notifications that became due in this batch, for the notifier.
+    owed: Vec<crate::core::Due>,
     inputs: usize,
 }
 
@@ -197,6 +207,7 @@ impl Shell {
             last_snapshot_seq,
             next_tick_mono_ms: None,
             live: Live::default(),
+            notifier: None,
         }
     }
 
@@ -310,11 +321,13 @@ impl Shell {
             ShellInput::ClientHello { conn, role, grant } => {
                 self.conns.insert(conn, Peer::Client { role, grant });
             }
+            ShellInput::NotifierHello { conn } => self.notifier_hello(conn),
             ShellInput::Frame { conn, msg } => match self.conns.get(&conn).cloned() {
                 Some(Peer::Runner { name }) => self.runner_frame(conn, name, msg, now),
                 Some(Peer::Client { role, grant }) => {
                     self.request(conn, role, grant, msg, now, log)
                 }
+                Some(Peer::Notifier) => self.notifier_frame(conn, msg, now),
                 None => debug!(conn, "a frame from a connection without hello ignored"),
             },
             ShellInput::Closed { conn } => self.closed(conn, now),
@@ -370,8 +383,48 @@ impl Shell {
         self.absorb(step);
     }
 
+    /// The notifier connected: it gets everything owed, in pages, then
+    /// each batch's new notifications. Only the newest notifier is served.
+    fn notifier_hello(&mut self, conn: ConnId) {
+        if let Some(old) = self.notifier.replace(conn) {
+            self.conns.remove(&old);
+        }
+        self.conns.insert(conn, Peer::Notifier);
+        let owed: Vec<crate::core::Due> = self.core.state.outbox().values().cloned().collect();
+        for page in owed.chunks(OWED_PAGE) {
+            self.send(
+                conn,
+                ServerMsg::Owed {
+                    dues: page.to_vec(),
+                },
+            );
+        }
+    }
+
+    fn notifier_frame(&mut self, conn: ConnId, msg: ClientMsg, now: Now) {
+        match msg {
+            ClientMsg::Notified { n, dropped } => {
+                let step = self
+                    .core
+                    .handle(crate::core::Input::Notified { n, dropped }, now);
+                self.absorb(step);
+            }
+            other => self.send(
+                conn,
+                ServerMsg::error(
+                    ErrorCode::NotPermitted,
+                    format!("the notifier may not send {}", other.kind()),
+                    false,
+                ),
+            ),
+        }
+    }
+
     fn closed(&mut self, conn: ConnId, now: Now) {
         self.live.closed(conn);
+        if self.notifier == Some(conn) {
+            self.notifier = None;
+        }
         let Some(peer) = self.conns.remove(&conn) else {
             return;
         };
@@ -987,6 +1040,15 @@ impl Shell {
         if !self.live.is_idle() || step.records.iter().any(ends_attempt) {
             self.tell_watchers(&step.records);
         }
+        if self.notifier.is_some() {
+            for rec in &step.records {
+                if let Event::NotificationDue { n, .. } = &rec.event
+                    && let Some(d) = self.core.state.outbox().get(n)
+                {
+                    self.open.owed.push(d.clone());
+                }
+            }
+        }
         self.open.records.extend(step.records);
         for (runner, msg) in step.sends {
             let msg = match msg {
@@ -1066,7 +1128,18 @@ impl Shell {
     /// Closes the open batch, if it holds anything. `idle_wait_ms` is how
     /// long the driver waited for its first input (0 when it did not).
     pub fn take_batch(&mut self, now: Now, idle_wait_ms: u64) -> Option<Batch> {
-        let open = std::mem::take(&mut self.open);
+        let mut open = std::mem::take(&mut self.open);
+        if let Some(conn) = self.notifier {
+            // After everything else of the batch, durable with it.
+            for page in open.owed.chunks(OWED_PAGE) {
+                open.sends.push(Transmit {
+                    conn,
+                    msg: ServerMsg::Owed {
+                        dues: page.to_vec(),
+                    },
+                });
+            }
+        }
         let wrote = !open.records.is_empty() || !open.outputs.is_empty() || !open.infos.is_empty();
         if !wrote && open.sends.is_empty() {
             return None;

@@ -13,7 +13,9 @@ pub mod views;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{CommitId, CommitInfo, JobId, JobRef, JobReport, LeftJob, Record};
+use crate::core::{
+    CommitId, CommitInfo, DropReason, Due, JobId, JobRef, JobReport, LeftJob, Record,
+};
 pub use views::{MetricsView, ResultView, RunnerView, RunningView, StatusView};
 
 /// 2: typed refusals (`ErrorCode`), `Hello::left`, paged results and tips.
@@ -275,6 +277,12 @@ pub enum ClientMsg {
     },
     /// The counts `/metrics` shows.
     Metrics,
+    // The dispatcher's own notifier (an in-process connection only).
+    /// Notification `n` was delivered (`dropped` is `None`) or given up.
+    Notified {
+        n: u64,
+        dropped: Option<DropReason>,
+    },
 }
 
 impl ClientMsg {
@@ -299,6 +307,7 @@ impl ClientMsg {
             ClientMsg::Watch { .. } => "watch",
             ClientMsg::History { .. } => "history",
             ClientMsg::Metrics => "metrics",
+            ClientMsg::Notified { .. } => "notified",
         }
     }
 }
@@ -388,6 +397,11 @@ pub enum ServerMsg {
         more: bool,
     },
     Metrics(MetricsView),
+    /// To the notifier: notifications owed (all of them when it connects,
+    /// then each batch's new ones once they are durable), oldest first.
+    Owed {
+        dues: Vec<Due>,
+    },
 }
 
 impl ServerMsg {
@@ -414,6 +428,7 @@ impl ServerMsg {
             ServerMsg::Unseen { .. } => "unseen",
             ServerMsg::History { .. } => "history",
             ServerMsg::Metrics(_) => "metrics",
+            ServerMsg::Owed { .. } => "owed",
         }
     }
 

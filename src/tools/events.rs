@@ -47,6 +47,36 @@ pub fn to_row(rec: &Record) -> Vec<String> {
     let dash = || "-".to_string();
     let (job, commit, runner, attempt, detail) = match &rec.event {
         Event::DispatcherStarted { pid } => (dash(), dash(), dash(), dash(), format!("pid {pid}")),
+        Event::NotificationDue { n, sink, notice } => (
+            notice.job.to_string(),
+            notice.commit.short(),
+            notice.runner.clone().unwrap_or_else(dash),
+            notice.attempt.to_string(),
+            format!(
+                "notification {n} due to {sink}: {} {}",
+                notice.kind.as_str(),
+                notice.state.as_str()
+            ),
+        ),
+        Event::NotificationDelivered { n } => (
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            format!("notification {n} delivered"),
+        ),
+        Event::NotificationDropped { n, reason } => (
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            match reason {
+                crate::core::DropReason::Refused { status, message } => {
+                    format!("notification {n} dropped: refused with {status}: {message}")
+                }
+                other => format!("notification {n} dropped: {}", other.as_str()),
+            },
+        ),
         Event::JobCancelled {
             job,
             commit,

@@ -22,12 +22,17 @@
 //! attempt outcome-byte exit_code? duration_ms tests? message output_bytes
 //! at_ms`), where `exit_code` is zigzag-encoded and `tests` is a presence
 //! byte then five counts. Job numbers are implicit: job `i` is at index
-//! `i - 1`, as in the state.
+//! `i - 1`, as in the state. Then (since snapshot version 5) the
+//! notifications: `notices`, the outbox (`n`, then `n sink at_ms` and the
+//! notice: `kind-byte job commit branch? attempt state-byte runner?
+//! message tests? duration_ms`, strings inline, `state-byte` 0 queued, 1
+//! running, 2 + outcome-byte finished), and the branch marks (`n`, then
+//! `branch job outcome-byte` each).
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{Finished, Index, Job, JobStatus, State, Sym};
-use crate::core::event::{Outcome, TestCounts};
+use super::{BranchMark, Due, Finished, Index, Job, JobStatus, State, Sym};
+use crate::core::event::{Notice, NoticeKind, NoticeState, Outcome, TestCounts};
 use crate::core::ids::{CommitId, JobId, JobRef};
 
 /// Encodes `state` (without its derived indexes), appended to `out`.
@@ -76,21 +81,110 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
                 w.byte(outcome_byte(f.outcome));
                 w.opt(f.exit_code.map(zigzag));
                 w.uint(f.duration_ms);
-                match f.tests {
-                    None => w.byte(0),
-                    Some(t) => {
-                        w.byte(1);
-                        for n in [t.total, t.passed, t.failed, t.errors, t.skipped] {
-                            w.uint(n.into());
-                        }
-                    }
-                }
+                write_tests(&mut w, f.tests);
                 w.uint(f.message.0.into());
                 w.uint(f.output_bytes);
                 w.uint(f.at_ms);
             }
         }
     }
+    w.uint(state.notices);
+    w.uint(state.outbox.len() as u64);
+    for d in state.outbox.values() {
+        w.uint(d.n);
+        w.str(&d.sink);
+        w.uint(d.at_ms);
+        write_notice(&mut w, &d.notice);
+    }
+    w.uint(state.branch_marks.len() as u64);
+    for (b, m) in &state.branch_marks {
+        w.str(b);
+        w.uint(m.job.0);
+        w.byte(outcome_byte(m.outcome));
+    }
+}
+
+fn write_notice(w: &mut Writer<'_>, n: &Notice) {
+    w.byte(match n.kind {
+        NoticeKind::Result => 0,
+        NoticeKind::BranchBroken => 1,
+        NoticeKind::BranchFixed => 2,
+        NoticeKind::Status => 3,
+    });
+    w.uint(n.job.0);
+    w.commit(&n.commit);
+    w.opt_str(n.branch.as_deref());
+    w.uint(n.attempt.into());
+    match n.state {
+        NoticeState::Queued => w.byte(0),
+        NoticeState::Running => w.byte(1),
+        NoticeState::Finished(o) => {
+            w.byte(2);
+            w.byte(outcome_byte(o));
+        }
+    }
+    w.opt_str(n.runner.as_deref());
+    w.str(&n.message);
+    write_tests(w, n.tests);
+    w.uint(n.duration_ms);
+}
+
+fn write_tests(w: &mut Writer<'_>, tests: Option<TestCounts>) {
+    match tests {
+        None => w.byte(0),
+        Some(t) => {
+            w.byte(1);
+            for n in [t.total, t.passed, t.failed, t.errors, t.skipped] {
+                w.uint(n.into());
+            }
+        }
+    }
+}
+
+fn read_tests(r: &mut Reader<'_>) -> Result<Option<TestCounts>, String> {
+    Ok(match r.byte()? {
+        0 => None,
+        1 => Some(TestCounts {
+            total: r.u32()?,
+            passed: r.u32()?,
+            failed: r.u32()?,
+            errors: r.u32()?,
+            skipped: r.u32()?,
+        }),
+        b => return Err(format!("test counts marker {b}")),
+    })
+}
+
+fn read_notice(r: &mut Reader<'_>) -> Result<Notice, String> {
+    let kind = match r.byte()? {
+        0 => NoticeKind::Result,
+        1 => NoticeKind::BranchBroken,
+        2 => NoticeKind::BranchFixed,
+        3 => NoticeKind::Status,
+        b => return Err(format!("notice kind byte {b}")),
+    };
+    let job = JobId(r.uint()?);
+    let commit = r.commit()?;
+    let branch = r.opt_str()?;
+    let attempt = r.u32()?;
+    let state = match r.byte()? {
+        0 => NoticeState::Queued,
+        1 => NoticeState::Running,
+        2 => NoticeState::Finished(byte_outcome(r.byte()?)?),
+        b => return Err(format!("notice state byte {b}")),
+    };
+    Ok(Notice {
+        kind,
+        job,
+        commit,
+        branch,
+        attempt,
+        state,
+        runner: r.opt_str()?,
+        message: r.str()?.to_owned(),
+        tests: read_tests(r)?,
+        duration_ms: r.uint()?,
+    })
 }
 
 /// Decodes what [`encode`] wrote, checking that every reference inside
@@ -151,17 +245,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
                     Some(z) => Some(unzigzag(z)?),
                 };
                 let duration_ms = r.uint()?;
-                let tests = match r.byte()? {
-                    0 => None,
-                    1 => Some(TestCounts {
-                        total: r.u32()?,
-                        passed: r.u32()?,
-                        failed: r.u32()?,
-                        errors: r.u32()?,
-                        skipped: r.u32()?,
-                    }),
-                    b => return Err(format!("test counts marker {b}")),
-                };
+                let tests = read_tests(&mut r)?;
                 JobStatus::Done(Finished {
                     runner,
                     attempt,
@@ -186,6 +270,33 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
             seen_at_ms,
         });
     }
+    let notices = r.uint()?;
+    let mut outbox = BTreeMap::new();
+    for _ in 0..r.len(8)? {
+        let n = r.uint()?;
+        let sink = r.str()?.to_owned();
+        let at_ms = r.uint()?;
+        let notice = read_notice(&mut r)?;
+        if n == 0 || n > notices {
+            return Err(format!("notification {n} of {notices}"));
+        }
+        outbox.insert(
+            n,
+            Due {
+                n,
+                sink,
+                notice,
+                at_ms,
+            },
+        );
+    }
+    let mut branch_marks = BTreeMap::new();
+    for _ in 0..r.len(3)? {
+        let b = r.str()?.to_owned();
+        let job = JobId(r.uint()?);
+        let outcome = byte_outcome(r.byte()?)?;
+        branch_marks.insert(b, BranchMark { job, outcome });
+    }
     if r.pos != bytes.len() {
         return Err(format!("{} bytes left over", bytes.len() - r.pos));
     }
@@ -195,6 +306,18 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
     }
     if let Some((r, h)) = holders.iter().find(|(_, h)| !exists(h.job)) {
         return Err(format!("runner {r} holds {h}, which does not exist"));
+    }
+    if let Some((b, m)) = branch_marks.iter().find(|(_, m)| !exists(m.job)) {
+        return Err(format!(
+            "branch {b} is marked by job {}, which does not exist",
+            m.job
+        ));
+    }
+    if let Some(d) = outbox.values().find(|d| !exists(d.notice.job)) {
+        return Err(format!(
+            "notification {} is about job {}, which does not exist",
+            d.n, d.notice.job
+        ));
     }
     let mut state = State {
         last_seq,
@@ -206,6 +329,10 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
         names,
         by_commit: Index::default(),
         by_name: Index::default(),
+        outbox,
+        notices,
+        owed: BTreeMap::new(),
+        branch_marks,
     };
     state.rebuild_indexes()?;
     Ok(state)
@@ -263,6 +390,16 @@ impl Writer<'_> {
     fn str(&mut self, s: &str) {
         self.uint(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            None => self.byte(0),
+            Some(s) => {
+                self.byte(1);
+                self.str(s);
+            }
+        }
     }
 
     fn commit(&mut self, c: &CommitId) {
@@ -339,6 +476,14 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         std::str::from_utf8(self.take(n)?)
             .map_err(|_| format!("a string at byte {at} is not UTF-8"))
+    }
+
+    fn opt_str(&mut self) -> Result<Option<String>, String> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str()?.to_owned())),
+            b => Err(format!("optional string marker {b}")),
+        }
     }
 
     fn commit(&mut self) -> Result<CommitId, String> {
