@@ -5,7 +5,7 @@
 
 use ci::core::{
     CommitId, Core, CoreConfig, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftHow,
-    LeftJob, LostReason, Now, Outcome, Record, Reply, State, Step, ToRunner,
+    LeftJob, LostReason, Now, Outcome, Record, Reply, SinkSpec, SinkTakes, State, Step, ToRunner,
 };
 
 const TIMEOUT_MS: u64 = 10_000;
@@ -20,10 +20,14 @@ struct Sim {
 
 impl Sim {
     fn new() -> Sim {
-        let config = CoreConfig {
+        Sim::with(CoreConfig {
             heartbeat_timeout_ms: TIMEOUT_MS,
             max_attempts: 3,
-        };
+            ..CoreConfig::default()
+        })
+    }
+
+    fn with(config: CoreConfig) -> Sim {
         let mut sim = Sim {
             core: Core::new(State::new(), config),
             now_ms: 1_000,
@@ -638,4 +642,174 @@ fn a_cancelled_running_job_keeps_its_runner_and_refuses_its_late_result() {
         })
     ));
     assert_eq!(sim.core.state.results(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// The outbox: notifications due as events
+// ---------------------------------------------------------------------------
+
+fn notifying() -> Sim {
+    Sim::with(CoreConfig {
+        heartbeat_timeout_ms: TIMEOUT_MS,
+        max_attempts: 3,
+        sinks: vec![
+            SinkSpec {
+                key: "url:events".into(),
+                takes: SinkTakes::Events,
+            },
+            SinkSpec {
+                key: "status:forge".into(),
+                takes: SinkTakes::Statuses,
+            },
+        ],
+    })
+}
+
+/// `(sink, kind, state)` of each notification the step made due.
+fn dues(step: &Step) -> Vec<(String, &'static str, &'static str)> {
+    step.events()
+        .filter_map(|e| match e {
+            Event::NotificationDue { sink, notice, .. } => {
+                Some((sink.clone(), notice.kind.as_str(), notice.state.as_str()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn due(
+    sink: &str,
+    kind: &'static str,
+    state: &'static str,
+) -> (String, &'static str, &'static str) {
+    (sink.to_string(), kind, state)
+}
+
+#[test]
+fn without_sinks_nothing_is_owed() {
+    let mut sim = Sim::new();
+    sim.connect("r1");
+    let step = sim.commits(&[commit(1)]);
+    assert!(dues(&step).is_empty());
+    let step = sim.result("r1", jr(1, 1), Outcome::Fail);
+    assert!(dues(&step).is_empty());
+    assert!(sim.core.state.outbox().is_empty());
+}
+
+#[test]
+fn a_job_owes_a_status_per_move_and_its_result_to_the_event_sinks() {
+    let mut sim = notifying();
+    let step = sim.commits(&[commit(1)]);
+    assert_eq!(dues(&step), vec![due("status:forge", "status", "pending")]);
+    let step = sim.connect("r1");
+    assert_eq!(dues(&step), vec![due("status:forge", "status", "running")]);
+    let step = sim.result("r1", jr(1, 1), Outcome::Pass);
+    assert_eq!(
+        dues(&step),
+        vec![
+            due("status:forge", "status", "pass"),
+            due("url:events", "result", "pass"),
+        ]
+    );
+    assert_eq!(sim.core.state.outbox().len(), 4);
+    // The first result on a branch turns nothing.
+    assert!(sim.core.state.branch_mark("main").is_some());
+}
+
+#[test]
+fn a_branch_turning_red_and_green_again_is_owed_once_each() {
+    let mut sim = notifying();
+    sim.connect("r1");
+    sim.commits(&[commit(1)]);
+    sim.result("r1", jr(1, 1), Outcome::Pass);
+    sim.commits(&[commit(2)]);
+    let step = sim.result("r1", jr(2, 1), Outcome::Fail);
+    assert!(dues(&step).contains(&due("url:events", "branch_broken", "fail")));
+    sim.commits(&[commit(3)]);
+    let step = sim.result("r1", jr(3, 1), Outcome::Timeout);
+    assert!(
+        !dues(&step).iter().any(|d| d.1.starts_with("branch_")),
+        "still red is no news"
+    );
+    sim.commits(&[commit(4)]);
+    let step = sim.result("r1", jr(4, 1), Outcome::Pass);
+    assert!(dues(&step).contains(&due("url:events", "branch_fixed", "pass")));
+}
+
+#[test]
+fn an_older_commit_finishing_late_does_not_turn_its_branch() {
+    let mut sim = notifying();
+    sim.connect("r1");
+    sim.connect("r2");
+    sim.commits(&[commit(1), commit(2)]);
+    // Job 2 (newer) passes first; then job 1 (older) fails.
+    sim.result("r2", jr(2, 1), Outcome::Pass);
+    let step = sim.result("r1", jr(1, 1), Outcome::Fail);
+    assert!(!dues(&step).iter().any(|d| d.1 == "branch_broken"));
+    assert_eq!(sim.core.state.branch_mark("main").unwrap().job, JobId(2));
+}
+
+#[test]
+fn a_cancel_owes_its_outcome_but_does_not_turn_the_branch() {
+    let mut sim = notifying();
+    sim.connect("r1");
+    sim.commits(&[commit(1)]);
+    sim.result("r1", jr(1, 1), Outcome::Pass);
+    sim.commits(&[commit(2), commit(3)]);
+    let step = sim.input(Input::Cancel { commit: commit(3) });
+    assert_eq!(
+        dues(&step),
+        vec![
+            due("status:forge", "status", "cancelled"),
+            due("url:events", "result", "cancelled"),
+        ]
+    );
+    assert_eq!(sim.core.state.branch_mark("main").unwrap().job, JobId(1));
+}
+
+#[test]
+fn delivered_and_dropped_settle_a_notification_once() {
+    let mut sim = notifying();
+    sim.commits(&[commit(1)]);
+    let n = *sim.core.state.outbox().keys().next().unwrap();
+    let step = sim.input(Input::Notified { n, dropped: None });
+    assert_eq!(kinds(&step), vec!["notification_delivered"]);
+    // A repeat (the notifier reconnected) changes nothing.
+    let step = sim.input(Input::Notified { n, dropped: None });
+    assert!(step.records.is_empty());
+    assert!(sim.core.state.outbox().is_empty());
+}
+
+#[test]
+fn a_restart_without_a_sink_drops_what_it_was_owed_on_record() {
+    let mut sim = notifying();
+    sim.commits(&[commit(1)]);
+    assert_eq!(sim.core.state.outbox().len(), 1);
+    // Restart with only the events sink: the status sink is gone.
+    let state = sim.core.state.clone();
+    let mut config = sim.core.config().clone();
+    config.sinks.retain(|s| s.takes == SinkTakes::Events);
+    sim.core = Core::new(state, config);
+    let step = sim.input(Input::Started { pid: 2 });
+    assert_eq!(
+        kinds(&step),
+        vec!["dispatcher_started", "notification_dropped"]
+    );
+    assert!(sim.core.state.outbox().is_empty());
+}
+
+#[test]
+fn the_outbox_survives_a_snapshot() {
+    let mut sim = notifying();
+    sim.connect("r1");
+    sim.commits(&[commit(1), commit(2)]);
+    sim.result("r1", jr(1, 1), Outcome::Pass);
+    sim.result("r1", jr(2, 1), Outcome::Fail);
+    let state = sim.live();
+    assert!(state.outbox().len() > 4);
+    let back = State::from_snapshot(&state.to_snapshot()).expect("decodes");
+    assert_eq!(back, state);
+    assert_eq!(back.outbox(), state.outbox());
+    assert_eq!(back.branch_mark("main"), state.branch_mark("main"));
+    assert_eq!(back.next_notice(), state.next_notice());
 }

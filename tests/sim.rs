@@ -527,6 +527,7 @@ fn config() -> CoreConfig {
     CoreConfig {
         heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS,
         max_attempts: MAX_ATTEMPTS,
+        ..CoreConfig::default()
     }
 }
 
