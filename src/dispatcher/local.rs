@@ -36,6 +36,16 @@ impl Local {
 
     /// A connection of a tool with `grant`.
     pub async fn open(&self, grant: Grant) -> Result<LocalConn, Gone> {
+        self.open_as(Role::Tool, grant).await
+    }
+
+    /// A connection of an observer: it may report commits and read, and
+    /// nothing else (a forge's webhook delivery, proven by its signature).
+    pub async fn open_observer(&self) -> Result<LocalConn, Gone> {
+        self.open_as(Role::Observer, Grant { write: false }).await
+    }
+
+    async fn open_as(&self, role: Role, grant: Grant) -> Result<LocalConn, Gone> {
         let conn = self.ids.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOX);
         let kill = CancellationToken::new();
@@ -43,11 +53,7 @@ impl Local {
             tx,
             kill: kill.clone(),
         };
-        let hello = ShellInput::ClientHello {
-            conn,
-            role: Role::Tool,
-            grant,
-        };
+        let hello = ShellInput::ClientHello { conn, role, grant };
         self.cmds
             .send_async(Cmd::Open {
                 conn,

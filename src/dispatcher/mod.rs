@@ -28,6 +28,7 @@ use crate::proto::auth::Auth;
 use crate::store::{self, Rebuild, Store, StoreError};
 
 pub use crate::proto::auth::Tokens;
+pub use crate::web::{WebhookSecret, WebhookSecretError};
 
 /// Most connections served at once unless the descriptor limit says
 /// fewer; more wait in the kernel's backlog.
@@ -48,6 +49,8 @@ pub struct DispatcherConfig {
     pub max_connections: usize,
     /// Serve the dashboard, the JSON API and `/metrics` over HTTP here.
     pub http: Option<String>,
+    /// The secret forge webhooks are signed with (`/hooks/` on `http`).
+    pub webhook_secret: Option<WebhookSecret>,
 }
 
 impl DispatcherConfig {
@@ -61,6 +64,7 @@ impl DispatcherConfig {
             insecure: false,
             max_connections: MAX_CONNECTIONS,
             http: None,
+            webhook_secret: None,
         }
     }
 }
@@ -293,6 +297,7 @@ pub async fn start(
             auth: auth.clone(),
             loopback_only: auth.is_open() && !config.insecure,
             max_connections: http_cap,
+            webhook_secret: config.webhook_secret.clone(),
         };
         tokio::spawn(crate::web::serve(l, ctx, stop_listening.clone()))
     });
