@@ -28,6 +28,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.max_connections = args.max_connections as usize;
     config.http = args.http.clone();
     config.notify = args.notify_config()?;
+    if let Some(path) = &args.webhook_secret_file {
+        config.webhook_secret = Some(dispatcher::WebhookSecret::from_file(path)?);
+    }
     let auth = match &args.token_file {
         Some(path) => Auth::with_tokens(Tokens::from_file(path)?),
         None => {

@@ -34,10 +34,16 @@ pub struct Args {
     /// Without --token-file, listen on a non-loopback address anyway.
     #[arg(long)]
     pub insecure: bool,
-    /// Also serve the web dashboard, the JSON API (/api/v1/) and /metrics
-    /// over HTTP on this address; port 0 picks a free port. Off by default.
+    /// Also serve the web dashboard, the JSON API (/api/v1/), /metrics and
+    /// the forge webhooks (/hooks/) over HTTP on this address; port 0 picks
+    /// a free port. Off by default.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// The secret forge webhooks (POST /hooks/github, /hooks/gitea,
+    /// /hooks/gitlab on --http) are signed with: one line, at least 16
+    /// characters. Read once at start. Without it the hook URLs answer 404.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// Most connections at once; lowered to fit under the open-file limit
     /// (whose soft limit is raised to the hard one at start).
     #[arg(long, default_value_t = crate::dispatcher::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(8..), value_name = "N")]

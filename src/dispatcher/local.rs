@@ -36,12 +36,18 @@ impl Local {
 
     /// A connection of a tool with `grant`.
     pub async fn open(&self, grant: Grant) -> Result<LocalConn, Gone> {
+        self.open_client(Role::Tool, grant).await
+    }
+
+    /// A connection of an observer: it may report commits and read, and
+    /// nothing else (a forge's webhook delivery, proven by its signature).
+    pub async fn open_observer(&self) -> Result<LocalConn, Gone> {
+        self.open_client(Role::Observer, Grant { write: false }).await
+    }
+
+    async fn open_client(&self, role: Role, grant: Grant) -> Result<LocalConn, Gone> {
         let conn = self.ids.fetch_add(1, Ordering::Relaxed);
-        let hello = ShellInput::ClientHello {
-            conn,
-            role: Role::Tool,
-            grant,
-        };
+        let hello = ShellInput::ClientHello { conn, role, grant };
         self.open_as(conn, hello).await
     }
 

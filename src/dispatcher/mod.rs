@@ -28,6 +28,7 @@ use crate::proto::auth::Auth;
 use crate::store::{self, Rebuild, Store, StoreError};
 
 pub use crate::proto::auth::Tokens;
+pub use crate::web::{WebhookSecret, WebhookSecretError};
 
 /// Most connections served at once unless the descriptor limit says
 /// fewer; more wait in the kernel's backlog.
@@ -50,6 +51,8 @@ pub struct DispatcherConfig {
     pub http: Option<String>,
     /// Where notifications and commit statuses go.
     pub notify: crate::notify::NotifyConfig,
+    /// The secret forge webhooks are signed with (`/hooks/` on `http`).
+    pub webhook_secret: Option<WebhookSecret>,
 }
 
 impl DispatcherConfig {
@@ -64,6 +67,7 @@ impl DispatcherConfig {
             max_connections: MAX_CONNECTIONS,
             http: None,
             notify: crate::notify::NotifyConfig::default(),
+            webhook_secret: None,
         }
     }
 }
@@ -297,6 +301,7 @@ pub async fn start(
             auth: auth.clone(),
             loopback_only: auth.is_open() && !config.insecure,
             max_connections: http_cap,
+            webhook_secret: config.webhook_secret.clone(),
         };
         tokio::spawn(crate::web::serve(l, ctx, stop_listening.clone()))
     });

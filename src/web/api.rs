@@ -50,7 +50,8 @@ pub async fn ask(app: &App, grant: Grant, msg: ClientMsg) -> Result<ServerMsg, W
     answer(conn.request(msg).await?)
 }
 
-fn answer(msg: ServerMsg) -> Result<ServerMsg, WebError> {
+/// A refusal as [`WebError::Refused`]; any other answer as it is.
+pub(super) fn answer(msg: ServerMsg) -> Result<ServerMsg, WebError> {
     match msg {
         ServerMsg::Error { code, message, .. } => Err(WebError::Refused { code, message }),
         m => Ok(m),

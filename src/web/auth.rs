@@ -14,6 +14,9 @@
 //!   CSRF token (`X-CI-CSRF` header or `csrf` form field): an HMAC of the
 //!   session under a key made at the dispatcher's start. Bearer requests
 //!   need none (a browser never adds that header by itself).
+//! - Forge webhooks (`/hooks/`) use none of this: a delivery carries no
+//!   cookie, bearer header or `Origin`, so it passes the cross-site check,
+//!   and its signature earns it an observer's rights (see `hooks.rs`).
 
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -48,9 +51,16 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Constant-time equality of two strings (of any lengths).
 fn same(a: &str, b: &str) -> bool {
-    let tag = |s: &str| {
+    same_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// Constant-time equality of two byte strings (of any lengths): their
+/// HMACs are compared, so neither the contents nor where they first differ
+/// shows in the time taken.
+pub(super) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let tag = |s: &[u8]| {
         let mut m = HmacSha256::new_from_slice(b"ci-web-compare").expect("any key length");
-        m.update(s.as_bytes());
+        m.update(s);
         m.finalize().into_bytes()
     };
     let (x, y) = (tag(a), tag(b));
@@ -411,6 +421,26 @@ mod tests {
         assert!(cross_site(&Method::POST, &h).is_some());
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         assert_eq!(cross_site(&Method::POST, &h), None);
+    }
+
+    #[test]
+    fn forge_deliveries_pass_the_cross_site_check_and_browsers_do_not() {
+        // What GitHub, Gitea and GitLab send: no Origin, no Sec-Fetch-Site,
+        // no cookie. The signature is their credential (hooks.rs).
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("ci.example:8080"));
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("GitHub-Hookshot/abc"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert_eq!(cross_site(&Method::POST, &h), None);
+        // A page elsewhere posting to a hook is still refused.
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(cross_site(&Method::POST, &h).is_some());
     }
 
     #[test]

@@ -13,10 +13,14 @@
 //!   loopback `Host` rule without tokens, cross-site and CSRF checks.
 //! - `api.rs`: reads and actions, and their JSON under `/api/v1/`.
 //! - `sse.rs`: a job's output as server-sent events.
+//! - `hooks.rs`: forge webhooks in (GitHub, Gitea/Forgejo, GitLab):
+//!   signature, event and payload checks, then a push's commits reported
+//!   as an observer reports them.
 //! - `pages.rs`: the HTML pages; `html.rs`: escaping, layout, CSS and JS.
 
 mod api;
 mod auth;
+mod hooks;
 mod html;
 mod pages;
 mod sse;
@@ -31,7 +35,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -45,6 +49,8 @@ use crate::dispatcher::metrics::Metrics;
 use crate::proto::auth::Auth;
 use crate::proto::{ClientMsg, ErrorCode, ServerMsg};
 
+pub use hooks::{MAX_HOOK_BODY_BYTES, WebhookSecret, WebhookSecretError};
+
 /// What the dispatcher hands the web server.
 #[derive(Clone)]
 pub struct WebContext {
@@ -56,6 +62,9 @@ pub struct WebContext {
     pub loopback_only: bool,
     /// Most HTTP connections open at once ([`connection_cap`]).
     pub max_connections: usize,
+    /// The secret forges sign webhook deliveries with
+    /// (`--webhook-secret-file`); without it `/hooks/` answers 404.
+    pub webhook_secret: Option<WebhookSecret>,
 }
 
 /// How long a stopping server waits for open requests and streams.
@@ -308,6 +317,16 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/history", get(api::history))
         .route("/api/v1/status", get(api::status_json))
         .route("/metrics", get(metrics))
+        .route(
+            "/hooks/github",
+            post(hooks::github).fallback(hooks::not_post),
+        )
+        .route("/hooks/gitea", post(hooks::gitea).fallback(hooks::not_post))
+        .route(
+            "/hooks/gitlab",
+            post(hooks::gitlab).fallback(hooks::not_post),
+        )
+        .route("/hooks/{forge}", any(hooks::unknown_forge))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
@@ -351,10 +370,33 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
     resp
 }
 
+/// How a refusal from [`check`] is written: webhook routes answer one
+/// JSON object (the forge shows it in its delivery log), the rest plain
+/// text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Plain,
+    Json,
+}
+
+fn refuse(shape: Shape, status: StatusCode, text: &'static str) -> Response {
+    match shape {
+        Shape::Plain => plain(status, text),
+        Shape::Json => (
+            status,
+            axum::Json(serde_json::json!({ "error": text.trim_end() })),
+        )
+            .into_response(),
+    }
+}
+
 async fn check(app: &App, req: Request, next: Next) -> Response {
+    let hook = req.uri().path().starts_with("/hooks/");
+    let shape = if hook { Shape::Json } else { Shape::Plain };
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > MAX_URI_BYTES {
-        return plain(
+        return refuse(
+            shape,
             StatusCode::URI_TOO_LONG,
             "the request target is longer than 2048 bytes\n",
         );
@@ -363,18 +405,22 @@ async fn check(app: &App, req: Request, next: Next) -> Response {
     if app.ctx.loopback_only {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         if !host.is_some_and(auth::is_loopback_host) {
-            return plain(
+            return refuse(
+                shape,
                 StatusCode::MISDIRECTED_REQUEST,
                 "this dispatcher has no tokens and answers only requests to a loopback name \
                  (localhost, 127.0.0.1, [::1]); give it --token-file to serve other names\n",
             );
         }
     }
+    // Forge deliveries carry no Origin and no Sec-Fetch-Site, so they pass;
+    // a browser's cross-site POST to a hook is refused like any other.
     if let Some(why) = auth::cross_site(req.method(), headers) {
         return if req.uri().path().starts_with("/api/") {
             WebError::Forbidden(why.into()).into_json()
         } else {
-            plain(
+            refuse(
+                shape,
                 StatusCode::FORBIDDEN,
                 "cross-site requests may not act here\n",
             )
@@ -384,15 +430,21 @@ async fn check(app: &App, req: Request, next: Next) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return plain(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request bodies are at most 4 KiB\n",
-        );
+    let (limit, too_large) = if hook {
+        (
+            MAX_HOOK_BODY_BYTES,
+            "webhook deliveries are at most 8 MiB; push fewer commits at once\n",
+        )
+    } else {
+        (MAX_BODY_BYTES, "request bodies are at most 4 KiB\n")
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return refuse(shape, StatusCode::PAYLOAD_TOO_LARGE, too_large);
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => plain(
+        Err(_) => refuse(
+            shape,
             StatusCode::SERVICE_UNAVAILABLE,
             "the dispatcher did not answer in time\n",
         ),
