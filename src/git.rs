@@ -184,8 +184,6 @@ impl std::error::Error for GitError {
         match self {
             GitError::CannotRead { err, .. }
             | GitError::Mirror { err, .. }
-            | GitError::Tls { err, .. }
-            | GitError::Unreachable { err, .. }
             | GitError::Git { err, .. } => Some(err),
             GitError::Io { err, .. } => Some(err),
             GitError::Unrepairable { cause, .. } => Some(cause.as_ref()),
@@ -196,6 +194,9 @@ impl std::error::Error for GitError {
             | GitError::CredentialFile { .. }
             | GitError::Auth { .. }
             | GitError::HostKey { .. }
+            // Their messages say git2's, and one line is enough.
+            | GitError::Tls { .. }
+            | GitError::Unreachable { .. }
             | GitError::UnknownCommit { .. } => None,
         }
     }
@@ -314,10 +315,15 @@ impl Origin {
     }
 }
 
-/// libgit2's socket could not connect (refused, no route): it says so
-/// as an OS error.
+/// libgit2's socket could not connect (refused, no route), or a read
+/// timed out under TLS (OpenSSL sees the socket's timeout as EAGAIN): it
+/// says so as an OS error.
 fn is_connect_failure(err: &git2::Error) -> bool {
-    err.class() == ErrorClass::Os && err.message().starts_with("failed to connect to")
+    let m = err.message();
+    err.class() == ErrorClass::Os
+        && (m.starts_with("failed to connect to")
+            || m.contains("timed out")
+            || m.contains("Resource temporarily unavailable"))
 }
 
 /// An ssh session that never got as far as authentication (no banner, key
