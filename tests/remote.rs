@@ -159,7 +159,7 @@ struct HttpsServer {
 
 impl HttpsServer {
     fn start(repo: &TestRepo, user: &str, token: &str) -> HttpsServer {
-        need("/usr/sbin/nginx", "nginx-light (or nginx)");
+        need("/usr/sbin/nginx", "nginx");
         need("/usr/sbin/fcgiwrap", "fcgiwrap");
         need("/usr/lib/git-core/git-http-backend", "git");
         let dir = repo.dir("https");
