@@ -95,7 +95,7 @@ pub enum GitError {
     /// The ssh server's host key is not the known one.
     HostKey {
         source: String,
-        refusal: HostKeyRefusal,
+        refusal: Box<HostKeyRefusal>,
     },
     /// The server could not be reached, or stopped answering.
     Unreachable { source: String, err: git2::Error },

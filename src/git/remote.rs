@@ -558,7 +558,7 @@ impl fmt::Display for AuthProblem {
 #[derive(Clone, Debug)]
 pub(super) enum Refusal {
     Auth(AuthProblem),
-    HostKey(HostKeyRefusal),
+    HostKey(Box<HostKeyRefusal>),
 }
 
 /// The callbacks of one fetch (or probe) from a source of `kind`: they
@@ -639,7 +639,7 @@ pub(super) fn callbacks<'a>(
                 Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
                 Err(r) => {
                     let err = git2::Error::from_str(&r.to_string());
-                    *refusal.borrow_mut() = Some(Refusal::HostKey(r));
+                    *refusal.borrow_mut() = Some(Refusal::HostKey(Box::new(r)));
                     Err(err)
                 }
             }
@@ -983,7 +983,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(auth.secret_files(), [token.clone()]);
+        assert_eq!(auth.secret_files(), std::slice::from_ref(&token));
         assert!(!format!("{auth:?}").contains("s3cret"));
 
         let err = GitAuth::load(&GitAuthFiles {
