@@ -5,6 +5,7 @@
 
 pub mod dispatcher;
 pub mod docs;
+pub mod git;
 pub mod observer;
 pub mod runner;
 pub mod tools;

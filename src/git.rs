@@ -3,8 +3,9 @@
 //! Runner and observer both keep a private *bare* mirror of the watched
 //! repository under their work directory and never touch the user's clone.
 //! Keeping all of git2 here means one place decides which sources are
-//! allowed (local paths, `file://`, `git://`: git2 is built without https
-//! and ssh), how force-pushes are handled and how a checkout is made clean.
+//! allowed (local paths, `file://`, `git://`, and over the network `https://`
+//! and `ssh://` with the credentials of a [`GitAuth`]: see `git/remote.rs`),
+//! how force-pushes are handled and how a checkout is made clean.
 //!
 //! A mirror is a cache: whatever happens to it on disk (a test that deleted
 //! or truncated its files, a full disk, a crash mid-write), it is checked
@@ -14,18 +15,29 @@
 //!
 //! **Architecture invariant:** nothing in the product shells out to `git`.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use git2::build::CheckoutBuilder;
 use git2::{
-    AutotagOption, Direction, ErrorClass, FetchOptions, FetchPrune, Oid, Remote, Repository, Sort,
+    AutotagOption, Direction, ErrorClass, ErrorCode, FetchOptions, FetchPrune, Oid, Remote,
+    Repository, Sort,
 };
 use tracing::{info, warn};
 
 use crate::core::CommitId;
+
+mod remote;
+
+pub use remote::{
+    AuthProblem, DEFAULT_NETWORK_TIMEOUT, GitAuth, GitAuthFiles, HostKeyProblem, HostKeyRefusal,
+    SOURCE_RULE, SSH_USER, TOKEN_USER, redact, set_network_timeout,
+};
+use remote::{OriginKind, Refusal};
 
 /// Where fetched branches land in the mirror. A private namespace so that
 /// the mirror's own `HEAD`/`refs/heads` never get in the way of a forced update.
@@ -65,6 +77,28 @@ pub enum GitError {
         damage: String,
         cause: Box<GitError>,
     },
+    /// The URL carries a password (shown without it).
+    PasswordInUrl { source: String },
+    /// A file named by a flag (`--git-token-file`...) cannot be used.
+    CredentialFile {
+        flag: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+    /// The server wants credentials that were not given, or refused them.
+    Auth {
+        source: String,
+        problem: AuthProblem,
+    },
+    /// The https server's certificate is not trusted (or TLS failed).
+    Tls { source: String, err: git2::Error },
+    /// The ssh server's host key is not the known one.
+    HostKey {
+        source: String,
+        refusal: Box<HostKeyRefusal>,
+    },
+    /// The server could not be reached, or stopped answering.
+    Unreachable { source: String, err: git2::Error },
     /// Preparing the checkout directory failed.
     Io {
         what: &'static str,
@@ -82,7 +116,7 @@ impl fmt::Display for GitError {
             GitError::SourceMissing { source } => {
                 write!(
                     f,
-                    "cannot read repository {source}: no such file or directory; give --repo an existing repository path or a file:// or git:// URL"
+                    "cannot read repository {source}: no such file or directory; give --repo an existing repository path or a file://, git://, https:// or ssh:// URL"
                 )
             }
             GitError::CannotRead { source, err } => {
@@ -113,6 +147,31 @@ impl fmt::Display for GitError {
                 "the mirror at {} is damaged ({damage}) and could not be rebuilt: {cause}",
                 dir.display()
             ),
+            GitError::PasswordInUrl { source } => write!(
+                f,
+                "the repository URL {source} carries a password: put the token in a file and give --git-token-file instead (the URL may keep a user name)"
+            ),
+            GitError::CredentialFile {
+                flag,
+                path,
+                problem,
+            } => write!(f, "{flag} {}: {problem}", path.display()),
+            GitError::Auth { source, problem } => {
+                write!(f, "cannot read repository {source}: {problem}")
+            }
+            GitError::Tls { source, err } => write!(
+                f,
+                "cannot read repository {source}: TLS failed: {}; if the server's certificate is signed by a private CA, give --git-ca-file with that CA's certificate (PEM)",
+                err.message()
+            ),
+            GitError::HostKey { source, refusal } => {
+                write!(f, "cannot read repository {source}: {refusal}")
+            }
+            GitError::Unreachable { source, err } => write!(
+                f,
+                "cannot reach repository {source}: {}; check the host name and port, and that the server is up",
+                err.message()
+            ),
             GitError::Io { what, path, err } => {
                 write!(f, "cannot {what} {}: {err}", path.display())
             }
@@ -131,14 +190,17 @@ impl std::error::Error for GitError {
             GitError::BadSource { .. }
             | GitError::Damaged { .. }
             | GitError::SourceMissing { .. }
+            | GitError::PasswordInUrl { .. }
+            | GitError::CredentialFile { .. }
+            | GitError::Auth { .. }
+            | GitError::HostKey { .. }
+            // Their messages say git2's, and one line is enough.
+            | GitError::Tls { .. }
+            | GitError::Unreachable { .. }
             | GitError::UnknownCommit { .. } => None,
         }
     }
 }
-
-/// The rule quoted when a source is refused; git2 has no https or ssh here.
-pub const SOURCE_RULE: &str =
-    "a repository is a local path that exists, or a file:// or git:// URL";
 
 /// A bare mirror of one source repository, kept under a work directory.
 ///
@@ -146,18 +208,146 @@ pub const SOURCE_RULE: &str =
 /// in async code use it from `spawn_blocking` or behind a mutex.
 pub struct Mirror {
     repo: Repository,
-    /// As the user gave it, for messages.
+    origin: Origin,
+    dir: PathBuf,
+}
+
+/// Where a mirror fetches from, and with what credentials.
+struct Origin {
+    /// As the user gave it without userinfo ([`redact`]), for messages.
     source: String,
     /// What git2 is handed: absolute for local paths so the working
     /// directory of the process never matters.
     url: String,
-    dir: PathBuf,
+    kind: OriginKind,
+    auth: Arc<GitAuth>,
+}
+
+impl Origin {
+    fn new(source: &str, auth: Arc<GitAuth>) -> Result<Origin, GitError> {
+        let (url, kind) = validate_source(source)?;
+        Ok(Origin {
+            source: redact(source),
+            url,
+            kind,
+            auth,
+        })
+    }
+
+    /// Brings every branch into `repo`'s `refs/remotes/origin/*`.
+    fn fetch_into(&self, repo: &Repository) -> Result<(), FetchFailure> {
+        // Anonymous: nothing about the source is written into the mirror's
+        // config, so a changed --repo takes effect without any migration.
+        let refusal = RefCell::new(None);
+        let result = (|| {
+            let mut remote = repo.remote_anonymous(&self.url)?;
+            let mut opts = FetchOptions::new();
+            opts.prune(FetchPrune::On)
+                .download_tags(AutotagOption::None)
+                .update_fetchhead(false)
+                .remote_callbacks(remote::callbacks(&self.kind, &self.auth, &refusal));
+            remote.fetch(&[FETCH_REFSPEC], Some(&mut opts), None)
+        })();
+        result.map_err(|err| FetchFailure {
+            err,
+            refusal: refusal.into_inner(),
+        })
+    }
+
+    /// Whether the source answers at all, without a mirror: lists its
+    /// references over a connection of its own.
+    fn probe(&self) -> Result<(), FetchFailure> {
+        let refusal = RefCell::new(None);
+        let result = (|| {
+            let mut remote = Remote::create_detached(self.url.as_str())?;
+            let cb = remote::callbacks(&self.kind, &self.auth, &refusal);
+            let conn = remote.connect_auth(Direction::Fetch, Some(cb), None)?;
+            conn.list()?;
+            Ok(())
+        })();
+        result.map_err(|err| FetchFailure {
+            err,
+            refusal: refusal.into_inner(),
+        })
+    }
+
+    /// Why the source could not be read, as one error: what the callbacks
+    /// refused, a local path that has gone (git2 would call it an
+    /// unsupported URL), TLS, a server that does not answer.
+    fn error(&self, failure: FetchFailure) -> GitError {
+        let source = self.source.clone();
+        let FetchFailure { err, refusal } = failure;
+        match refusal {
+            Some(Refusal::Auth(problem)) => return GitError::Auth { source, problem },
+            Some(Refusal::HostKey(refusal)) => return GitError::HostKey { source, refusal },
+            None => {}
+        }
+        let network = matches!(self.kind, OriginKind::Https { .. } | OriginKind::Ssh { .. });
+        match &self.kind {
+            OriginKind::Local(path) if !Path::new(path).exists() => {
+                return GitError::SourceMissing { source };
+            }
+            OriginKind::Https { .. }
+                if err.class() == ErrorClass::Ssl || err.code() == ErrorCode::Certificate =>
+            {
+                return GitError::Tls { source, err };
+            }
+            OriginKind::Https { user } if err.code() == ErrorCode::Auth => {
+                let problem = match self.auth.has_token() {
+                    true => AuthProblem::TokenRefused {
+                        user: user.clone().unwrap_or_else(|| TOKEN_USER.into()),
+                    },
+                    false => AuthProblem::NoToken,
+                };
+                return GitError::Auth { source, problem };
+            }
+            _ => {}
+        }
+        if network
+            && (err.code() == ErrorCode::Timeout
+                || err.class() == ErrorClass::Net
+                || is_connect_failure(&err)
+                || is_ssh_transport_failure(&err))
+        {
+            return GitError::Unreachable { source, err };
+        }
+        GitError::CannotRead { source, err }
+    }
+}
+
+/// libgit2's socket could not connect (refused, no route), or a read
+/// timed out under TLS (OpenSSL sees the socket's timeout as EAGAIN): it
+/// says so as an OS error.
+fn is_connect_failure(err: &git2::Error) -> bool {
+    let m = err.message();
+    err.class() == ErrorClass::Os
+        && (m.starts_with("failed to connect to")
+            || m.contains("timed out")
+            || m.contains("Resource temporarily unavailable"))
+}
+
+/// An ssh session that never got as far as authentication (no banner, key
+/// exchange cut short, timed out): the server is not answering as one.
+fn is_ssh_transport_failure(err: &git2::Error) -> bool {
+    err.class() == ErrorClass::Ssh && err.code() != ErrorCode::Auth && {
+        let m = err.message().to_ascii_lowercase();
+        m.contains("timed out")
+            || m.contains("banner")
+            || m.contains("failed to start ssh session")
+            || m.contains("socket")
+    }
+}
+
+/// A failed fetch: git2's error and what the callbacks refused, if they did.
+struct FetchFailure {
+    err: git2::Error,
+    refusal: Option<Refusal>,
 }
 
 impl fmt::Debug for Mirror {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mirror")
-            .field("source", &self.source)
+            .field("source", &self.origin.source)
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
@@ -165,15 +355,10 @@ impl fmt::Debug for Mirror {
 
 /// Checks the source before git2 sees it, so a refused scheme gets a message
 /// naming the rule instead of git2's "unsupported URL protocol".
-fn validate_source(source: &str) -> Result<String, GitError> {
-    if let Some((scheme, _)) = source.split_once("://") {
-        return match scheme.to_ascii_lowercase().as_str() {
-            "file" | "git" => Ok(source.to_string()),
-            _ => Err(GitError::BadSource {
-                source: source.to_string(),
-                rule: SOURCE_RULE,
-            }),
-        };
+/// Returns what git2 is handed and the kind of source.
+fn validate_source(source: &str) -> Result<(String, OriginKind), GitError> {
+    if source.contains("://") {
+        return Ok((source.to_string(), remote::parse_url(source)?));
     }
     if source.is_empty() {
         return Err(GitError::BadSource {
@@ -182,38 +367,27 @@ fn validate_source(source: &str) -> Result<String, GitError> {
         });
     }
     let path = Path::new(source);
+    if fs::symlink_metadata(path).is_err()
+        && let Some(kind) = remote::parse_scp_like(source)
+    {
+        return Ok((source.to_string(), kind));
+    }
     match fs::canonicalize(path) {
-        Ok(abs) => abs.to_str().map(str::to_string).ok_or(GitError::BadSource {
-            source: source.to_string(),
-            rule: "the repository path must be valid UTF-8",
-        }),
+        Ok(abs) => match abs.to_str() {
+            Some(abs) => Ok((abs.to_string(), OriginKind::Local(abs.to_string()))),
+            None => Err(GitError::BadSource {
+                source: redact(source),
+                rule: "the repository path must be valid UTF-8",
+            }),
+        },
         Err(err) if err.kind() == io::ErrorKind::NotFound => Err(GitError::SourceMissing {
-            source: source.to_string(),
+            source: redact(source),
         }),
         Err(err) => Err(GitError::Io {
             what: "resolve repository path",
             path: path.to_path_buf(),
             err,
         }),
-    }
-}
-
-/// Why `source` (validated into `url`) could not be read: a local path
-/// that has gone says so plainly (git2 would call it an unsupported URL).
-fn source_error(url: &str, source: &str, err: git2::Error) -> GitError {
-    let local = match url.split_once("://") {
-        None => Some(url),
-        Some((scheme, path)) if scheme.eq_ignore_ascii_case("file") => Some(path),
-        Some(_) => None,
-    };
-    match local {
-        Some(path) if !Path::new(path).exists() => GitError::SourceMissing {
-            source: source.to_string(),
-        },
-        _ => GitError::CannotRead {
-            source: source.to_string(),
-            err,
-        },
     }
 }
 
@@ -307,21 +481,9 @@ fn inspect(dir: &Path) -> Result<Repository, String> {
     Ok(repo)
 }
 
-/// Brings every branch of `url` into `repo`'s `refs/remotes/origin/*`.
-fn fetch_into(repo: &Repository, url: &str) -> Result<(), git2::Error> {
-    // Anonymous: nothing about the source is written into the mirror's
-    // config, so a changed --repo takes effect without any migration.
-    let mut remote = repo.remote_anonymous(url)?;
-    let mut opts = FetchOptions::new();
-    opts.prune(FetchPrune::On)
-        .download_tags(AutotagOption::None)
-        .update_fetchhead(false);
-    remote.fetch(&[FETCH_REFSPEC], Some(&mut opts), None)
-}
-
-/// Builds a new mirror of `url` at `dir` (replacing whatever is there) and
-/// fetches into it.
-fn build_fresh(dir: &Path, url: &str, source: &str) -> Result<Repository, GitError> {
+/// Builds a new mirror of `origin` at `dir` (replacing whatever is there)
+/// and fetches into it.
+fn build_fresh(dir: &Path, origin: &Origin) -> Result<Repository, GitError> {
     remove_tree(dir).map_err(|err| GitError::Io {
         what: "remove",
         path: dir.to_path_buf(),
@@ -338,14 +500,14 @@ fn build_fresh(dir: &Path, url: &str, source: &str) -> Result<Repository, GitErr
         dir: dir.to_path_buf(),
         err,
     })?;
-    fetch_into(&repo, url).map_err(|err| source_error(url, source, err))?;
+    origin.fetch_into(&repo).map_err(|f| origin.error(f))?;
     Ok(repo)
 }
 
 /// Rebuilds the damaged mirror at `dir` from the source: a fresh one is
 /// built next to it first and only then put in its place, so a source that
 /// cannot be read leaves things as they were (and says so, with the damage).
-fn rebuild_at(dir: &Path, url: &str, source: &str, damage: &str) -> Result<Repository, GitError> {
+fn rebuild_at(dir: &Path, origin: &Origin, damage: &str) -> Result<Repository, GitError> {
     warn!(mirror = %dir.display(), %damage, "the mirror is damaged; rebuilding it from the source");
     let fresh = rebuild_dir(dir);
     let unrepairable = |cause: GitError| GitError::Unrepairable {
@@ -353,7 +515,7 @@ fn rebuild_at(dir: &Path, url: &str, source: &str, damage: &str) -> Result<Repos
         damage: damage.to_string(),
         cause: Box::new(cause),
     };
-    match build_fresh(&fresh, url, source) {
+    match build_fresh(&fresh, origin) {
         Ok(repo) => drop(repo),
         Err(cause) => {
             let _ = remove_tree(&fresh);
@@ -398,7 +560,11 @@ impl Mirror {
     /// Creates `work_dir` if needed and opens (or clones) the mirror kept in
     /// `work_dir/mirror.git`, off the async threads: what runners and the
     /// observer do at start.
-    pub async fn prepare(source: &str, work_dir: &Path) -> Result<Mirror, GitError> {
+    pub async fn prepare(
+        source: &str,
+        work_dir: &Path,
+        auth: Arc<GitAuth>,
+    ) -> Result<Mirror, GitError> {
         std::fs::create_dir_all(work_dir).map_err(|err| GitError::Io {
             what: "create the work directory",
             path: work_dir.to_path_buf(),
@@ -407,7 +573,7 @@ impl Mirror {
         let source = source.to_string();
         let dir = work_dir.join("mirror.git");
         let path = dir.clone();
-        tokio::task::spawn_blocking(move || Mirror::open_or_create(&source, &dir))
+        tokio::task::spawn_blocking(move || Mirror::open_or_create_with(&source, &dir, auth))
             .await
             .map_err(|e| GitError::Io {
                 what: "open the mirror in",
@@ -416,11 +582,23 @@ impl Mirror {
             })?
     }
 
-    /// Opens the mirror at `dir` (creating a bare repository there if
-    /// absent, rebuilding it if damaged) and fetches once, so a bad source
-    /// is reported at start-up rather than at the first job.
+    /// [`Mirror::open_or_create_with`] without credentials: local,
+    /// `file://` and `git://` sources.
     pub fn open_or_create(source: &str, dir: &Path) -> Result<Mirror, GitError> {
-        let url = validate_source(source)?;
+        Mirror::open_or_create_with(source, dir, Arc::new(GitAuth::none()))
+    }
+
+    /// Opens the mirror at `dir` (creating a bare repository there if
+    /// absent, rebuilding it if damaged) and fetches once with `auth`, so a
+    /// bad source or bad credentials are reported at start-up rather than
+    /// at the first job.
+    pub fn open_or_create_with(
+        source: &str,
+        dir: &Path,
+        auth: Arc<GitAuth>,
+    ) -> Result<Mirror, GitError> {
+        remote::ensure_network_timeout()?;
+        let origin = Origin::new(source, auth)?;
         if let Err(e) = fs::symlink_metadata(dir)
             && e.kind() == io::ErrorKind::NotFound
         {
@@ -438,8 +616,7 @@ impl Mirror {
         }
         let mut mirror = Mirror {
             repo: closed_repository()?,
-            source: source.to_string(),
-            url,
+            origin,
             dir: dir.to_path_buf(),
         };
         // Opens it; a runner restarted on a work dir whose mirror a test
@@ -450,9 +627,15 @@ impl Mirror {
         Ok(mirror)
     }
 
-    /// The source as given to [`Mirror::open_or_create`].
+    /// The source as given to [`Mirror::open_or_create`], without
+    /// userinfo ([`redact`]).
     pub fn source(&self) -> &str {
-        &self.source
+        &self.origin.source
+    }
+
+    /// The credentials this mirror fetches with.
+    pub fn auth(&self) -> &GitAuth {
+        &self.origin.auth
     }
 
     /// The bare repository's directory.
@@ -460,10 +643,13 @@ impl Mirror {
         &self.dir
     }
 
-    /// The directories this mirror keeps on disk: itself and the place a
-    /// replacement is built. What a runner hides from the code it tests.
-    pub fn private_dirs(&self) -> [PathBuf; 2] {
-        [self.dir.clone(), rebuild_dir(&self.dir)]
+    /// The directories this mirror keeps on disk (itself and the place a
+    /// replacement is built) and the files its credentials were read from.
+    /// What a runner hides from the code it tests.
+    pub fn private_dirs(&self) -> Vec<PathBuf> {
+        let mut private = vec![self.dir.clone(), rebuild_dir(&self.dir)];
+        private.extend(self.origin.auth.secret_files().iter().cloned());
+        private
     }
 
     /// Brings every branch of the source into `refs/remotes/origin/*`,
@@ -476,21 +662,9 @@ impl Mirror {
     /// [`GitError::SourceMissing`]); [`Mirror::sync`] tells the source's
     /// failures from the mirror's.
     pub fn fetch(&self) -> Result<(), GitError> {
-        fetch_into(&self.repo, &self.url).map_err(|err| self.source_error(err))
-    }
-
-    fn source_error(&self, err: git2::Error) -> GitError {
-        source_error(&self.url, &self.source, err)
-    }
-
-    /// Whether the source answers at all, without the mirror: lists its
-    /// references over a connection of its own.
-    fn probe_source(&self) -> Result<(), GitError> {
-        let cannot_read = |err| self.source_error(err);
-        let mut remote = Remote::create_detached(self.url.as_str()).map_err(cannot_read)?;
-        remote.connect(Direction::Fetch).map_err(cannot_read)?;
-        remote.list().map_err(cannot_read)?;
-        Ok(())
+        self.origin
+            .fetch_into(&self.repo)
+            .map_err(|f| self.origin.error(f))
     }
 
     /// Closes the mirror's handle. git2 shares open pack files between the
@@ -508,7 +682,7 @@ impl Mirror {
     /// Rebuilds the mirror from the source because of `damage`.
     pub fn rebuild(&mut self, damage: &str) -> Result<(), GitError> {
         self.close()?;
-        self.repo = rebuild_at(&self.dir, &self.url, &self.source, damage)?;
+        self.repo = rebuild_at(&self.dir, &self.origin, damage)?;
         Ok(())
     }
 
@@ -533,12 +707,28 @@ impl Mirror {
                 });
             }
         }
-        let Err(first) = fetch_into(&self.repo, &self.url) else {
+        let Err(first) = self.origin.fetch_into(&self.repo) else {
             return Ok(Synced::default());
         };
-        if let Err(e) = self.probe_source() {
-            let source_error = self.source_error(first);
-            tracing::debug!(probe = %e, "the source does not answer");
+        // Refused credentials or host key, TLS, a server that does not
+        // answer: the source's problem for sure, and asking again would
+        // only wait (or be refused) again.
+        let source_error = self.origin.error(first);
+        let surely_source = matches!(
+            source_error,
+            GitError::Auth { .. }
+                | GitError::HostKey { .. }
+                | GitError::Tls { .. }
+                | GitError::Unreachable { .. }
+        );
+        if surely_source {
+            return Ok(Synced {
+                rebuilt: None,
+                source_error: Some(source_error),
+            });
+        }
+        if let Err(e) = self.origin.probe() {
+            tracing::debug!(probe = %self.origin.error(e), "the source does not answer");
             return Ok(Synced {
                 rebuilt: None,
                 source_error: Some(source_error),
@@ -546,10 +736,15 @@ impl Mirror {
         }
         // The source answers: a passing glitch, or the mirror cannot take
         // what it sends.
-        if fetch_into(&self.repo, &self.url).is_ok() {
+        if self.origin.fetch_into(&self.repo).is_ok() {
             return Ok(Synced::default());
         }
-        let damage = format!("fetching into it failed: {}", first.message());
+        let damage = match &source_error {
+            GitError::CannotRead { err, .. } => {
+                format!("fetching into it failed: {}", err.message())
+            }
+            other => format!("fetching into it failed: {other}"),
+        };
         self.rebuild(&damage)?;
         Ok(Synced {
             rebuilt: Some(damage),
@@ -656,7 +851,7 @@ impl Mirror {
             _ => {
                 return Err(GitError::UnknownCommit {
                     commit: tip,
-                    source: self.source.clone(),
+                    source: self.origin.source.clone(),
                 });
             }
         };
@@ -728,7 +923,7 @@ impl Mirror {
         }
         let unknown = || GitError::UnknownCommit {
             commit,
-            source: self.source.clone(),
+            source: self.origin.source.clone(),
         };
         let oid = to_oid(commit).ok_or_else(unknown)?;
         let object = match self.repo.find_commit(oid) {
@@ -1125,7 +1320,7 @@ mod tests {
             "{err}"
         );
 
-        let err = Mirror::open_or_create("https://example.com/r.git", &dir).unwrap_err();
+        let err = Mirror::open_or_create("ftp://example.com/r.git", &dir).unwrap_err();
         assert!(matches!(err, GitError::BadSource { .. }), "{err:?}");
         assert!(err.to_string().contains(SOURCE_RULE), "{err}");
     }

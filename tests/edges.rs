@@ -280,16 +280,12 @@ fn a_repository_that_does_not_exist() {
                 "--dispatcher",
                 &addr,
                 "--repo",
-                "https://example.com/r.git",
+                "ftp://example.com/r.git",
                 "--work-dir",
                 work,
             ],
         );
-        one_line_error(
-            name,
-            &o,
-            &["https://example.com/r.git", ci::git::SOURCE_RULE],
-        );
+        one_line_error(name, &o, &["ftp://example.com/r.git", ci::git::SOURCE_RULE]);
         let o = run(
             name,
             &[

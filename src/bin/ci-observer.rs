@@ -22,6 +22,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let cfg = ObserverConfig {
         dispatcher: args.dispatcher.addr,
+        git_auth: std::sync::Arc::new(args.git.load()?),
         repo: args.repo,
         work_dir: args.work_dir,
         branches: args.branches,

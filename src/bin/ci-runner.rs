@@ -29,6 +29,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     ci::core::ids::validate_runner_name(&name)?;
     let cfg = RunnerConfig {
         dispatcher: args.dispatcher.addr,
+        git_auth: std::sync::Arc::new(args.git.load()?),
         repo: args.repo,
         work_dir: args.work_dir,
         name,

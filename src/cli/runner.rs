@@ -16,9 +16,12 @@ use crate::util::parse_secs;
 pub struct Args {
     #[command(flatten)]
     pub dispatcher: super::DispatcherAddr,
-    /// The repository to test: a path, file:// or git:// URL.
+    /// The repository to test: a path, a file://, git://, https:// or ssh:// URL, or
+    /// user@host:path (see the --git-* flags).
     #[arg(long, value_name = "URL_OR_PATH")]
     pub repo: String,
+    #[command(flatten)]
+    pub git: super::git::GitArgs,
     /// Where this runner keeps its clone and checkouts.
     #[arg(long, value_name = "DIR")]
     pub work_dir: PathBuf,

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::client::{Backoff, Client, ClientError, Identity};
 use crate::core::ids::validate_branch_name;
 use crate::core::{CommitId, CommitInfo};
-use crate::git::{GitError, Mirror};
+use crate::git::{GitAuth, GitError, Mirror};
 use crate::proto::{ClientMsg, Role, ServerMsg};
 
 /// Most commits reported for one branch in one poll (newest kept).
@@ -31,6 +31,8 @@ pub const MAX_NEW_COMMITS: usize = 10_000;
 pub struct ObserverConfig {
     pub dispatcher: String,
     pub repo: String,
+    /// Credentials and trust for fetching `repo` (read once, at start).
+    pub git_auth: Arc<GitAuth>,
     pub work_dir: PathBuf,
     /// Watched branches; empty means every branch.
     pub branches: Vec<String>,
@@ -86,7 +88,7 @@ fn shown(name: &str) -> String {
 
 impl Observer {
     pub async fn prepare(cfg: ObserverConfig) -> Result<Observer, ObserverError> {
-        let mirror = Mirror::prepare(&cfg.repo, &cfg.work_dir).await?;
+        let mirror = Mirror::prepare(&cfg.repo, &cfg.work_dir, cfg.git_auth.clone()).await?;
         Ok(Observer {
             cfg,
             mirror: Arc::new(Mutex::new(mirror)),
@@ -336,6 +338,7 @@ mod tests {
             cfg: ObserverConfig {
                 dispatcher: "127.0.0.1:1".into(),
                 repo: String::new(),
+                git_auth: Arc::new(GitAuth::none()),
                 work_dir: PathBuf::new(),
                 branches: Vec::new(),
                 interval: Duration::from_secs(1),

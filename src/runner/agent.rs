@@ -17,13 +17,15 @@ use super::job;
 use super::machine::{Effect, Exit, Finished, Machine, Marker, Saved};
 use crate::client::{Client, ClientError, Identity};
 use crate::core::{CommitId, JobId, JobRef};
-use crate::git::{GitError, Mirror};
+use crate::git::{GitAuth, GitError, Mirror};
 use crate::proto::{ClientMsg, ErrorCode, MAX_CHUNK_BYTES, Role};
 
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
     pub dispatcher: String,
     pub repo: String,
+    /// Credentials and trust for fetching `repo` (read once, at start).
+    pub git_auth: Arc<GitAuth>,
     pub work_dir: PathBuf,
     pub name: String,
     pub heartbeat_interval: Duration,
@@ -190,7 +192,7 @@ impl Runner {
     /// Prepares the work directory and the repository clone; errors here are
     /// the operator's to fix (bad path, unreachable repository).
     pub async fn prepare(cfg: RunnerConfig) -> Result<Runner, RunnerError> {
-        let mirror = Mirror::prepare(&cfg.repo, &cfg.work_dir).await?;
+        let mirror = Mirror::prepare(&cfg.repo, &cfg.work_dir, cfg.git_auth.clone()).await?;
         let disk = Disk::new(&cfg.work_dir);
         let saved = disk.load();
         match (&saved.marker, &saved.result) {

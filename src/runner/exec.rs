@@ -12,7 +12,8 @@
 //! namespace too, mapping its own uid and gid to themselves so the test keeps
 //! its identity and holds no capability after exec), makes every mount
 //! private so nothing leaks back, and covers each hidden directory with an
-//! empty, read-only, mode-000 tmpfs. Where that cannot be done (no user
+//! empty, read-only, mode-000 tmpfs and each hidden file (a credential the
+//! runner read at start) with `/dev/null`. Where that cannot be done (no user
 //! namespaces, a seccomp filter) the command runs without it and the outcome
 //! says why ([`Isolation::Unavailable`]); the runner's own checks are the
 //! remaining protection. A process of the same user can still reach the
@@ -64,10 +65,11 @@ pub struct ExecSpec {
     pub output_limit: usize,
     /// Set after [`KEPT_ENV`] and [`FIXED_ENV`], so they can override both.
     pub env: Vec<(String, String)>,
-    /// Directories the command must not see (see the module's doc): each
-    /// is covered by an empty read-only tmpfs in the command's own mount
-    /// namespace. Entries that do not exist are skipped, and so is an entry
-    /// holding `cwd` (it would hide the command's own directory).
+    /// Directories and files the command must not see (see the module's
+    /// doc): each directory is covered by an empty read-only tmpfs, each
+    /// file by `/dev/null`, in the command's own mount namespace. Entries
+    /// that do not exist are skipped, and so is an entry holding `cwd` (it
+    /// would hide the command's own directory).
     pub hide: Vec<PathBuf>,
 }
 
@@ -283,15 +285,31 @@ fn command(spec: &ExecSpec) -> tokio::process::Command {
     cmd
 }
 
-/// The directories of `spec.hide` to cover, absolute (the child resolves
-/// them after its `chdir`), as C strings made before the fork.
-fn hide_targets(spec: &ExecSpec) -> Vec<CString> {
+/// How a hidden path is covered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cover {
+    /// A directory, or anything but a regular file: an empty tmpfs over it
+    /// (which fails, and is reported, on a FIFO or a socket).
+    Dir,
+    /// A regular file (a credential): `/dev/null` bound over it.
+    File,
+}
+
+/// The paths of `spec.hide` to cover, absolute (the child resolves them
+/// after its `chdir`), as C strings made before the fork, each with how.
+fn hide_targets(spec: &ExecSpec) -> Vec<(CString, Cover)> {
     let cwd = std::fs::canonicalize(&spec.cwd).unwrap_or_else(|_| spec.cwd.clone());
     spec.hide
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .filter(|p| !cwd.starts_with(p))
-        .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+        .filter_map(|p| {
+            let cover = match std::fs::metadata(&p).ok()?.is_file() {
+                true => Cover::File,
+                false => Cover::Dir,
+            };
+            Some((CString::new(p.as_os_str().as_bytes()).ok()?, cover))
+        })
         .collect()
 }
 
@@ -385,6 +403,7 @@ const STEP_UID_MAP: u8 = 3;
 const STEP_GID_MAP: u8 = 4;
 const STEP_PRIVATE: u8 = 5;
 const STEP_COVER: u8 = 6;
+const STEP_COVER_FILE: u8 = 7;
 
 fn step_name(step: u8) -> &'static str {
     match step {
@@ -394,6 +413,7 @@ fn step_name(step: u8) -> &'static str {
         STEP_GID_MAP => "map the group id into the new user namespace",
         STEP_PRIVATE => "make the mounts of the new namespace private",
         STEP_COVER => "cover a hidden directory with an empty tmpfs",
+        STEP_COVER_FILE => "cover a hidden file with /dev/null",
         _ => "set up the mount namespace",
     }
 }
@@ -405,7 +425,7 @@ const COVER_OPTIONS: &CStr = c"mode=000,size=4k,nr_inodes=1";
 /// What the child does between fork and exec to hide `targets`; everything
 /// it needs is made before the fork.
 struct Hider {
-    targets: Vec<CString>,
+    targets: Vec<(CString, Cover)>,
     /// Write end of the report pipe (close-on-exec).
     report: RawFd,
 }
@@ -522,19 +542,34 @@ impl Hider {
                     std::ptr::null(),
                 ),
             )?;
-            for target in &self.targets {
-                let rc = libc::mount(
-                    c"tmpfs".as_ptr(),
-                    target.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
-                    COVER_OPTIONS.as_ptr().cast(),
-                );
+            for (target, cover) in &self.targets {
+                let (rc, step) = match cover {
+                    Cover::Dir => (
+                        libc::mount(
+                            c"tmpfs".as_ptr(),
+                            target.as_ptr(),
+                            c"tmpfs".as_ptr(),
+                            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                            COVER_OPTIONS.as_ptr().cast(),
+                        ),
+                        STEP_COVER,
+                    ),
+                    Cover::File => (
+                        libc::mount(
+                            c"/dev/null".as_ptr(),
+                            target.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ),
+                        STEP_COVER_FILE,
+                    ),
+                };
                 if rc != 0 {
                     let err = errno();
                     // Removed since the parent looked: nothing to hide.
                     if err != libc::ENOENT {
-                        return Err((STEP_COVER, err));
+                        return Err((step, err));
                     }
                 }
             }
@@ -1063,11 +1098,42 @@ mod tests {
         assert_hidden(&o, &dir.path().join("secret"));
     }
 
+    /// A credential file the runner read at start reads as empty.
+    #[tokio::test]
+    async fn hidden_files_are_covered_by_dev_null() {
+        let (dir, mut s) = hiding_sandbox();
+        let file = dir.path().join("secret/f");
+        s.hide = vec![file.clone()];
+        s.args[1] = "echo start; cat ../secret/f; echo end".into();
+        let o = go(&s).await;
+        assert_eq!(o.exit, ExitKind::Exited(0), "{}", text(&o));
+        let root = unsafe { libc::geteuid() } == 0;
+        let ns = if root {
+            namespaces_work(&["unshare", "-m", "true"])
+        } else {
+            namespaces_work(&["unshare", "-U", "-m", "true"])
+        };
+        if !ns {
+            eprintln!("namespaces unavailable here: {:?}", o.isolation);
+            return;
+        }
+        assert_eq!(o.isolation, Isolation::Applied, "{}", text(&o));
+        assert_eq!(text(&o), "start\nend\n");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "the mirror's secret\n"
+        );
+        assert!(!mounted_here(&file), "the cover leaked");
+    }
+
     #[tokio::test]
     async fn a_command_runs_unhidden_when_hiding_fails() {
         let (dir, mut s) = hiding_sandbox();
-        // A regular file cannot be covered by a tmpfs: setting up fails.
-        let file = dir.path().join("secret/f");
+        // A FIFO can be covered neither by a tmpfs nor as a credential
+        // file: setting up fails.
+        let file = dir.path().join("secret/fifo");
+        let c = CString::new(file.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         s.hide = vec![file.clone()];
         s.args[1] = "echo start; cat ../secret/f; echo end".into();
         let o = go(&s).await;

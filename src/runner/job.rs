@@ -8,6 +8,7 @@
 //! ```text
 //! mirror.git/        the bare mirror (git.rs), hidden from tests
 //! mirror.git.rebuild/  only while a damaged mirror is being rebuilt, hidden
+//!                    (so are the --git-token-file and --git-ssh-key-file)
 //! jobs/checkout/     the commit under test: the test's working directory;
 //!                    `jobs/` holds nothing else, so `..` shows no runner file
 //! trash/             earlier jobs' directories on their way out, hidden
@@ -100,9 +101,10 @@ impl Layout {
         Ok(())
     }
 
-    /// What the test must not see: the mirror's directories and the trash.
+    /// What the test must not see: the mirror's directories, its
+    /// credential files, and the trash.
     pub fn hidden(&self, mirror: &Mirror) -> Vec<PathBuf> {
-        let mut hide = mirror.private_dirs().to_vec();
+        let mut hide = mirror.private_dirs();
         hide.push(self.trash());
         hide
     }

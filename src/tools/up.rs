@@ -2,6 +2,7 @@
 //! process, each the same code the separate binaries run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::dispatcher::{self, Dispatcher, DispatcherConfig};
+use crate::git::GitAuth;
 use crate::observer::{Observer, ObserverConfig};
 use crate::proto::Role;
 use crate::proto::auth::{Auth, TokenError, Tokens};
@@ -109,6 +111,7 @@ pub async fn launch_with(opts: UpOptions, security: Security) -> anyhow::Result<
         let rc = RunnerConfig {
             dispatcher: addr.clone(),
             repo: opts.repo.clone(),
+            git_auth: Arc::new(GitAuth::none()),
             work_dir: opts.work_dir.join(format!("runner-{i}")),
             name: format!("runner-{i}"),
             heartbeat_interval: opts.heartbeat_interval,
@@ -126,6 +129,7 @@ pub async fn launch_with(opts: UpOptions, security: Security) -> anyhow::Result<
     let oc = ObserverConfig {
         dispatcher: addr.clone(),
         repo: opts.repo.clone(),
+        git_auth: Arc::new(GitAuth::none()),
         work_dir: opts.work_dir.join("observer"),
         branches: opts.branches.clone(),
         interval: opts.poll_interval,
