@@ -395,10 +395,19 @@ fn a_command_gets_the_event_on_its_standard_input() {
     wait_for("the outbox to empty", SHORT, || outbox_empty(d.addr()));
 }
 
+/// A forge's (name, API base path, expected path prefix, auth header,
+/// states posted for queued, running and passed).
+type ForgeCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    (&'static str, &'static str),
+    [&'static str; 3],
+);
+
 #[test]
 fn each_forge_gets_pending_running_and_the_outcome_as_commit_statuses() {
-    // (forge, API base path, expected path prefix, auth header, states)
-    let cases: [(&str, &str, &str, (&str, &str), [&str; 3]); 3] = [
+    let cases: [ForgeCase; 3] = [
         (
             "github",
             "",

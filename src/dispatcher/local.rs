@@ -42,7 +42,8 @@ impl Local {
     /// A connection of an observer: it may report commits and read, and
     /// nothing else (a forge's webhook delivery, proven by its signature).
     pub async fn open_observer(&self) -> Result<LocalConn, Gone> {
-        self.open_client(Role::Observer, Grant { write: false }).await
+        self.open_client(Role::Observer, Grant { write: false })
+            .await
     }
 
     async fn open_client(&self, role: Role, grant: Grant) -> Result<LocalConn, Gone> {
