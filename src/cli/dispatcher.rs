@@ -164,9 +164,9 @@ impl Args {
                 }
             };
             check_url(&api)?;
-            let repo = self.status_repo.clone().ok_or(NotifyFlagsError::Missing(
+            let repo = Some(self.status_repo.clone().ok_or(NotifyFlagsError::Missing(
                 "--status-forge needs --status-repo OWNER/NAME",
-            ))?;
+            ))?);
             let token_file = self.status_token_file.as_ref().ok_or(NotifyFlagsError::Missing(
                 "--status-forge needs --status-token-file (a token allowed to set commit statuses)",
             ))?;

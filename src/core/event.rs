@@ -240,6 +240,8 @@ pub struct Notice {
     pub kind: NoticeKind,
     pub job: JobId,
     pub commit: CommitId,
+    /// The repository's name; `None` for a dispatcher's only (unnamed) one.
+    pub repository: Option<String>,
     pub branch: Option<String>,
     pub attempt: u32,
     pub state: NoticeState,

@@ -15,6 +15,7 @@ pub fn event(due: &Due, dashboard: Option<&str>) -> Vec<u8> {
         "id": due.key(),
         "type": n.kind.as_str(),
         "commit": n.commit.to_string(),
+        "repository": n.repository,
         "branch": n.branch,
         "outcome": n.state.as_str(),
         "job": n.job.0,
@@ -52,9 +53,12 @@ pub struct StatusRequest {
 /// Longest description the forges keep (GitHub's limit is 140 characters).
 const MAX_DESCRIPTION_CHARS: usize = 140;
 
-/// The status request for `due` on `target`: state names per forge.
-pub fn status(target: &StatusTarget, due: &Due, dashboard: Option<&str>) -> StatusRequest {
+/// The status request for `due` on `target`: state names per forge;
+/// `None` when neither `--status-repo` nor the job names the forge's
+/// repository.
+pub fn status(target: &StatusTarget, due: &Due, dashboard: Option<&str>) -> Option<StatusRequest> {
     let n = &due.notice;
+    let repo = target.repo.as_deref().or(n.repository.as_deref())?;
     debug_assert_eq!(n.kind, NoticeKind::Status);
     let api = target.api.trim_end_matches('/');
     let description: String = match n.state {
@@ -87,11 +91,11 @@ pub fn status(target: &StatusTarget, due: &Due, dashboard: Option<&str>) -> Stat
                 Forge::Github => ("Authorization", format!("Bearer {}", target.token)),
                 _ => ("Authorization", format!("token {}", target.token)),
             };
-            StatusRequest {
-                url: format!("{api}/repos/{}/statuses/{}", target.repo, n.commit),
+            Some(StatusRequest {
+                url: format!("{api}/repos/{repo}/statuses/{}", n.commit),
                 auth,
                 body: serde_json::to_vec(&body).expect("a JSON value serializes"),
-            }
+            })
         }
         Forge::Gitlab => {
             let state = match n.state {
@@ -112,15 +116,15 @@ pub fn status(target: &StatusTarget, due: &Due, dashboard: Option<&str>) -> Stat
             if let Some(u) = target_url {
                 body["target_url"] = Value::String(u);
             }
-            StatusRequest {
+            Some(StatusRequest {
                 url: format!(
                     "{api}/projects/{}/statuses/{}",
-                    percent_encode_path(&target.repo),
+                    percent_encode_path(repo),
                     n.commit
                 ),
                 auth: ("PRIVATE-TOKEN", target.token.clone()),
                 body: serde_json::to_vec(&body).expect("a JSON value serializes"),
-            }
+            })
         }
     }
 }
@@ -151,6 +155,7 @@ mod tests {
                 kind,
                 job: JobId(3),
                 commit: CommitId::parse("a94a8fe5ccb19ba61c4c0873d391e987982fbbd3").unwrap(),
+                repository: None,
                 branch: Some("main".into()),
                 attempt: 1,
                 state,
@@ -194,7 +199,7 @@ mod tests {
         StatusTarget {
             forge,
             api: api.into(),
-            repo: repo.into(),
+            repo: Some(repo.into()),
             context: "ci".into(),
             token: "tok".into(),
         }
@@ -205,7 +210,7 @@ mod tests {
         let running = due(NoticeKind::Status, NoticeState::Running);
         let failed = due(NoticeKind::Status, NoticeState::Finished(Outcome::Fail));
         let gh = target(Forge::Github, "https://api.github.com/", "o/r");
-        let r = status(&gh, &running, None);
+        let r = status(&gh, &running, None).unwrap();
         assert_eq!(
             r.url,
             "https://api.github.com/repos/o/r/statuses/a94a8fe5ccb19ba61c4c0873d391e987982fbbd3"
@@ -214,17 +219,17 @@ mod tests {
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["state"], "pending");
         assert_eq!(v["context"], "ci");
-        let v: Value = serde_json::from_slice(&status(&gh, &failed, None).body).unwrap();
+        let v: Value = serde_json::from_slice(&status(&gh, &failed, None).unwrap().body).unwrap();
         assert_eq!(v["state"], "failure");
 
         let gt = target(Forge::Gitea, "https://git.example/api/v1", "o/r");
         assert_eq!(
-            status(&gt, &running, None).auth,
+            status(&gt, &running, None).unwrap().auth,
             ("Authorization", "token tok".to_string())
         );
 
         let gl = target(Forge::Gitlab, "https://gitlab.example/api/v4", "group/app");
-        let r = status(&gl, &running, Some("http://ci"));
+        let r = status(&gl, &running, Some("http://ci")).unwrap();
         assert_eq!(
             r.url,
             "https://gitlab.example/api/v4/projects/group%2Fapp/statuses/a94a8fe5ccb19ba61c4c0873d391e987982fbbd3"
@@ -240,7 +245,7 @@ mod tests {
                 .unwrap()
                 .ends_with("/commits/a94a8fe5ccb19ba61c4c0873d391e987982fbbd3")
         );
-        let v: Value = serde_json::from_slice(&status(&gl, &failed, None).body).unwrap();
+        let v: Value = serde_json::from_slice(&status(&gl, &failed, None).unwrap().body).unwrap();
         assert_eq!(v["state"], "failed");
     }
 }

@@ -53,7 +53,12 @@ pub async fn deliver(
             http(req.body(body)).await
         }
         Sink::Status(target) => {
-            let r = body::status(target, due, dashboard);
+            let Some(r) = body::status(target, due, dashboard) else {
+                return Delivery::Refused {
+                    status: 0,
+                    message: "no forge repository for this job: give --status-repo".into(),
+                };
+            };
             let req = client
                 .post(&r.url)
                 .header("content-type", "application/json")

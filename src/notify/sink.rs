@@ -35,8 +35,9 @@ pub struct StatusTarget {
     /// The API's base URL, e.g. `https://api.github.com`,
     /// `https://gitea.example.com/api/v1`, `https://gitlab.example.com/api/v4`.
     pub api: String,
-    /// `owner/name` (GitLab: the project's path or numeric id).
-    pub repo: String,
+    /// `owner/name` (GitLab: the project's path or numeric id); `None`:
+    /// the job's repository name is the forge's (several repositories).
+    pub repo: Option<String>,
     /// The name the status is shown under (GitHub's and Gitea's
     /// `context`, GitLab's `name`).
     pub context: String,
@@ -84,7 +85,13 @@ impl Sink {
             Sink::Command { argv } => ("command", argv.join("\0")),
             Sink::Status(t) => (
                 "status",
-                format!("{}\0{}\0{}\0{}", t.forge.as_str(), t.api, t.repo, t.context),
+                format!(
+                    "{}\0{}\0{}\0{}",
+                    t.forge.as_str(),
+                    t.api,
+                    t.repo.as_deref().unwrap_or("*"),
+                    t.context
+                ),
             ),
         };
         let digest = Sha256::digest(identity.as_bytes());
@@ -116,7 +123,7 @@ impl Sink {
             Sink::Status(t) => format!(
                 "{} statuses of {} at {}",
                 t.forge.as_str(),
-                t.repo,
+                t.repo.as_deref().unwrap_or("each repository"),
                 redact_url(&t.api)
             ),
         }

@@ -113,6 +113,7 @@ fn write_notice(w: &mut Writer<'_>, n: &Notice) {
     });
     w.uint(n.job.0);
     w.commit(&n.commit);
+    w.opt_str(n.repository.as_deref());
     w.opt_str(n.branch.as_deref());
     w.uint(n.attempt.into());
     match n.state {
@@ -165,6 +166,7 @@ fn read_notice(r: &mut Reader<'_>) -> Result<Notice, String> {
     };
     let job = JobId(r.uint()?);
     let commit = r.commit()?;
+    let repository = r.opt_str()?;
     let branch = r.opt_str()?;
     let attempt = r.u32()?;
     let state = match r.byte()? {
@@ -177,6 +179,7 @@ fn read_notice(r: &mut Reader<'_>) -> Result<Notice, String> {
         kind,
         job,
         commit,
+        repository,
         branch,
         attempt,
         state,
