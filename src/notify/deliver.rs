@@ -8,6 +8,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body;
+pub use super::machine::Delivery;
 use super::sink::Sink;
 use crate::core::Due;
 
@@ -19,17 +20,6 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most bytes of a refusal's answer or a command's output kept for the log.
 const MAX_ANSWER_BYTES: usize = 300;
-
-/// What one attempt came to.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Delivery {
-    /// The sink took it.
-    Delivered,
-    /// Try again later: the sink is down, slow, overloaded, or failed.
-    Retry(String),
-    /// The sink refused it for good (HTTP 4xx other than 408 and 429).
-    Refused { status: u16, message: String },
-}
 
 /// Sends `due` to `sink` once.
 pub async fn deliver(

@@ -10,37 +10,32 @@
 //! sends the notification again after the restart, with the same
 //! idempotency key and the same body, so a receiver can drop the repeat.
 //!
-//! Each sink has its own queue and worker: notifications to one sink go
-//! out one at a time, oldest first, so statuses never arrive out of order;
-//! a sink that is down is retried with backoff (up to
-//! [`RETRY_MAX`]) and gets everything, in order, once it is back, while
-//! the other sinks go on.
+//! What goes out when is decided by [`machine::Notifier`] (sans-IO, also
+//! driven by the simulator): notifications to one sink go out one at a
+//! time, oldest first, so statuses never arrive out of order; a sink that
+//! is down is retried with backoff (up to [`machine::RETRY_MAX_MS`]) and
+//! gets everything, in order, once it is back, while the other sinks go
+//! on. This file only carries the machine's actions out: the connection,
+//! HTTP requests and commands (`deliver.rs`), timers.
 
 pub mod body;
 pub mod deliver;
+pub mod machine;
 pub mod sink;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::{Backoff, random_seed};
-use crate::core::{DropReason, Due};
 use crate::dispatcher::local::Local;
 use crate::proto::{ClientMsg, ServerMsg};
 use deliver::Delivery;
+use machine::{Action, Notifier};
 pub use sink::{Forge, Sink, StatusTarget};
-
-/// The first pause after a failed delivery.
-pub const RETRY_FIRST: Duration = Duration::from_millis(500);
-
-/// The longest pause between attempts on a sink that is down: once it is
-/// back, it is noticed within this.
-pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What the notifier needs to know.
 #[derive(Clone, Debug, Default)]
@@ -50,12 +45,8 @@ pub struct NotifyConfig {
     pub dashboard: Option<String>,
 }
 
-/// One sink's notifications not yet delivered, by number.
-#[derive(Default)]
-struct Queue {
-    owed: Mutex<BTreeMap<u64, Due>>,
-    wake: Notify,
-}
+/// A finished attempt: which sink, which notification, what came of it.
+type Attempt = (String, u64, Delivery);
 
 /// Delivers what the log owes until `stop`, or until the dispatcher stops.
 pub async fn run(local: Local, config: NotifyConfig, stop: CancellationToken) {
@@ -74,116 +65,84 @@ pub async fn run(local: Local, config: NotifyConfig, stop: CancellationToken) {
             return;
         }
     };
-    let (acks_tx, mut acks) = mpsc::channel::<(u64, Option<DropReason>)>(1024);
-    let mut queues: HashMap<String, Arc<Queue>> = HashMap::new();
-    for sink in &config.sinks {
-        let q = Arc::new(Queue::default());
-        queues.insert(sink.key(), q.clone());
-        info!(sink = %sink.describe(), key = %sink.key(), "notifications go to");
-        tokio::spawn(worker(
-            sink.clone(),
-            q,
-            client.clone(),
-            config.dashboard.clone(),
-            acks_tx.clone(),
-            stop.clone(),
-        ));
-    }
-    drop(acks_tx);
-    let mut backoff = Backoff::random();
+    let sinks: HashMap<String, Sink> = config
+        .sinks
+        .iter()
+        .map(|s| {
+            info!(sink = %s.describe(), key = %s.key(), "notifications go to");
+            (s.key(), s.clone())
+        })
+        .collect();
+    let mut machine = Notifier::new(sinks.keys().cloned(), random_seed());
+    let clock = tokio::time::Instant::now();
+    let now_ms = move || clock.elapsed().as_millis() as u64;
+    let (done_tx, mut done) = mpsc::channel::<Attempt>(sinks.len().max(1));
+    let mut reconnect = Backoff::random();
     loop {
         let Ok(mut conn) = local.open_notifier().await else {
             return;
         };
-        loop {
+        'connected: loop {
+            // An acknowledgement that cannot be sent is not lost: what it
+            // settles is owed again after the reconnection, and sent again.
+            let mut cut_off = false;
+            for action in machine.poll(now_ms()) {
+                match action {
+                    Action::Ack { n, dropped } => {
+                        if !cut_off && conn.send(ClientMsg::Notified { n, dropped }).await.is_err()
+                        {
+                            cut_off = true;
+                        }
+                    }
+                    Action::Deliver { sink, due } => {
+                        let (client, done_tx) = (client.clone(), done_tx.clone());
+                        let target = sinks[&sink].clone();
+                        let dashboard = config.dashboard.clone();
+                        tokio::spawn(async move {
+                            let d = deliver::deliver(&client, &target, &due, dashboard.as_deref())
+                                .await;
+                            let _ = done_tx.send((sink, due.n, d)).await;
+                        });
+                    }
+                }
+            }
+            if cut_off {
+                break 'connected;
+            }
+            let retry = machine
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
             tokio::select! {
                 _ = stop.cancelled() => return,
                 msg = conn.recv() => match msg {
-                    Some(ServerMsg::Owed { dues }) => {
-                        for d in dues {
-                            if let Some(q) = queues.get(&d.sink) {
-                                q.owed.lock().expect("queue lock").entry(d.n).or_insert(d);
-                                q.wake.notify_one();
-                            }
-                        }
-                    }
+                    Some(ServerMsg::Owed { dues }) => machine.owed(dues),
                     Some(other) => warn!(msg = other.kind(), "the notifier got an unexpected message"),
                     // Cut off (it fell behind) or the dispatcher stops.
-                    None => break,
+                    None => break 'connected,
                 },
-                Some((n, dropped)) = acks.recv() => {
-                    if conn.send(ClientMsg::Notified { n, dropped }).await.is_err() {
-                        break;
+                Some((sink, n, d)) = done.recv() => {
+                    let describe = sinks[&sink].describe();
+                    match &d {
+                        Delivery::Delivered => {
+                            if machine.failing_for_ms(&sink, now_ms()).is_some() {
+                                info!(sink = %describe, "the sink takes notifications again");
+                            }
+                        }
+                        Delivery::Refused { status, message } => warn!(sink = %describe, n, status, %message,
+                            "the sink refused a notification for good; it is dropped (on record)"),
+                        Delivery::Retry(why) => warn!(sink = %describe, n,
+                            failing_for_s = machine.failing_for_ms(&sink, now_ms()).unwrap_or(0) / 1000,
+                            "notification not delivered, will try again: {why}"),
                     }
+                    machine.outcome(&sink, n, d, now_ms());
                 }
+                _ = tokio::time::sleep(retry.unwrap_or(Duration::from_secs(3600))), if retry.is_some() => {}
             }
         }
         if stop.is_cancelled() {
             return;
         }
         // Everything still owed comes again with the next connection.
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-/// Delivers one sink's notifications, oldest first, one at a time.
-async fn worker(
-    sink: Sink,
-    queue: Arc<Queue>,
-    client: reqwest::Client,
-    dashboard: Option<String>,
-    acks: mpsc::Sender<(u64, Option<DropReason>)>,
-    stop: CancellationToken,
-) {
-    let describe = sink.describe();
-    let mut backoff = Backoff::between(
-        RETRY_FIRST.as_millis() as u64,
-        RETRY_MAX.as_millis() as u64,
-        random_seed(),
-    );
-    let mut failing_since: Option<tokio::time::Instant> = None;
-    loop {
-        let head = queue
-            .owed
-            .lock()
-            .expect("queue lock")
-            .first_key_value()
-            .map(|(_, d)| d.clone());
-        let Some(due) = head else {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = queue.wake.notified() => continue,
-            }
-        };
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
-            d = deliver::deliver(&client, &sink, &due, dashboard.as_deref()) => d,
-        };
-        let dropped = match outcome {
-            Delivery::Delivered => None,
-            Delivery::Refused { status, message } => {
-                warn!(sink = %describe, id = %due.key(), status, %message,
-                    "the sink refused a notification for good; it is dropped (on record)");
-                Some(DropReason::Refused { status, message })
-            }
-            Delivery::Retry(why) => {
-                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                let delay = backoff.next_delay();
-                warn!(sink = %describe, id = %due.key(), failing_for_s = since.elapsed().as_secs(),
-                    retry_in_ms = delay.as_millis() as u64, "notification not delivered: {why}");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => continue,
-                }
-            }
-        };
-        if failing_since.take().is_some() {
-            info!(sink = %describe, "the sink takes notifications again");
-        }
-        backoff.reset();
-        queue.owed.lock().expect("queue lock").remove(&due.n);
-        if acks.send((due.n, dropped)).await.is_err() {
-            return;
-        }
+        tokio::time::sleep(reconnect.next_delay()).await;
     }
 }
