@@ -318,7 +318,22 @@ fn a_notification_in_flight_at_a_kill_9_is_delivered_after_the_restart_with_the_
 #[test]
 fn a_receiver_that_is_down_gets_everything_in_order_once_it_is_back() {
     let repo = TestRepo::new();
-    let port = free_port();
+    // "Down": the port is held by a listener that closes every connection
+    // at once (held, so no other test's server can take it meanwhile).
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = down.local_addr().unwrap().port();
+    let refusing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let closer = {
+        let refusing = refusing.clone();
+        std::thread::spawn(move || {
+            for conn in down.incoming() {
+                drop(conn);
+                if !refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+            }
+        })
+    };
     let url = format!("http://127.0.0.1:{port}/down-then-up");
     let d = Dispatcher::start(&repo.dir("data"), &["--notify-url", &url]);
     let _r = runner(d.addr(), &repo, "r1");
@@ -333,6 +348,10 @@ fn a_receiver_that_is_down_gets_everything_in_order_once_it_is_back() {
         outbox_empty(d.addr()).is_err(),
         "nothing can have been delivered"
     );
+    refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+    // One more connection wakes the closer, which then lets the port go.
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    closer.join().unwrap();
     let rx = Receiver::start(port, Mode::Take);
     let got = rx.wait("five results", LONG, |g| by_id(g).len() >= 5);
     let commits: Vec<String> = by_id(&got)
