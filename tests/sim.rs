@@ -36,6 +36,14 @@
 //!   order, without gaps, through runner reconnections; a view (watched or
 //!   followed) never shows an outcome other than the test's.
 //!
+//! The dispatcher's notifier (`notify::machine::Notifier`, the code that
+//! ships) delivers the outbox to a receiver that goes down for minutes at
+//! a time; the notifier dies with the dispatcher, also between a delivery
+//! and its acknowledgement. Checked: nothing is sent before it is
+//! durable, a repeat is the same notification, each sink's first
+//! deliveries come oldest first, and at the end every notification due
+//! was received and the outbox is empty.
+//!
 //! At the end, after a quiet period without faults, every commit must have
 //! exactly one outcome per retry, the right one (an `error` only after
 //! three real losses, `cancelled` only when a user cancelled it).
@@ -51,12 +59,13 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use ci::core::{
-    CommitId, Core, CoreConfig, Event, JobId, JobRef, JobReport, JobStatus, LostReason, Now,
-    Outcome, Record, State,
+    CommitId, Core, CoreConfig, Due, Event, JobId, JobRef, JobReport, JobStatus, LostReason, Now,
+    Outcome, Record, SinkSpec, SinkTakes, State,
 };
 use ci::dispatcher::shell::{
     Batch, ConnId, FlushPlan, Shell, ShellConfig, ShellInput, ShellStatus, Transmit,
 };
+use ci::notify::machine::{Action as NotifyAction, Delivery, Notifier};
 use ci::proto::auth::Grant;
 use ci::proto::{
     ClientMsg, ErrorCode, Hello, MAX_CHUNK_BYTES, PROTOCOL_VERSION, ResultView, Role, ServerMsg,
@@ -272,6 +281,23 @@ enum Ev {
     StallEnd(usize),
     ObserverPoll,
     Fault,
+    /// The notifier's turn (its timer, or news).
+    NotifierPoll {
+        epoch: u64,
+    },
+    /// A delivery reaches the receiver.
+    NotifyArrives {
+        epoch: u64,
+        sink: String,
+        due: Due,
+    },
+    /// The notifier learns what came of a delivery.
+    NotifyOutcome {
+        epoch: u64,
+        sink: String,
+        n: u64,
+        delivery: Delivery,
+    },
 }
 
 impl Ev {
@@ -286,6 +312,8 @@ impl Ev {
                 | Ev::Timer { .. }
                 | Ev::FlushDone { .. }
                 | Ev::InlineDone { .. }
+                | Ev::NotifierPoll { .. }
+                | Ev::NotifyOutcome { .. }
         )
     }
 
@@ -430,8 +458,9 @@ struct Knobs {
     /// Weights of: drop runner conn, drop observer conn, runner crash,
     /// runner stall, runner stop, dispatcher crash, crash between append and
     /// flush, dispatcher pause, wall clock step, storage failure, slow disk
-    /// spell, workspace damage, snapshot damage.
-    fault_weights: [u64; 13],
+    /// spell, workspace damage, snapshot damage, notification receiver
+    /// down.
+    fault_weights: [u64; 14],
     /// How often the user acts (0: never), and cancels or retries rather
     /// than follows or watches.
     user_gap_ms_max: u64,
@@ -440,7 +469,7 @@ struct Knobs {
 
 impl Knobs {
     fn draw(rng: &mut Rng) -> Knobs {
-        let mut fault_weights = [0; 13];
+        let mut fault_weights = [0; 14];
         for w in &mut fault_weights {
             *w = rng.below(10);
         }
@@ -513,6 +542,8 @@ struct World {
     undisturbed_since: u64,
     /// Counts of what happened, for the run's summary.
     counts: Counts,
+    notifier: Option<SimNotifier>,
+    receiver: Receiver,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -523,12 +554,47 @@ struct Counts {
     restarts: u64,
 }
 
+/// The simulated sinks: one of events, one of commit statuses.
+const SINK_EVENTS: &str = "url:sim";
+const SINK_STATUSES: &str = "status:sim";
+
 fn config() -> CoreConfig {
     CoreConfig {
         heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS,
         max_attempts: MAX_ATTEMPTS,
-        ..CoreConfig::default()
+        sinks: vec![
+            SinkSpec {
+                key: SINK_EVENTS.into(),
+                takes: SinkTakes::Events,
+            },
+            SinkSpec {
+                key: SINK_STATUSES.into(),
+                takes: SinkTakes::Statuses,
+            },
+        ],
     }
+}
+
+/// The dispatcher's notifier: in its process, on an in-process
+/// connection (no network between them).
+struct SimNotifier {
+    conn: ConnId,
+    epoch: u64,
+    machine: Notifier,
+    /// When its next poll is scheduled, if one is.
+    poll_at: Option<u64>,
+}
+
+/// The place notifications go: a receiver that keeps what it got.
+#[derive(Default)]
+struct Receiver {
+    /// Down (connections refused) until then.
+    down_until: u64,
+    /// Each notification as first received, by number.
+    got: HashMap<u64, Due>,
+    /// Each sink's numbers in order of first receipt.
+    order: HashMap<String, Vec<u64>>,
+    repeats: u64,
 }
 
 impl World {
@@ -587,6 +653,8 @@ impl World {
             heard_at_host: HashMap::new(),
             undisturbed_since: 0,
             counts: Counts::default(),
+            notifier: None,
+            receiver: Receiver::default(),
         };
         w.say(|| format!("knobs {:?}", w.knobs));
         w.restart_dispatcher();
@@ -790,6 +858,15 @@ impl World {
         self.became_durable();
         self.undisturbed_since = self.undisturbed_since.max(self.now_ms);
         self.say(|| format!("dispatcher starts (epoch {})", self.epoch));
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let keys = config().sinks.into_iter().map(|s| s.key);
+        self.notifier = Some(SimNotifier {
+            conn,
+            epoch: self.epoch,
+            machine: Notifier::new(keys, self.seed ^ self.epoch),
+            poll_at: None,
+        });
         self.dispatcher = Some(Proc {
             shell,
             epoch: self.epoch,
@@ -806,6 +883,7 @@ impl World {
             last_batch_end_ms: self.now_ms,
             crash_after_next_append: false,
         });
+        self.enqueue(ShellInput::NotifierHello { conn });
         self.arm_timer();
     }
 
@@ -816,6 +894,8 @@ impl World {
         if self.dispatcher.take().is_none() {
             return;
         }
+        // The notifier dies with it, whatever it had under way.
+        self.notifier = None;
         self.say(|| format!("dispatcher gone ({why})"));
         {
             let mut disk = self.store.disk();
@@ -1102,6 +1182,10 @@ impl World {
             return;
         };
         for t in sends {
+            if self.notifier.as_ref().is_some_and(|n| n.conn == t.conn) {
+                self.to_notifier(t.msg);
+                continue;
+            }
             let Some(c) = self.conns.get(&t.conn) else {
                 continue;
             };
@@ -1123,7 +1207,10 @@ impl World {
         for rec in recs {
             self.say(|| format!("  durable: {:?}", rec.event));
             self.check_record(&rec.event);
-            if matches!(rec.event, Event::Result { .. }) {
+            if matches!(
+                rec.event,
+                Event::Result { .. } | Event::NotificationDelivered { .. }
+            ) {
                 self.progress_ms = self.now_ms;
             }
             if let Err(e) = self.replica.apply_record(&rec) {
@@ -2082,6 +2169,11 @@ impl World {
             }
             11 => self.runners[i].workspace_damaged = true,
             12 => self.store.disk().damage_newest_snapshot(),
+            13 => {
+                let ms = self.rng.range(1_000, 120_000);
+                self.say(|| format!("the notification receiver is down for {ms} ms"));
+                self.receiver.down_until = self.now_ms + ms;
+            }
             _ => {}
         }
     }
@@ -2183,6 +2275,21 @@ impl World {
             Ev::ObserverPoll => self.observer_poll(),
             Ev::UserAct => self.user_act(),
             Ev::Fault => self.fault(),
+            Ev::NotifierPoll { epoch }
+            | Ev::NotifyArrives { epoch, .. }
+            | Ev::NotifyOutcome { epoch, .. }
+                if Some(epoch) != self.notifier.as_ref().map(|n| n.epoch) => {}
+            Ev::NotifierPoll { .. } => self.notifier_poll(),
+            Ev::NotifyArrives { sink, due, .. } => self.notify_arrives(sink, due),
+            Ev::NotifyOutcome {
+                sink, n, delivery, ..
+            } => {
+                let now = self.now_ms;
+                if let Some(nf) = self.notifier.as_mut() {
+                    nf.machine.outcome(&sink, n, delivery, now);
+                }
+                self.notifier_poll();
+            }
             Ev::JobDone { .. } | Ev::JobOutput { .. } | Ev::RunnerTimer(_) => {
                 unreachable!("routed to the runner")
             }
@@ -2255,6 +2362,138 @@ impl World {
         }
     }
 
+    // -- the notifier and its receiver ---------------------------------------
+
+    /// What the shell sends the notifier (durable by now).
+    fn to_notifier(&mut self, msg: ServerMsg) {
+        let ServerMsg::Owed { dues } = msg else {
+            self.fail(format!("the notifier was sent {}", msg.kind()));
+        };
+        for d in &dues {
+            if d.n >= self.replica.next_notice() {
+                self.fail(format!(
+                    "notification {} sent to the notifier before it is durable",
+                    d.n
+                ));
+            }
+        }
+        if let Some(nf) = self.notifier.as_mut() {
+            nf.machine.owed(dues);
+        }
+        self.schedule_notifier_poll(0);
+    }
+
+    fn schedule_notifier_poll(&mut self, after_ms: u64) {
+        let at = self.now_ms + after_ms;
+        let Some(nf) = self.notifier.as_mut() else {
+            return;
+        };
+        if nf.poll_at.is_some_and(|t| t <= at && t >= self.now_ms) {
+            return;
+        }
+        nf.poll_at = Some(at);
+        let epoch = nf.epoch;
+        self.schedule(after_ms, Ev::NotifierPoll { epoch });
+    }
+
+    /// The notifier's turn: acknowledgements to the shell, deliveries out.
+    fn notifier_poll(&mut self) {
+        let now = self.now_ms;
+        let Some(nf) = self.notifier.as_mut() else {
+            return;
+        };
+        if nf.poll_at.is_some_and(|t| t <= now) {
+            nf.poll_at = None;
+        }
+        let (conn, epoch) = (nf.conn, nf.epoch);
+        let actions = nf.machine.poll(now);
+        let retry = nf.machine.poll_timeout();
+        for a in actions {
+            match a {
+                NotifyAction::Ack { n, dropped } => {
+                    self.enqueue(ShellInput::Frame {
+                        conn,
+                        msg: ClientMsg::Notified { n, dropped },
+                    });
+                }
+                NotifyAction::Deliver { sink, due } => {
+                    let after = self.rng.range(1, 200);
+                    self.schedule(after, Ev::NotifyArrives { epoch, sink, due });
+                }
+            }
+        }
+        if let Some(at) = retry {
+            self.schedule_notifier_poll(at.saturating_sub(now));
+        }
+    }
+
+    /// A delivery reaches the receiver (or finds it down).
+    fn notify_arrives(&mut self, sink: String, due: Due) {
+        let epoch = self.notifier.as_ref().map_or(0, |n| n.epoch);
+        let n = due.n;
+        let delivery = if self.now_ms < self.receiver.down_until {
+            Delivery::Retry("connection refused".into())
+        } else {
+            if due.sink != sink {
+                self.fail(format!("notification {n} for {} went to {sink}", due.sink));
+            }
+            match self.receiver.got.get(&n) {
+                Some(first) if *first != due => self.fail(format!(
+                    "notification {n} came again with other content:\n first {first:?}\n now   {due:?}"
+                )),
+                Some(_) => self.receiver.repeats += 1,
+                None => {
+                    let last = self
+                        .receiver
+                        .order
+                        .get(&sink)
+                        .and_then(|o| o.last().copied());
+                    if last.is_some_and(|last| last > n) {
+                        self.fail(format!(
+                            "{sink} got notification {n} first after {last:?}"
+                        ));
+                    }
+                    self.receiver.order.entry(sink.clone()).or_default().push(n);
+                    self.receiver.got.insert(n, due);
+                }
+            }
+            Delivery::Delivered
+        };
+        // The answer travels back; the dispatcher may die meanwhile.
+        let after = self.rng.range(1, 200);
+        self.schedule(
+            after,
+            Ev::NotifyOutcome {
+                epoch,
+                sink,
+                n,
+                delivery,
+            },
+        );
+    }
+
+    /// Every notification ever due was received (none is dropped here:
+    /// the sinks never change and the receiver never refuses).
+    fn check_notifications(&self) {
+        let due = self.replica.next_notice() - 1;
+        let missing: Vec<u64> = (1..=due)
+            .filter(|n| !self.receiver.got.contains_key(n))
+            .collect();
+        if !missing.is_empty() {
+            self.fail(format!(
+                "{} of {due} notifications never reached the receiver: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(20)]
+            ));
+        }
+        if !self.replica.outbox().is_empty() {
+            self.fail(format!(
+                "{} notifications still owed",
+                self.replica.outbox().len()
+            ));
+        }
+    }
+
     /// Everything settled: no work left anywhere.
     fn settled(&self) -> bool {
         let Some(d) = &self.dispatcher else {
@@ -2264,6 +2503,8 @@ impl World {
         !d.paused
             && self.observer.unacked.is_empty()
             && core.state.unfinished() == 0
+            && self.replica.outbox().is_empty()
+            && core.state.outbox().is_empty()
             && self.runners.iter().all(|r| {
                 r.machine
                     .as_ref()
@@ -2275,6 +2516,7 @@ impl World {
     fn finish(&mut self) {
         self.quiet = true;
         self.store.disk().set_fault(None);
+        self.receiver.down_until = 0;
         self.say(|| "quiet period".into());
         let start = self.steps;
         self.progress_ms = self.now_ms;
@@ -2345,6 +2587,7 @@ impl World {
         if replayed.jobs().len() != self.observer.commits.len() {
             self.fail("jobs for commits nobody reported".into());
         }
+        self.check_notifications();
     }
 
     fn fail(&self, why: String) -> ! {
