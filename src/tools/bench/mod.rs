@@ -28,7 +28,7 @@ use crate::store::{EventLog, SledLog, SnapshotStore};
 use crate::util::now_ms;
 
 /// The figures `bench` can measure; `--only` picks some.
-pub const FIGURES: [&str; 10] = [
+pub const FIGURES: [&str; 11] = [
     "jobs",
     "appends",
     "restart",
@@ -39,6 +39,7 @@ pub const FIGURES: [&str; 10] = [
     "pages",
     "live",
     "dashboards",
+    "notify",
 ];
 
 /// Sizes and repetitions; the defaults finish in about a minute.
@@ -458,6 +459,32 @@ enum Web {
     /// `--http`, with this many dashboard clients streaming
     /// ([`web::dashboard`]).
     Dashboards(usize),
+    /// `--notify-url` to a receiver at this address ([`receiver`]).
+    Notify(std::net::SocketAddr),
+}
+
+/// An HTTP receiver of notifications on loopback that answers 200 and
+/// counts; stops with `stop`.
+async fn receiver(
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
+    let got = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let counter = got.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            "ok"
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    Ok((addr, got))
 }
 
 async fn job_cycle(
@@ -472,6 +499,10 @@ async fn job_cycle(
     let d = match web {
         Web::Off => DispatcherProc::spawn(&dir, &[]).await?,
         Web::Dashboards(_) => DispatcherProc::spawn(&dir, &["--http", "127.0.0.1:0"]).await?,
+        Web::Notify(addr) => {
+            let url = format!("http://{addr}/bench");
+            DispatcherProc::spawn(&dir, &["--notify-url", &url]).await?
+        }
     };
     let acked = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
@@ -953,6 +984,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
     if wants(&opts, "dashboards") {
         m.dashboards().await?;
     }
+    if wants(&opts, "notify") {
+        m.notify().await?;
+    }
     let growth = match opts.growth {
         true => Some(measure_growth(&opts, &m.tmp).await?),
         false => None,
@@ -1208,6 +1242,78 @@ impl Measured<'_> {
             what: "the same over TCP (logs --follow)".into(),
             unit: "ms",
             stat: Stat::of(&tcp),
+            target: None,
+        });
+        Ok(())
+    }
+
+    /// Job cycles with a `--notify-url` sink against the same without, in
+    /// pairs as for the dashboards; and how fast the results' notifications
+    /// reach the receiver (from the first report to the last delivery).
+    async fn notify(&mut self) -> anyhow::Result<()> {
+        let (opts, reps) = (self.opts, self.reps);
+        note(&format!(
+            "job cycles with and without a notification sink: {} runners, {} jobs x {reps}",
+            opts.runners, opts.jobs
+        ));
+        let (mut alone, mut notifying, mut ratio, mut delivered) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in 0..reps {
+            let plain = job_cycle(
+                &self.tmp,
+                400 + 2 * r as u32,
+                opts.runners,
+                opts.jobs,
+                opts.commits_per_report,
+                Web::Off,
+            )
+            .await?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let (addr, got) = receiver(stop.clone()).await?;
+            let started = Instant::now();
+            let with = job_cycle(
+                &self.tmp,
+                401 + 2 * r as u32,
+                opts.runners,
+                opts.jobs,
+                opts.commits_per_report,
+                Web::Notify(addr),
+            )
+            .await;
+            // The dispatcher stops at the end of the cycle: what it had not
+            // delivered is still owed in its (removed) log, so the rate is
+            // measured on what arrived while it ran.
+            let secs = started.elapsed().as_secs_f64();
+            stop.cancel();
+            let with = with?;
+            let n = got.load(Ordering::SeqCst);
+            alone.push(plain);
+            notifying.push(with);
+            ratio.push(with / plain);
+            delivered.push(n as f64 / secs);
+        }
+        self.figs.push(Figure {
+            key: "jobs_per_s_notify",
+            what: format!(
+                "full job cycles, {} runners, a --notify-url sink",
+                opts.runners
+            ),
+            unit: "jobs/s",
+            stat: Stat::of(&notifying),
+            target: None,
+        });
+        self.figs.push(Figure {
+            key: "notify_cost_ratio",
+            what: "with the sink / without (paired)".into(),
+            unit: "x",
+            stat: Stat::of(&ratio),
+            target: None,
+        });
+        self.figs.push(Figure {
+            key: "notifications_per_s",
+            what: "result notifications received while the cycle ran".into(),
+            unit: "/s",
+            stat: Stat::of(&delivered),
             target: None,
         });
         Ok(())
