@@ -37,8 +37,8 @@
 //!   followed) never shows an outcome other than the test's.
 //!
 //! The dispatcher's notifier (`notify::machine::Notifier`, the code that
-//! ships) delivers the outbox to a receiver that goes down for minutes at
-//! a time; the notifier dies with the dispatcher, also between a delivery
+//! ships) delivers the outbox to a receiver that goes down for up to an
+//! hour at a time; the notifier dies with the dispatcher, also between a delivery
 //! and its acknowledgement. Checked: nothing is sent before it is
 //! durable, a repeat is the same notification, each sink's first
 //! deliveries come oldest first, and at the end every notification due
@@ -2170,7 +2170,9 @@ impl World {
             11 => self.runners[i].workspace_damaged = true,
             12 => self.store.disk().damage_newest_snapshot(),
             13 => {
-                let ms = self.rng.range(1_000, 120_000);
+                // Up to an hour: the notifier's pauses stop growing at
+                // 30 s, so it is noticed back within that, however long.
+                let ms = self.rng.range(1_000, 3_600_000);
                 self.say(|| format!("the notification receiver is down for {ms} ms"));
                 self.receiver.down_until = self.now_ms + ms;
             }
