@@ -96,7 +96,6 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
         w.uint(d.at_ms);
         write_notice(&mut w, &d.notice);
     }
-    w.uint(state.branch_marks.len() as u64);
     write_marks(&mut w, &state.branch_marks);
     w.uint(state.repo_tips.len() as u64);
     for (repo, tips) in &state.repo_tips {
