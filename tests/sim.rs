@@ -769,6 +769,7 @@ impl World {
             Core::new(state, config()),
             ShellConfig {
                 snapshot_every: SNAPSHOT_EVERY,
+                repositories: Default::default(),
             },
         );
         let now = self.host_now();
@@ -1406,6 +1407,7 @@ impl World {
                     name: h.name,
                     holding: h.holding,
                     left: h.left,
+                    serves: h.serves,
                 },
                 Owner::Observer => {
                     self.send_down(conn, ServerMsg::Welcome { keep: None });
@@ -1555,6 +1557,8 @@ impl World {
                         proof: None,
                         holding,
                         left,
+
+                        serves: ci::proto::Serves::Default,
                     }),
                 );
             }
@@ -1747,6 +1751,8 @@ impl World {
                     proof: None,
                     holding: None,
                     left: None,
+
+                    serves: ci::proto::Serves::Default,
                 }),
             );
         }
@@ -1777,6 +1783,7 @@ impl World {
                 conn,
                 ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: Some(BRANCH.into()),
                     commits,
                     tip,
@@ -1839,6 +1846,8 @@ impl World {
                     proof: None,
                     holding: None,
                     left: None,
+
+                    serves: ci::proto::Serves::Default,
                 }),
             );
         }

@@ -1512,6 +1512,7 @@ mod tests {
             Core::new(state, CoreConfig::default()),
             ShellConfig {
                 snapshot_every: 1_000_000,
+                repositories: BTreeMap::new(),
             },
         );
         let b = s.start(1, now(1));
@@ -1602,6 +1603,7 @@ mod tests {
                     name: "r".into(),
                     holding: None,
                     left: None,
+                    serves: Serves::Default,
                 },
                 now(5),
                 &store,
@@ -1628,6 +1630,7 @@ mod tests {
                 name: "r".into(),
                 holding: None,
                 left: None,
+                serves: Serves::Default,
             },
             now(6),
             &store,
@@ -1656,6 +1659,8 @@ mod tests {
                         limit: u32::MAX,
                         branch: None,
                         outcome: None,
+
+                        repository: None,
                     },
                 },
                 now(10),
@@ -1694,6 +1699,7 @@ mod tests {
                 conn: 7,
                 msg: ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: None,
                     commits: vec![commit(1), zero],
                     tip: None,
@@ -1718,6 +1724,7 @@ mod tests {
                 conn: 7,
                 msg: ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,
@@ -1732,6 +1739,7 @@ mod tests {
                 name: "r".into(),
                 holding: None,
                 left: None,
+                serves: Serves::Default,
             },
             now(4),
             &store,
@@ -1805,6 +1813,7 @@ mod tests {
             Core::new(State::new(), CoreConfig::default()),
             ShellConfig {
                 snapshot_every: 1_000_000,
+                repositories: BTreeMap::new(),
             },
         );
         store.append(&s.start(1, now(1)).records).unwrap();
@@ -1818,6 +1827,7 @@ mod tests {
             7,
             ClientMsg::Commits {
                 infos: Vec::new(),
+                repository: None,
                 branch: Some("main".into()),
                 commits: vec![commit(1), commit(2)],
                 tip: None,
@@ -1838,6 +1848,7 @@ mod tests {
                 name: "r".into(),
                 holding: None,
                 left: None,
+                serves: Serves::Default,
             },
             now(3),
             &store,
@@ -1974,6 +1985,7 @@ mod tests {
                 conn: 7,
                 msg: ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,
@@ -2006,6 +2018,7 @@ mod tests {
                     conn: 7,
                     msg: ClientMsg::Commits {
                         infos: Vec::new(),
+                        repository: None,
                         branch: None,
                         commits: vec![commit(n)],
                         tip: None,
@@ -2064,6 +2077,7 @@ mod tests {
                 name: "r".into(),
                 holding: None,
                 left: None,
+                serves: Serves::Default,
             },
             now(10),
             &store,
@@ -2074,6 +2088,7 @@ mod tests {
                 conn: 7,
                 msg: ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,
