@@ -262,7 +262,10 @@ impl Client {
         let mut after = None;
         loop {
             let repository = repository.map(str::to_string);
-            match self.request(&ClientMsg::GetTips { repository, after }).await? {
+            match self
+                .request(&ClientMsg::GetTips { repository, after })
+                .await?
+            {
                 ServerMsg::Tips { tips, next } => {
                     all.extend(tips);
                     match next {

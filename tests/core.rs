@@ -924,8 +924,14 @@ fn two_repositories_replay_to_the_live_state_with_their_own_branches() {
     sim.commits_in(Some("lib"), &[commit(2)]);
     sim.commits_in(None, &[commit(3)]);
     // Ties between repositories never served go to the default one first.
-    assert_eq!(assigns(&sim.result("r", jr(1, 1), Outcome::Fail))[0].1, jr(3, 1));
-    assert_eq!(assigns(&sim.result("r", jr(3, 1), Outcome::Pass))[0].1, jr(2, 1));
+    assert_eq!(
+        assigns(&sim.result("r", jr(1, 1), Outcome::Fail))[0].1,
+        jr(3, 1)
+    );
+    assert_eq!(
+        assigns(&sim.result("r", jr(3, 1), Outcome::Pass))[0].1,
+        jr(2, 1)
+    );
     sim.result("r", jr(2, 1), Outcome::Pass);
     // A commit known in one repository is known in all.
     let step = sim.commits_in(Some("lib"), &[commit(1)]);

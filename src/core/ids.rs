@@ -329,7 +329,16 @@ mod tests {
             assert!(validate_repository_name(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-x", ".x", "/x", "a/../b", "a..b", "a b", "a:b", "é", &"r".repeat(101),
+            "",
+            "-x",
+            ".x",
+            "/x",
+            "a/../b",
+            "a..b",
+            "a b",
+            "a:b",
+            "é",
+            &"r".repeat(101),
         ] {
             assert!(validate_repository_name(bad).is_err(), "{bad}");
         }

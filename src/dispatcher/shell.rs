@@ -38,8 +38,8 @@ use crate::core::{
 use crate::proto::auth::Grant;
 use crate::proto::{
     ClientMsg, ErrorCode, MAX_CHUNK_BYTES, MAX_HISTORY_EVENTS, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES,
-    MAX_SERVED, MAX_WATCHED, MIN_PREFIX_HEX, MetricsView, PAGE_BYTES, REPLAY_PAGE, ResultView, Role, ServerMsg,
-    StatusView, bounded,
+    MAX_SERVED, MAX_WATCHED, MIN_PREFIX_HEX, MetricsView, PAGE_BYTES, REPLAY_PAGE, ResultView,
+    Role, ServerMsg, StatusView, bounded,
 };
 use crate::store::{EventLog, OutputStore, StoreError};
 

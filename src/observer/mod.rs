@@ -155,7 +155,8 @@ impl Observer {
         mut client: Client,
         stop: &CancellationToken,
     ) -> Result<bool, ClientError> {
-        let mut known: BTreeMap<String, CommitId> = client.tips(self.cfg.repository.as_deref()).await?;
+        let mut known: BTreeMap<String, CommitId> =
+            client.tips(self.cfg.repository.as_deref()).await?;
         loop {
             match self.poll(&known).await {
                 Ok(found) => {

@@ -13,10 +13,10 @@ pub mod views;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::core::Serves;
 use crate::core::{
     CommitId, CommitInfo, DropReason, Due, JobId, JobRef, JobReport, LeftJob, Record,
 };
-pub use crate::core::Serves;
 pub use views::{
     MetricsView, RepositoryQueueView, ResultView, RunnerView, RunningView, StatusView,
 };

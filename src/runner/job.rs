@@ -110,7 +110,10 @@ impl Layout {
     pub fn hidden(&self, mirror: &Mirror) -> Vec<PathBuf> {
         let mut hide = mirror.private_dirs();
         hide.push(self.trash());
-        for other in [self.work_dir.join("mirror.git"), self.work_dir.join("repos")] {
+        for other in [
+            self.work_dir.join("mirror.git"),
+            self.work_dir.join("repos"),
+        ] {
             if other.is_dir() && !hide.contains(&other) {
                 hide.push(other);
             }

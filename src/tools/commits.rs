@@ -217,9 +217,7 @@ pub async fn results(
             fetch_result(&mut client, commit)
                 .await?
                 .into_iter()
-                .filter(|r| {
-                    query.repository.is_none() || r.repository == query.repository
-                })
+                .filter(|r| query.repository.is_none() || r.repository == query.repository)
                 .collect()
         }
         None => {

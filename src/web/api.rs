@@ -251,10 +251,16 @@ pub async fn commits_page(
 
 /// Branch names the dispatcher knows (the filter's choices).
 pub async fn branches(app: &App, grant: Grant) -> Result<Vec<String>, WebError> {
-    match ask(app, grant, ClientMsg::GetTips {
+    match ask(
+        app,
+        grant,
+        ClientMsg::GetTips {
             repository: None,
             after: None,
-        }).await? {
+        },
+    )
+    .await?
+    {
         ServerMsg::Tips { tips, .. } => Ok(tips
             .into_iter()
             .take(MAX_BRANCHES_SHOWN)
