@@ -4,7 +4,6 @@
 //! of an unknown name, fairness between a flood and a trickle, and a data
 //! directory written without names replaying unchanged.
 
-#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;

@@ -680,7 +680,7 @@ impl State {
         };
         self.jobs.push(Job {
             id: job,
-            commit: commit,
+            commit,
             branch: branch_sym,
             repository: repository_sym,
             attempts: 0,
