@@ -306,6 +306,22 @@ pub async fn status(
         s.running.len(),
         s.last_seq
     )?;
+    // Per repository when there are several (or one nobody serves).
+    if s.repositories.len() > 1 || s.repositories.iter().any(|r| !r.served) {
+        for r in &s.repositories {
+            writeln!(
+                out,
+                "repository {}: {} queued{}",
+                r.repository.as_deref().unwrap_or("(default)"),
+                r.queued,
+                if r.served {
+                    ""
+                } else {
+                    "; no connected runner serves it: its jobs wait"
+                }
+            )?;
+        }
+    }
     writeln!(out)?;
     let rows: Vec<Vec<String>> = s
         .runners

@@ -921,6 +921,26 @@ async fn deliver(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_push_goes_to_the_repository_it_names_or_the_only_one() {
+        let named = vec!["app".to_string(), "team/lib".to_string()];
+        // No named repositories: the default one, whatever the payload says.
+        assert_eq!(repository_for(&[], Some("o/x")).unwrap(), None);
+        assert_eq!(repository_for(&named, None).unwrap(), None);
+        assert_eq!(
+            repository_for(&named, Some("team/lib")).unwrap().as_deref(),
+            Some("team/lib")
+        );
+        assert_eq!(
+            repository_for(&named, Some("acme/app")).unwrap().as_deref(),
+            Some("app")
+        );
+        let e = repository_for(&named, Some("acme/nosuch")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.to_string().contains("--repository acme/nosuch=URL"));
+    }
+
     use super::*;
     use axum::http::HeaderValue;
 
