@@ -306,8 +306,9 @@ pub async fn status(
         s.running.len(),
         s.last_seq
     )?;
-    // Per repository when there are several (or one nobody serves).
-    if s.repositories.len() > 1 || s.repositories.iter().any(|r| !r.served) {
+    // Per repository when a named one has queued jobs (a dispatcher of one
+    // repository prints what it always printed).
+    if s.repositories.iter().any(|r| r.repository.is_some()) {
         for r in &s.repositories {
             writeln!(
                 out,
