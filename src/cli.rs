@@ -196,6 +196,50 @@ pub fn usage_line(name: &str, rendered: &str) -> String {
     format!("{name}: error: {line}; see {command} --help")
 }
 
+/// A named repository as the flags give it: `NAME=URL_OR_PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedRepo {
+    pub name: String,
+    pub url: String,
+}
+
+/// `--repository NAME=URL` (the dispatcher) and `--repo NAME=URL` (a
+/// runner): the name follows `core::ids::validate_repository_name`.
+pub fn parse_named_repo(s: &str) -> Result<NamedRepo, String> {
+    let Some((name, url)) = s.split_once('=') else {
+        return Err(format!("{s:?} is not NAME=URL"));
+    };
+    crate::core::ids::validate_repository_name(name).map_err(|e| e.to_string())?;
+    if url.is_empty() {
+        return Err(format!("repository {name} has no URL or path after ="));
+    }
+    Ok(NamedRepo {
+        name: name.to_string(),
+        url: url.to_string(),
+    })
+}
+
+/// `--repository NAME` of the observer and the tools.
+pub fn parse_repository_name(s: &str) -> Result<String, String> {
+    crate::core::ids::validate_repository_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// A runner's `--repo`: `NAME=URL` when what comes before the first `=`
+/// is a repository name (so `https://...?a=b` and `/path/a=b` are
+/// plain URLs; write a relative path with `=` as `./a=b`), else the
+/// default repository's URL or path.
+pub fn parse_runner_repo(s: &str) -> Result<(Option<String>, String), String> {
+    match s.split_once('=') {
+        Some((name, _)) if crate::core::ids::validate_repository_name(name).is_ok() => {
+            let r = parse_named_repo(s)?;
+            Ok((Some(r.name), r.url))
+        }
+        _ if s.is_empty() => Err("an empty --repo".into()),
+        _ => Ok((None, s.to_string())),
+    }
+}
+
 /// A client's secret for `role`: `--token-file` (or `CI_TOKEN_FILE`), else
 /// `CI_TOKEN`, else none.
 pub fn client_token(

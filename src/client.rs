@@ -147,6 +147,9 @@ pub struct Identity {
     pub role: Role,
     pub name: String,
     pub token: Option<Vec<u8>>,
+    /// Runners: the repositories they take jobs of (`Serves::Default` for
+    /// every other role).
+    pub serves: crate::proto::Serves,
 }
 
 pub struct Client {
@@ -232,6 +235,7 @@ impl Client {
                 proof,
                 holding,
                 left,
+                serves: id.serves.clone(),
             }))
             .await?;
         match reader.expect().await? {
@@ -248,14 +252,20 @@ impl Client {
         }
     }
 
-    /// The dispatcher's branch tips, every page of them.
+    /// The branch tips of one of the dispatcher's repositories (`None`:
+    /// the default one), every page of them.
     pub async fn tips(
         &mut self,
+        repository: Option<&str>,
     ) -> Result<std::collections::BTreeMap<String, crate::core::CommitId>, ClientError> {
         let mut all = std::collections::BTreeMap::new();
         let mut after = None;
         loop {
-            match self.request(&ClientMsg::GetTips { after }).await? {
+            let repository = repository.map(str::to_string);
+            match self
+                .request(&ClientMsg::GetTips { repository, after })
+                .await?
+            {
                 ServerMsg::Tips { tips, next } => {
                     all.extend(tips);
                     match next {

@@ -5,7 +5,8 @@
 
 use ci::core::{
     CommitId, Core, CoreConfig, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftHow,
-    LeftJob, LostReason, Now, Outcome, Record, Reply, SinkSpec, SinkTakes, State, Step, ToRunner,
+    LeftJob, LostReason, Now, Outcome, Record, Reply, Serves, SinkSpec, SinkTakes, State, Step,
+    ToRunner,
 };
 
 const TIMEOUT_MS: u64 = 10_000;
@@ -83,6 +84,7 @@ impl Sim {
 
     fn commits(&mut self, commits: &[CommitId]) -> Step {
         self.input(Input::CommitsReported {
+            repository: None,
             branch: Some("main".into()),
             commits: commits.to_vec(),
             tip: commits.last().copied(),
@@ -106,6 +108,27 @@ impl Sim {
                 job,
                 how: LeftHow::Crashed,
             }),
+            serves: Serves::Default,
+        })
+    }
+
+    /// A runner that serves `serves` connects (holding nothing).
+    fn connect_serving(&mut self, runner: &str, serves: Serves) -> Step {
+        self.input(Input::RunnerConnected {
+            runner: runner.into(),
+            holding: None,
+            left: None,
+            serves,
+        })
+    }
+
+    /// Commits of a named repository (`None`: the default one) on `main`.
+    fn commits_in(&mut self, repository: Option<&str>, commits: &[CommitId]) -> Step {
+        self.input(Input::CommitsReported {
+            repository: repository.map(str::to_string),
+            branch: Some("main".into()),
+            commits: commits.to_vec(),
+            tip: commits.last().copied(),
         })
     }
 
@@ -532,6 +555,7 @@ fn a_stepped_wall_clock_changes_no_decision() {
         &mut sim,
         mono - hour,
         Input::CommitsReported {
+            repository: None,
             branch: None,
             commits: vec![commit(2)],
             tip: None,
@@ -559,6 +583,7 @@ fn a_job_handed_back_while_away_is_not_a_loss() {
             job: jr(1, 1),
             how: LeftHow::HandedBack,
         }),
+        serves: Serves::Default,
     });
     assert_eq!(
         step.records[0].event,
@@ -580,6 +605,7 @@ fn a_job_handed_back_while_away_is_not_a_loss() {
             job: jr(1, 1),
             how: LeftHow::HandedBack,
         }),
+        serves: Serves::Default,
     });
     assert!(step.records.is_empty());
 }
@@ -812,4 +838,162 @@ fn the_outbox_survives_a_snapshot() {
     assert_eq!(back.outbox(), state.outbox());
     assert_eq!(back.branch_mark("main"), state.branch_mark("main"));
     assert_eq!(back.next_notice(), state.next_notice());
+}
+
+// --- Several repositories ---------------------------------------------
+
+fn only(names: &[&str]) -> Serves {
+    Serves::Only(names.iter().map(|n| Some(n.to_string())).collect())
+}
+
+/// The repository of the job an assignment hands out.
+fn assigned_repos(step: &Step) -> Vec<Option<String>> {
+    step.sends
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ToRunner::Assign { repository, .. } => Some(repository.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_runner_serving_only_one_repository_never_gets_anothers_job() {
+    let mut sim = Sim::new();
+    sim.connect_serving("lib-only", only(&["lib"]));
+    let step = sim.commits_in(Some("app"), &[commit(1)]);
+    assert!(assigns(&step).is_empty(), "app's job went to a lib runner");
+    // Nor does a runner of the default repository take it.
+    let step = sim.connect("default-only");
+    assert!(assigns(&step).is_empty());
+    let step = sim.commits_in(Some("lib"), &[commit(2)]);
+    assert_eq!(assigns(&step), [("lib-only".to_string(), jr(2, 1))]);
+    assert_eq!(assigned_repos(&step), [Some("lib".to_string())]);
+    // A default commit goes to the default runner.
+    let step = sim.commits_in(None, &[commit(3)]);
+    assert_eq!(assigns(&step), [("default-only".to_string(), jr(3, 1))]);
+    // app's job still waits: nobody connected serves it.
+    assert_eq!(sim.core.unserved(), [Some("app".to_string())]);
+    let step = sim.connect_serving("any", Serves::Any);
+    assert_eq!(assigns(&step), [("any".to_string(), jr(1, 1))]);
+    assert!(sim.core.unserved().is_empty());
+}
+
+#[test]
+fn a_flood_of_one_repository_does_not_starve_another() {
+    let mut sim = Sim::new();
+    sim.connect_serving("r", Serves::Any);
+    // The runner takes app's first; 20 more of app then 2 of lib queue.
+    let app: Vec<CommitId> = (1..=21).map(commit).collect();
+    sim.commits_in(Some("app"), &app);
+    sim.commits_in(Some("lib"), &[commit(101), commit(102)]);
+    let mut order = Vec::new();
+    let mut held = jr(1, 1);
+    for _ in 0..6 {
+        let step = sim.result("r", held, Outcome::Pass);
+        let (_, next) = assigns(&step)[0].clone();
+        order.push(assigned_repos(&step)[0].clone().unwrap());
+        held = next;
+    }
+    // lib's two go out alternating with app's, not after all of app's.
+    assert_eq!(order, ["lib", "app", "lib", "app", "app", "app"]);
+}
+
+#[test]
+fn a_job_nobody_serves_waits_and_says_so() {
+    let mut sim = Sim::new();
+    sim.connect("default-only");
+    let step = sim.commits_in(Some("lib"), &[commit(1)]);
+    assert!(assigns(&step).is_empty());
+    assert_eq!(sim.core.unserved(), [Some("lib".to_string())]);
+    let status = ci::proto::StatusView::of(&sim.core, Now::at(sim.now_ms));
+    assert_eq!(status.repositories.len(), 1);
+    assert_eq!(status.repositories[0].repository.as_deref(), Some("lib"));
+    assert!(!status.repositories[0].served);
+    // The runner stays idle for work it can take.
+    assert!(sim.core.is_idle("default-only"));
+    let step = sim.commits_in(None, &[commit(2)]);
+    assert_eq!(assigns(&step), [("default-only".to_string(), jr(2, 1))]);
+}
+
+#[test]
+fn two_repositories_replay_to_the_live_state_with_their_own_branches() {
+    let mut sim = Sim::new();
+    sim.connect_serving("r", Serves::Any);
+    sim.commits_in(Some("app"), &[commit(1)]);
+    sim.commits_in(Some("lib"), &[commit(2)]);
+    sim.commits_in(None, &[commit(3)]);
+    // Ties between repositories never served go to the default one first.
+    assert_eq!(
+        assigns(&sim.result("r", jr(1, 1), Outcome::Fail))[0].1,
+        jr(3, 1)
+    );
+    assert_eq!(
+        assigns(&sim.result("r", jr(3, 1), Outcome::Pass))[0].1,
+        jr(2, 1)
+    );
+    sim.result("r", jr(2, 1), Outcome::Pass);
+    // A commit known in one repository is known in all.
+    let step = sim.commits_in(Some("lib"), &[commit(1)]);
+    assert_eq!(
+        step.reply,
+        Some(Reply::Commits {
+            accepted: vec![],
+            duplicates: 1
+        })
+    );
+    // `main` of each repository is its own branch.
+    let state = &sim.core.state;
+    assert_eq!(state.tips_of(Some("app")).unwrap()["main"], commit(1));
+    assert_eq!(state.tips_of(Some("lib")).unwrap()["main"], commit(1));
+    assert_eq!(state.tips_of(None).unwrap()["main"], commit(3));
+    assert_eq!(
+        state.branch_mark_in(Some("app"), "main").unwrap().outcome,
+        Outcome::Fail
+    );
+    assert_eq!(
+        state.branch_mark_in(Some("lib"), "main").unwrap().outcome,
+        Outcome::Pass
+    );
+    assert_eq!(state.branch_mark("main").unwrap().job, JobId(3));
+    // Replay (checked after every input) and the snapshot agree.
+    let snap = State::from_snapshot(&sim.live().to_snapshot()).unwrap();
+    assert_eq!(snap, sim.live());
+    assert_eq!(sim.replayed(), sim.live());
+    // Named repositories are written as their own events; the default
+    // one's as before.
+    let kinds: Vec<&str> = sim
+        .log
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::CommitSeen { .. } => Some("seen"),
+            Event::CommitSeenIn { .. } => Some("seen_in"),
+            Event::BranchMovedIn { .. } => Some("moved_in"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["seen_in", "seen_in", "seen", "moved_in"]);
+}
+
+#[test]
+fn notices_carry_the_jobs_repository() {
+    let mut sim = Sim::with(CoreConfig {
+        heartbeat_timeout_ms: TIMEOUT_MS,
+        max_attempts: 3,
+        sinks: vec![SinkSpec {
+            key: "events".into(),
+            takes: SinkTakes::Events,
+        }],
+    });
+    sim.connect_serving("r", Serves::Any);
+    sim.commits_in(Some("app"), &[commit(1)]);
+    sim.result("r", jr(1, 1), Outcome::Pass);
+    let due: Vec<Option<String>> = sim
+        .core
+        .state
+        .outbox()
+        .values()
+        .map(|d| d.notice.repository.clone())
+        .collect();
+    assert_eq!(due, [Some("app".to_string())]);
 }

@@ -126,6 +126,7 @@ fn message() -> impl Strategy<Value = ClientMsg> {
                 proof,
                 holding: None,
                 left: None,
+                serves: ci::proto::Serves::Default,
             })
         }),
         proptest::option::of(job_ref()).prop_map(|holding| ClientMsg::Heartbeat { holding }),
@@ -149,11 +150,15 @@ fn message() -> impl Strategy<Value = ClientMsg> {
         )
             .prop_map(|(branch, commits, tip)| ClientMsg::Commits {
                 infos: Vec::new(),
+                repository: None,
                 branch,
                 commits,
                 tip
             }),
-        proptest::option::of(".{0,20}").prop_map(|after| ClientMsg::GetTips { after }),
+        proptest::option::of(".{0,20}").prop_map(|after| ClientMsg::GetTips {
+            repository: None,
+            after,
+        }),
         Just(ClientMsg::Status),
         (
             proptest::option::of(commit()),
@@ -162,6 +167,7 @@ fn message() -> impl Strategy<Value = ClientMsg> {
         )
             .prop_map(|(commit, before, limit)| ClientMsg::Results {
                 branch: None,
+                repository: None,
                 outcome: None,
                 commit,
                 before,
@@ -220,6 +226,7 @@ fn every_handler_survives_arbitrary_messages() {
         role,
         name: name.into(),
         token: Some(tokens.for_role(role).unwrap().to_vec()),
+        serves: ci::proto::Serves::Default,
     })
     .collect();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {

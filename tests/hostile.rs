@@ -56,6 +56,7 @@ fn hello(role: Role, name: &str, version: u16, proof: Option<Vec<u8>>) -> Client
         proof,
         holding: None,
         left: None,
+        serves: ci::proto::Serves::Default,
     })
 }
 
@@ -66,6 +67,7 @@ fn commit(n: u64) -> CommitId {
 fn submit(n: u64) -> ClientMsg {
     ClientMsg::Commits {
         infos: Vec::new(),
+        repository: None,
         branch: Some("main".into()),
         commits: vec![commit(n)],
         tip: Some(commit(n)),
@@ -327,6 +329,7 @@ fn id(role: Role, name: &str, token: &str) -> Identity {
         role,
         name: name.into(),
         token: Some(token.as_bytes().to_vec()),
+        serves: ci::proto::Serves::Default,
     }
 }
 
@@ -363,6 +366,7 @@ async fn roles_are_enforced() {
                 role: Role::Observer,
                 name: "o".into(),
                 token: None,
+                serves: ci::proto::Serves::Default,
             },
             None,
             None,

@@ -316,6 +316,7 @@ fn submit_concurrently(addr: &str, shas: &[String]) {
                 role: Role::Tool,
                 name: format!("durability-{i}"),
                 token: None,
+                serves: ci::proto::Serves::Default,
             };
             clients.push(Client::connect(addr, &id, None, None).await.unwrap());
         }
@@ -330,6 +331,7 @@ fn submit_concurrently(addr: &str, shas: &[String]) {
                     start.wait().await;
                     let msg = ClientMsg::Commits {
                         infos: Vec::new(),
+                        repository: None,
                         branch: None,
                         commits: vec![commit],
                         tip: None,

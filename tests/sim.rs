@@ -837,6 +837,7 @@ impl World {
             Core::new(state, config()),
             ShellConfig {
                 snapshot_every: SNAPSHOT_EVERY,
+                repositories: Default::default(),
             },
         );
         let now = self.host_now();
@@ -1493,6 +1494,7 @@ impl World {
                     name: h.name,
                     holding: h.holding,
                     left: h.left,
+                    serves: h.serves,
                 },
                 Owner::Observer => {
                     self.send_down(conn, ServerMsg::Welcome { keep: None });
@@ -1642,6 +1644,8 @@ impl World {
                         proof: None,
                         holding,
                         left,
+
+                        serves: ci::proto::Serves::Default,
                     }),
                 );
             }
@@ -1834,6 +1838,8 @@ impl World {
                     proof: None,
                     holding: None,
                     left: None,
+
+                    serves: ci::proto::Serves::Default,
                 }),
             );
         }
@@ -1864,6 +1870,7 @@ impl World {
                 conn,
                 ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: Some(BRANCH.into()),
                     commits,
                     tip,
@@ -1926,6 +1933,8 @@ impl World {
                     proof: None,
                     holding: None,
                     left: None,
+
+                    serves: ci::proto::Serves::Default,
                 }),
             );
         }

@@ -28,6 +28,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.max_connections = args.max_connections as usize;
     config.http = args.http.clone();
     config.notify = args.notify_config()?;
+    for r in &args.repositories {
+        if config
+            .repositories
+            .insert(r.name.clone(), r.url.clone())
+            .is_some()
+        {
+            anyhow::bail!("--repository {} is given twice", r.name);
+        }
+    }
     if let Some(path) = &args.webhook_secret_file {
         config.webhook_secret = Some(dispatcher::WebhookSecret::from_file(path)?);
     }

@@ -24,6 +24,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         dispatcher: args.dispatcher.addr,
         git_auth: std::sync::Arc::new(args.git.load()?),
         repo: args.repo,
+        repository: args.repository,
         work_dir: args.work_dir,
         branches: args.branches,
         interval: args.interval,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use ci::cli::runner::Args;
-use ci::runner::agent::{Runner, RunnerConfig, default_name};
+use ci::runner::agent::{Others, Runner, RunnerConfig, default_name};
 
 fn main() -> ExitCode {
     let args: Args = match ci::cli::parse_args("ci-runner") {
@@ -27,10 +27,33 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => default_name(&args.work_dir),
     };
     ci::core::ids::validate_runner_name(&name)?;
+    let mut repo = None;
+    let mut repos = std::collections::BTreeMap::new();
+    for (name, url) in args.repos {
+        let twice = match name {
+            None => repo.replace(url).is_some(),
+            Some(n) => repos.insert(n, url).is_some(),
+        };
+        if twice {
+            anyhow::bail!("a repository is given twice with --repo");
+        }
+    }
+    if repos.len() > ci::proto::MAX_SERVED {
+        anyhow::bail!(
+            "a runner serves at most {} named repositories",
+            ci::proto::MAX_SERVED
+        );
+    }
     let cfg = RunnerConfig {
         dispatcher: args.dispatcher.addr,
         git_auth: std::sync::Arc::new(args.git.load()?),
-        repo: args.repo,
+        repo,
+        repos,
+        others: if args.any_repository {
+            Others::CloneFromDispatcher
+        } else {
+            Others::Refuse
+        },
         work_dir: args.work_dir,
         name,
         heartbeat_interval: args.heartbeat_interval,

@@ -49,6 +49,7 @@ async fn run(
             dispatcher,
             json,
             verify,
+            repository,
         } => match data_dir {
             Some(_) if replay_dispatcher_typed => {
                 bail!("give either --data-dir DIR or --dispatcher ADDR, not both")
@@ -57,12 +58,21 @@ async fn run(
                 let what = if verify {
                     tools::Replay::Verify
                 } else {
-                    tools::Replay::Print(tools::Format::json(json))
+                    tools::Replay::Print(
+                        tools::Format::json(json),
+                        tools::RepoFilter::new(repository),
+                    )
                 };
                 tokio::task::spawn_blocking(move || tools::replay_offline(&dir, what)).await?
             }
             None => {
-                tools::replay_online(&dispatcher.addr, token()?, tools::Format::json(json)).await
+                tools::replay_online(
+                    &dispatcher.addr,
+                    token()?,
+                    tools::Format::json(json),
+                    tools::RepoFilter::new(repository),
+                )
+                .await
             }
         },
         Cmd::Status { dispatcher, json } => {
@@ -72,6 +82,7 @@ async fn run(
             dispatcher,
             commit,
             branch,
+            repository,
             outcome,
             limit,
             json,
@@ -80,6 +91,7 @@ async fn run(
                 commit,
                 branch,
                 outcome,
+                repository,
                 limit,
             };
             commits::results(&dispatcher.addr, token()?, query, tools::Format::json(json)).await
@@ -98,8 +110,9 @@ async fn run(
         Cmd::Submit {
             dispatcher,
             branch,
+            repository,
             shas,
-        } => tools::submit(&dispatcher.addr, token()?, branch, &shas).await,
+        } => tools::submit(&dispatcher.addr, token()?, repository, branch, &shas).await,
         Cmd::Wait {
             dispatcher,
             timeout,

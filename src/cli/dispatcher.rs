@@ -34,6 +34,11 @@ pub struct Args {
     /// Without --token-file, listen on a non-loopback address anyway.
     #[arg(long)]
     pub insecure: bool,
+    /// A named repository this dispatcher accepts commits of, and the URL
+    /// (or path) runners that serve any repository clone it from;
+    /// repeatable. The unnamed (default) repository is served besides.
+    #[arg(long = "repository", value_parser = super::parse_named_repo, value_name = "NAME=URL")]
+    pub repositories: Vec<super::NamedRepo>,
     /// Also serve the web dashboard, the JSON API (/api/v1/), /metrics and
     /// the forge webhooks (/hooks/) over HTTP on this address; port 0 picks
     /// a free port. Off by default.

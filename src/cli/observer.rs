@@ -20,6 +20,10 @@ pub struct Args {
     /// user@host:path (see the --git-* flags).
     #[arg(long, value_name = "URL_OR_PATH")]
     pub repo: String,
+    /// The name the dispatcher knows this repository by (its
+    /// `--repository NAME=URL`) [default: the dispatcher's unnamed one].
+    #[arg(long, value_parser = super::parse_repository_name, value_name = "NAME")]
+    pub repository: Option<String>,
     #[command(flatten)]
     pub git: super::git::GitArgs,
     /// Where the observer keeps its clone.

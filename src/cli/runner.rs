@@ -17,9 +17,16 @@ pub struct Args {
     #[command(flatten)]
     pub dispatcher: super::DispatcherAddr,
     /// The repository to test: a path, a file://, git://, https:// or ssh:// URL, or
-    /// user@host:path (see the --git-* flags).
-    #[arg(long, value_name = "URL_OR_PATH")]
-    pub repo: String,
+    /// user@host:path (see the --git-* flags): the dispatcher's default
+    /// repository. `NAME=URL` serves the dispatcher's repository NAME from
+    /// this URL instead (write a relative path holding `=` as ./PATH).
+    /// Repeatable.
+    #[arg(long = "repo", value_parser = super::parse_runner_repo, value_name = "[NAME=]URL_OR_PATH", required_unless_present = "any_repository")]
+    pub repos: Vec<(Option<String>, String)>,
+    /// Also serve every other repository of the dispatcher, cloned on demand
+    /// from the URL the dispatcher gives with each job (its --repository NAME=URL).
+    #[arg(long)]
+    pub any_repository: bool,
     #[command(flatten)]
     pub git: super::git::GitArgs,
     /// Where this runner keeps its clone and checkouts.

@@ -46,6 +46,9 @@ pub enum Cmd {
         /// Rebuild the state from event 1 and compare with the snapshot-based state.
         #[arg(long, requires = "data_dir")]
         verify: bool,
+        /// Only the events about this named repository's commits and branches.
+        #[arg(long, value_parser = crate::cli::parse_repository_name, value_name = "NAME", conflicts_with = "verify")]
+        repository: Option<String>,
     },
     /// Runners, queue and running jobs.
     Status {
@@ -65,6 +68,9 @@ pub enum Cmd {
         /// Only commits reported on this branch.
         #[arg(long, value_name = "NAME")]
         branch: Option<String>,
+        /// Only commits of this named repository (the dispatcher's --repository NAME=URL).
+        #[arg(long, value_parser = crate::cli::parse_repository_name, value_name = "NAME")]
+        repository: Option<String>,
         /// Only commits in this state.
         #[arg(long, value_name = "STATE", value_parser = ["pending", "running", "pass", "fail", "error", "timeout", "cancelled"])]
         outcome: Option<String>,
@@ -110,6 +116,10 @@ pub enum Cmd {
         /// The branch the commits are on; moves the branch's known tip.
         #[arg(long, value_name = "NAME")]
         branch: Option<String>,
+        /// The named repository the commits are of (the dispatcher's
+        /// --repository NAME=URL) [default: its unnamed one].
+        #[arg(long, value_parser = crate::cli::parse_repository_name, value_name = "NAME")]
+        repository: Option<String>,
         /// Full commit ids, oldest first.
         #[arg(required = true, value_name = "SHA")]
         shas: Vec<String>,

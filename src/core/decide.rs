@@ -68,6 +68,31 @@ impl LeftJob {
     }
 }
 
+/// Which repositories a runner serves, as its hello says.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Serves {
+    /// The default (unnamed) repository only: `--repo URL`, and every
+    /// runner from before repositories had names.
+    Default,
+    /// These repositories; a `None` entry is the default one. At most
+    /// `proto::MAX_SERVED` entries (checked at the edge).
+    Only(Vec<Option<String>>),
+    /// Every repository the dispatcher has (`--any-repository`), cloned
+    /// from the URL each assignment carries.
+    Any,
+}
+
+impl Serves {
+    /// Whether a job of `repository` (`None`: the default) may go to it.
+    pub fn serves(&self, repository: Option<&str>) -> bool {
+        match self {
+            Serves::Default => repository.is_none(),
+            Serves::Only(names) => names.iter().any(|n| n.as_deref() == repository),
+            Serves::Any => true,
+        }
+    }
+}
+
 /// Which notifications a sink takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SinkTakes {
@@ -136,8 +161,11 @@ pub enum Input {
     Started {
         pid: u32,
     },
-    /// An observer or a tool reports commits, oldest first.
+    /// An observer or a tool reports commits, oldest first, of
+    /// `repository` (`None`: the default one; the shell has checked that
+    /// the dispatcher has it).
     CommitsReported {
+        repository: Option<String>,
         branch: Option<String>,
         commits: Vec<CommitId>,
         /// The branch's tip as the reporter sees it.
@@ -149,6 +177,7 @@ pub enum Input {
         runner: RunnerName,
         holding: Option<JobRef>,
         left: Option<LeftJob>,
+        serves: Serves,
     },
     RunnerDisconnected {
         runner: RunnerName,
@@ -220,6 +249,8 @@ pub enum ToRunner {
         job: JobRef,
         commit: CommitId,
         branch: Option<String>,
+        /// The job's named repository (`None`: the default one).
+        repository: Option<String>,
     },
     /// Stop working on `job`: it is no longer yours.
     Abandon { job: JobRef, reason: String },
@@ -288,6 +319,8 @@ pub struct Session {
     /// On the monotonic clock.
     pub last_heard_mono_ms: u64,
     pub standing: Standing,
+    /// The repositories it serves (from its last hello).
+    pub serves: Serves,
 }
 
 impl Session {
@@ -320,6 +353,13 @@ pub struct Core {
     /// dispatcher did not run on time, what waited in its sockets is read
     /// before anyone is judged.
     hold_expiry_until_ms: u64,
+    /// When each repository (interned name; `None` the default) last had
+    /// a job handed out, by `assignments`: the least recently served goes
+    /// first, so one repository's flood cannot starve another. Volatile:
+    /// fairness is not history.
+    served_at: BTreeMap<Option<super::state::Sym>, u64>,
+    /// Hand-outs decided since this core started.
+    assignments: u64,
 }
 
 impl Core {
@@ -332,6 +372,8 @@ impl Core {
             stale_rejections: 0,
             last_input_mono_ms: None,
             hold_expiry_until_ms: 0,
+            served_at: BTreeMap::new(),
+            assignments: 0,
         }
     }
 
@@ -359,15 +401,23 @@ impl Core {
         match input {
             Input::Started { pid } => self.on_started(&mut step, pid, now),
             Input::CommitsReported {
+                repository,
                 branch,
                 commits,
                 tip,
-            } => self.on_commits(&mut step, branch, commits, tip, now),
+            } => self.on_commits(&mut step, repository, branch, commits, tip, now),
             Input::RunnerConnected {
                 runner,
                 holding,
                 left,
-            } => self.on_connected(&mut step, runner, holding, left, now),
+                serves,
+            } => {
+                self.hear(&runner, now, Link::Connected);
+                if let Some(s) = self.sessions.get_mut(&runner) {
+                    s.serves = serves;
+                }
+                self.on_connected(&mut step, runner, holding, left, now)
+            }
             Input::RunnerDisconnected { runner } => {
                 if let Some(s) = self.sessions.get_mut(&runner) {
                     s.link = Link::Disconnected;
@@ -456,6 +506,7 @@ impl Core {
                     link: Link::Disconnected,
                     last_heard_mono_ms: now.mono_ms,
                     standing: Standing::Heard,
+                    serves: Serves::Default,
                 },
             );
         }
@@ -474,9 +525,14 @@ impl Core {
         }
     }
 
+    /// A commit already known is a duplicate whichever repository reported
+    /// it: a commit id names one tree, so a fork's copy of a commit is the
+    /// same test (and the job stays in the repository that reported it
+    /// first).
     fn on_commits(
         &mut self,
         step: &mut Step,
+        repository: Option<String>,
         branch: Option<String>,
         commits: Vec<CommitId>,
         tip: Option<CommitId>,
@@ -490,21 +546,39 @@ impl Core {
                 continue;
             }
             let job = self.state.next_job_id();
-            self.emit(
-                step,
-                Event::CommitSeen {
+            let branch = branch.clone();
+            let event = match &repository {
+                None => Event::CommitSeen {
                     job,
                     commit,
-                    branch: branch.clone(),
+                    branch,
                 },
-                now,
-            );
+                Some(r) => Event::CommitSeenIn {
+                    job,
+                    commit,
+                    branch,
+                    repository: r.clone(),
+                },
+            };
+            self.emit(step, event, now);
             accepted.push(commit);
         }
         if let (Some(branch), Some(tip)) = (branch, tip)
-            && self.state.branch_tips().get(&branch) != Some(&tip)
+            && self
+                .state
+                .tips_of(repository.as_deref())
+                .and_then(|t| t.get(&branch))
+                != Some(&tip)
         {
-            self.emit(step, Event::BranchMoved { branch, tip }, now);
+            let event = match repository {
+                None => Event::BranchMoved { branch, tip },
+                Some(repository) => Event::BranchMovedIn {
+                    repository,
+                    branch,
+                    tip,
+                },
+            };
+            self.emit(step, event, now);
         }
         step.reply = Some(Reply::Commits {
             accepted,
@@ -737,6 +811,7 @@ impl Core {
                 job: h,
                 commit: job.commit,
                 branch: self.state.branch(job).map(str::to_string),
+                repository: self.state.repository(job).map(str::to_string),
             },
         ));
     }
@@ -787,6 +862,7 @@ impl Core {
             link,
             last_heard_mono_ms: now.mono_ms,
             standing: Standing::Heard,
+            serves: Serves::Default,
         });
         s.last_heard_mono_ms = now.mono_ms;
         s.standing = Standing::Heard;
@@ -840,20 +916,38 @@ impl Core {
         }
     }
 
-    /// Hands queued jobs to idle runners, oldest job to longest-waiting runner.
+    /// Hands queued jobs to idle runners: to the longest-waiting runner,
+    /// of the repositories it serves the one served least recently, and of
+    /// that one the oldest queued job (a job queued again after a loss is
+    /// at the front). A runner that serves nothing queued keeps its place.
     fn schedule(&mut self, step: &mut Step, now: Now) {
-        while let Some(job) = self.state.queue_front() {
+        let mut passed: Vec<RunnerName> = Vec::new();
+        while self.state.queue_len() > 0 {
             let Some(runner) = self.idle.pop_front() else {
                 break;
             };
-            let usable = self.sessions.get(&runner).is_some_and(Session::usable)
-                && self.state.holder(&runner).is_none();
-            if !usable {
+            let Some(session) = self.sessions.get(&runner) else {
+                continue;
+            };
+            if !session.usable() || self.state.holder(&runner).is_some() {
                 continue;
             }
+            let Some(job) = self.pick(&session.serves) else {
+                passed.push(runner);
+                continue;
+            };
             let j = self.state.job(job).expect("queued job exists");
             let (commit, attempt) = (j.commit, j.attempts + 1);
             let branch = self.state.branch(j).map(str::to_string);
+            let repository = self.state.repository(j).map(str::to_string);
+            self.assignments += 1;
+            let counter = self.assignments;
+            match self.served_at.get_mut(&j.repository) {
+                Some(at) => *at = counter,
+                None => {
+                    self.served_at.insert(j.repository, counter);
+                }
+            }
             self.emit(
                 step,
                 Event::JobAssigned {
@@ -870,9 +964,53 @@ impl Core {
                     job: JobRef { job, attempt },
                     commit,
                     branch,
+                    repository,
                 },
             ));
         }
+        for runner in passed.into_iter().rev() {
+            self.idle.push_front(runner);
+        }
+    }
+
+    /// The job a runner serving `serves` gets now, if any.
+    fn pick(&self, serves: &Serves) -> Option<JobId> {
+        let queued = self.state.queued_by_repository();
+        let name = |r: &Option<super::state::Sym>| r.map(|s| self.state.name(s));
+        // Fast path: one repository has queued jobs (always so with one
+        // repository): its oldest is the queue's front.
+        if queued.len() == 1 {
+            let (repo, _) = queued.iter().next()?;
+            return if serves.serves(name(repo)) {
+                self.state.queue_front()
+            } else {
+                None
+            };
+        }
+        let repo = *queued
+            .keys()
+            .filter(|r| serves.serves(name(r)))
+            .min_by_key(|r| self.served_at.get(*r).copied().unwrap_or(0))?;
+        self.state
+            .queue()
+            .find(|j| j.repository == repo)
+            .map(|j| j.id)
+    }
+
+    /// The repositories with queued jobs that no connected runner serves
+    /// (`None`: the default one): their jobs wait for such a runner.
+    pub fn unserved(&self) -> Vec<Option<String>> {
+        self.state
+            .queued_by_repository()
+            .keys()
+            .map(|r| r.map(|s| self.state.name(s).to_string()))
+            .filter(|r| {
+                !self
+                    .sessions
+                    .values()
+                    .any(|s| s.link == Link::Connected && s.serves.serves(r.as_deref()))
+            })
+            .collect()
     }
 
     /// Numbers `event` after the state's last record, stamps it with the
@@ -880,11 +1018,12 @@ impl Core {
     fn emit(&mut self, step: &mut Step, event: Event, now: Now) {
         // "Broken" and "fixed" compare with where the branch stood before.
         let mark_before = match &event {
-            Event::Result { job, .. } if !self.config.sinks.is_empty() => self
-                .state
-                .job(*job)
-                .and_then(|j| self.state.branch(j))
-                .and_then(|b| self.state.branch_mark(b)),
+            Event::Result { job, .. } if !self.config.sinks.is_empty() => {
+                self.state.job(*job).and_then(|j| {
+                    self.state
+                        .branch_mark_in(self.state.repository(j), self.state.branch(j)?)
+                })
+            }
             _ => None,
         };
         let record = Record {
@@ -915,7 +1054,9 @@ impl Core {
         mark_before: Option<super::state::BranchMark>,
     ) -> Vec<(SinkTakes, Notice)> {
         let (job, state, message) = match event {
-            Event::CommitSeen { job, .. } => (*job, NoticeState::Queued, "queued".to_string()),
+            Event::CommitSeen { job, .. } | Event::CommitSeenIn { job, .. } => {
+                (*job, NoticeState::Queued, "queued".to_string())
+            }
             Event::JobAssigned { job, runner, .. } => {
                 (*job, NoticeState::Running, format!("running on {runner}"))
             }
@@ -949,7 +1090,7 @@ impl Core {
                     kind: NoticeKind::Result,
                     job: j.id,
                     commit: j.commit,
-                    repository: None,
+                    repository: self.state.repository(j).map(str::to_string),
                     branch: self.state.branch(j).map(str::to_string),
                     attempt: f.attempt,
                     state: NoticeState::Finished(f.outcome),
@@ -971,7 +1112,7 @@ impl Core {
                 let now_mark = base
                     .branch
                     .as_deref()
-                    .and_then(|b| self.state.branch_mark(b));
+                    .and_then(|b| self.state.branch_mark_in(base.repository.as_deref(), b));
                 if let (Some(before), Some(after)) = (mark_before, now_mark)
                     && after.job == j.id
                     && before.job != j.id
@@ -1000,7 +1141,7 @@ impl Core {
                 kind: NoticeKind::Status,
                 job,
                 commit: j.commit,
-                repository: None,
+                repository: self.state.repository(j).map(str::to_string),
                 branch: self.state.branch(j).map(str::to_string),
                 attempt: j.attempts,
                 state,

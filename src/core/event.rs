@@ -188,6 +188,22 @@ pub enum Event {
     NotificationDelivered { n: u64 },
     /// Notification `n` will not be sent: why.
     NotificationDropped { n: u64, reason: DropReason },
+    /// As `CommitSeen`, for a commit of the named repository `repository`
+    /// (`--repository NAME=URL`). Commits of the default (unnamed)
+    /// repository are still `CommitSeen`, so a log with one repository is
+    /// byte for byte what it was before names existed.
+    CommitSeenIn {
+        job: JobId,
+        commit: CommitId,
+        branch: Option<String>,
+        repository: String,
+    },
+    /// As `BranchMoved`, for a branch of the named repository.
+    BranchMovedIn {
+        repository: String,
+        branch: String,
+        tip: CommitId,
+    },
 }
 
 /// What a notification says.
@@ -279,7 +295,7 @@ impl Event {
     /// The job this event is about, if any.
     pub fn job(&self) -> Option<JobId> {
         match self {
-            Event::CommitSeen { job, .. } => Some(*job),
+            Event::CommitSeen { job, .. } | Event::CommitSeenIn { job, .. } => Some(*job),
             Event::NotificationDue { notice, .. } => Some(notice.job),
             other => other.job_ref().map(|j| j.job),
         }
@@ -300,6 +316,21 @@ impl Event {
             Event::NotificationDue { .. } => "notification_due",
             Event::NotificationDelivered { .. } => "notification_delivered",
             Event::NotificationDropped { .. } => "notification_dropped",
+            // The same facts as their unnamed forms, with a `repository`
+            // field: readers of `replay --json` filter on one type.
+            Event::CommitSeenIn { .. } => "commit_seen",
+            Event::BranchMovedIn { .. } => "branch_moved",
+        }
+    }
+
+    /// The named repository a commit or branch event is about (`None`:
+    /// the default repository, or an event about no commit).
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            Event::CommitSeenIn { repository, .. } | Event::BranchMovedIn { repository, .. } => {
+                Some(repository)
+            }
+            _ => None,
         }
     }
 

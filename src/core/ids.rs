@@ -229,6 +229,37 @@ pub fn validate_runner_name(name: &str) -> Result<(), BadName> {
     }
 }
 
+/// Longest repository name.
+pub const MAX_REPOSITORY_NAME_BYTES: usize = 100;
+
+/// A repository's name on a dispatcher serving several (`--repository
+/// NAME=URL`): 1 to 100 bytes of `A-Z a-z 0-9 . _ / -`, not beginning with
+/// `-`, `.` or `/`, without `..`. It becomes a directory under a runner's
+/// work dir, so it can never climb out of it.
+pub fn validate_repository_name(name: &str) -> Result<(), BadName> {
+    let bad = |rule: &'static str| BadName {
+        value: name.chars().take(120).collect(),
+        what: "repository name",
+        rule,
+    };
+    if name.is_empty() || name.len() > MAX_REPOSITORY_NAME_BYTES {
+        return Err(bad("must be 1 to 100 bytes long"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+    {
+        return Err(bad("may only contain A-Z a-z 0-9 . _ / -"));
+    }
+    if name.starts_with(['-', '.', '/']) {
+        return Err(bad("cannot begin with -, . or /"));
+    }
+    if name.contains("..") {
+        return Err(bad("cannot contain .."));
+    }
+    Ok(())
+}
+
 /// git's ref-name rules (git-check-ref-format) for a branch's short name.
 pub fn validate_branch_name(name: &str) -> Result<(), BadName> {
     let bad = |rule: &'static str| BadName {
@@ -290,6 +321,27 @@ mod tests {
         assert!(CommitId::parse(&format!("{}g", &s[..39])).is_err());
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(json, format!("\"{s}\""));
+    }
+
+    #[test]
+    fn repository_names_are_plain_paths() {
+        for ok in ["app", "team/lib", "a.b-c_d", "X9", &"r".repeat(100)] {
+            assert!(validate_repository_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "/x",
+            "a/../b",
+            "a..b",
+            "a b",
+            "a:b",
+            "é",
+            &"r".repeat(101),
+        ] {
+            assert!(validate_repository_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,6 +17,6 @@ pub mod state;
 
 pub use decide::{
     Core, CoreConfig, Input, LeftHow, LeftJob, Link, MAX_OWED_PER_SINK, Now, Refusal, Reply,
-    RunnerState, Session, SinkSpec, SinkTakes, Standing, Step, ToRunner,
+    RunnerState, Serves, Session, SinkSpec, SinkTakes, Standing, Step, ToRunner,
 };
 pub use state::{BranchMark, Due, Finished, Job, JobStatus, State, Sym};

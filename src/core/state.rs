@@ -25,7 +25,7 @@ use super::ids::{CommitId, JobId, JobRef, RunnerName};
 
 /// An interned string (branch, runner name or result message) of a `State`;
 /// resolve it with [`State::name`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sym(u32);
 
 /// Where one job stands.
@@ -63,6 +63,9 @@ pub struct Job {
     pub commit: CommitId,
     /// Resolve with [`State::branch`].
     pub branch: Option<Sym>,
+    /// The named repository it is a commit of (`None`: the default one);
+    /// resolve with [`State::repository`].
+    pub repository: Option<Sym>,
     /// How many times it was handed to a runner (the current attempt number).
     pub attempts: u32,
     /// How many of those hand-outs were lost. A hand-back (the runner was
@@ -229,7 +232,11 @@ pub struct State {
     queue: VecDeque<JobId>,
     /// Which job each runner holds. A runner holds at most one.
     holders: BTreeMap<RunnerName, JobRef>,
+    /// The default repository's branch tips.
     branch_tips: BTreeMap<String, CommitId>,
+    /// Each named repository's branch tips: a branch `main` of one
+    /// repository is not `main` of another.
+    repo_tips: BTreeMap<String, BTreeMap<String, CommitId>>,
     /// How many jobs are finished (a result or a cancel; a retry makes one
     /// unfinished again).
     results: u64,
@@ -246,8 +253,14 @@ pub struct State {
     /// How many of the outbox's are owed to each sink (derived from
     /// `outbox`, rebuilt on load).
     owed: BTreeMap<String, usize>,
-    /// Each branch's newest finished job and its outcome.
+    /// Each branch's newest finished job and its outcome (default
+    /// repository).
     branch_marks: BTreeMap<String, BranchMark>,
+    /// The same for each named repository's branches.
+    repo_marks: BTreeMap<String, BTreeMap<String, BranchMark>>,
+    /// How many queued jobs each repository has (derived from `queue`,
+    /// rebuilt on load): the scheduler's candidates without a scan.
+    queued: BTreeMap<Option<Sym>, usize>,
 }
 
 impl State {
@@ -277,6 +290,13 @@ impl State {
     /// Rebuilds the derived indexes; a commit or name found twice means the
     /// jobs or names did not come from a fold.
     fn rebuild_indexes(&mut self) -> Result<(), String> {
+        self.queued.clear();
+        for id in &self.queue {
+            let j = self
+                .job(*id)
+                .ok_or_else(|| format!("queued job {id} does not exist"))?;
+            *self.queued.entry(j.repository).or_default() += 1;
+        }
         self.owed.clear();
         for d in self.outbox.values() {
             *self.owed.entry(d.sink.clone()).or_default() += 1;
@@ -343,6 +363,11 @@ impl State {
             .map(|v| Sym(v - 1))
     }
 
+    /// The job's named repository (`None`: the default repository).
+    pub fn repository(&self, job: &Job) -> Option<&str> {
+        job.repository.map(|r| self.name(r))
+    }
+
     /// The job's branch, if it was submitted with one.
     pub fn branch(&self, job: &Job) -> Option<&str> {
         job.branch.map(|b| self.name(b))
@@ -378,11 +403,18 @@ impl State {
         Ok(())
     }
 
-    fn set_tip(&mut self, branch: &str, tip: CommitId) {
-        match self.branch_tips.get_mut(branch) {
+    fn set_tip(&mut self, repository: Option<&str>, branch: &str, tip: CommitId) {
+        let tips = match repository {
+            None => &mut self.branch_tips,
+            Some(r) => match self.repo_tips.get_mut(r) {
+                Some(t) => t,
+                None => self.repo_tips.entry(r.to_string()).or_default(),
+            },
+        };
+        match tips.get_mut(branch) {
             Some(t) => *t = tip,
             None => {
-                self.branch_tips.insert(branch.to_string(), tip);
+                tips.insert(branch.to_string(), tip);
             }
         }
     }
@@ -407,46 +439,22 @@ impl State {
                 job,
                 commit,
                 branch,
-            } => {
-                if job.0 != self.jobs.len() as u64 + 1 {
-                    return Err(format!("job {job} is not the next job number"));
-                }
-                if job.0 >= u32::MAX as u64 {
-                    return Err(format!("job {job}: too many jobs"));
-                }
-                let h = self.by_commit.hash(&commit_key(commit));
-                let jobs = &self.jobs;
-                if self
-                    .by_commit
-                    .find(h, |v| jobs[v as usize - 1].commit == *commit)
-                    .is_some()
-                {
-                    return Err(format!("commit {commit} was already seen"));
-                }
-                let branch_sym = match branch {
-                    Some(b) => Some(self.intern(b)?),
-                    None => None,
-                };
-                self.jobs.push(Job {
-                    id: *job,
-                    commit: *commit,
-                    branch: branch_sym,
-                    attempts: 0,
-                    lost: 0,
-                    status: JobStatus::Queued,
-                    seen_at_ms: at_ms,
-                });
-                let (hc, jobs) = (self.by_commit.hasher.clone(), &self.jobs);
-                self.by_commit
-                    .reserve(1, |v| hc.hash_one(commit_key(&jobs[v as usize - 1].commit)));
-                self.by_commit.insert_new(h, job.0 as u32);
-                self.queue.push_back(*job);
-                if let Some(b) = branch {
-                    self.set_tip(b, *commit);
-                }
-            }
+            } => self.see(*job, *commit, branch.as_deref(), None, at_ms)?,
+            Event::CommitSeenIn {
+                job,
+                commit,
+                branch,
+                repository,
+            } => self.see(*job, *commit, branch.as_deref(), Some(repository), at_ms)?,
             Event::BranchMoved { branch, tip } => {
-                self.set_tip(branch, *tip);
+                self.set_tip(None, branch, *tip);
+            }
+            Event::BranchMovedIn {
+                repository,
+                branch,
+                tip,
+            } => {
+                self.set_tip(Some(repository), branch, *tip);
             }
             Event::JobAssigned {
                 job,
@@ -475,7 +483,7 @@ impl State {
                         attempt: *attempt,
                     },
                 );
-                remove_from_queue(&mut self.queue, *job);
+                self.dequeue(*job);
             }
             Event::HeartbeatLost {
                 runner,
@@ -496,7 +504,8 @@ impl State {
                     j.lost += 1;
                 }
                 j.status = JobStatus::Queued;
-                self.queue.push_front(*job);
+                let repository = j.repository;
+                self.enqueue_front(*job, repository);
             }
             Event::Result {
                 job,
@@ -540,12 +549,15 @@ impl State {
                     self.holders.remove(r);
                 }
                 if was_queued {
-                    remove_from_queue(&mut self.queue, *job);
+                    self.dequeue(*job);
                 }
                 self.results += 1;
-                if let Some(b) = self.job(*job).and_then(|j| j.branch) {
+                if let Some(j) = self.job(*job)
+                    && let Some(b) = j.branch
+                {
                     let branch = self.name(b).to_string();
-                    self.mark_branch(branch, *job, report.outcome);
+                    let repository = j.repository.map(|r| self.name(r).to_string());
+                    self.mark_branch(repository, branch, *job, report.outcome);
                 }
             }
             Event::JobCancelled { job, attempt, .. } => {
@@ -574,7 +586,7 @@ impl State {
                     _ => (None, 0),
                 };
                 if status == JobStatus::Queued {
-                    remove_from_queue(&mut self.queue, *job);
+                    self.dequeue(*job);
                 }
                 let j = self.job_mut(*job)?;
                 j.status = JobStatus::Done(Finished {
@@ -599,7 +611,8 @@ impl State {
                 }
                 j.status = JobStatus::Queued;
                 j.lost = 0;
-                self.queue.push_back(*job);
+                let repository = j.repository;
+                self.enqueue_back(*job, repository);
                 self.results -= 1;
             }
             Event::NotificationDue { n, sink, notice } => {
@@ -633,24 +646,118 @@ impl State {
         Ok(())
     }
 
-    /// Moves the branch's mark to `job` unless a newer job marks it.
-    fn mark_branch(&mut self, branch: String, job: JobId, outcome: Outcome) {
-        if outcome == Outcome::Cancelled {
-            return;
+    /// A commit seen: its job, queued at the back.
+    fn see(
+        &mut self,
+        job: JobId,
+        commit: CommitId,
+        branch: Option<&str>,
+        repository: Option<&str>,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        if job.0 != self.jobs.len() as u64 + 1 {
+            return Err(format!("job {job} is not the next job number"));
         }
-        let mark = BranchMark { job, outcome };
-        match self.branch_marks.get_mut(&branch) {
-            Some(m) if m.job > job => {}
-            Some(m) => *m = mark,
-            None => {
-                self.branch_marks.insert(branch, mark);
+        if job.0 >= u32::MAX as u64 {
+            return Err(format!("job {job}: too many jobs"));
+        }
+        let h = self.by_commit.hash(&commit_key(&commit));
+        let jobs = &self.jobs;
+        if self
+            .by_commit
+            .find(h, |v| jobs[v as usize - 1].commit == commit)
+            .is_some()
+        {
+            return Err(format!("commit {commit} was already seen"));
+        }
+        let branch_sym = match branch {
+            Some(b) => Some(self.intern(b)?),
+            None => None,
+        };
+        let repository_sym = match repository {
+            Some(r) => Some(self.intern(r)?),
+            None => None,
+        };
+        self.jobs.push(Job {
+            id: job,
+            commit,
+            branch: branch_sym,
+            repository: repository_sym,
+            attempts: 0,
+            lost: 0,
+            status: JobStatus::Queued,
+            seen_at_ms: at_ms,
+        });
+        let (hc, jobs) = (self.by_commit.hasher.clone(), &self.jobs);
+        self.by_commit
+            .reserve(1, |v| hc.hash_one(commit_key(&jobs[v as usize - 1].commit)));
+        self.by_commit.insert_new(h, job.0 as u32);
+        self.enqueue_back(job, repository_sym);
+        if let Some(b) = branch {
+            self.set_tip(repository, b, commit);
+        }
+        Ok(())
+    }
+
+    fn enqueue_back(&mut self, job: JobId, repository: Option<Sym>) {
+        self.queue.push_back(job);
+        *self.queued.entry(repository).or_default() += 1;
+    }
+
+    fn enqueue_front(&mut self, job: JobId, repository: Option<Sym>) {
+        self.queue.push_front(job);
+        *self.queued.entry(repository).or_default() += 1;
+    }
+
+    /// Takes a queued job off the queue.
+    fn dequeue(&mut self, job: JobId) {
+        let repository = self.job(job).and_then(|j| j.repository);
+        remove_from_queue(&mut self.queue, job);
+        if let Some(n) = self.queued.get_mut(&repository) {
+            *n -= 1;
+            if *n == 0 {
+                self.queued.remove(&repository);
             }
         }
     }
 
-    /// The branch's newest finished job and its outcome, if any finished.
+    /// Moves the branch's mark to `job` unless a newer job marks it.
+    fn mark_branch(
+        &mut self,
+        repository: Option<String>,
+        branch: String,
+        job: JobId,
+        outcome: Outcome,
+    ) {
+        if outcome == Outcome::Cancelled {
+            return;
+        }
+        let mark = BranchMark { job, outcome };
+        let marks = match repository {
+            None => &mut self.branch_marks,
+            Some(r) => self.repo_marks.entry(r).or_default(),
+        };
+        match marks.get_mut(&branch) {
+            Some(m) if m.job > job => {}
+            Some(m) => *m = mark,
+            None => {
+                marks.insert(branch, mark);
+            }
+        }
+    }
+
+    /// The default repository's branch's newest finished job and its
+    /// outcome, if any finished.
     pub fn branch_mark(&self, branch: &str) -> Option<BranchMark> {
         self.branch_marks.get(branch).copied()
+    }
+
+    /// As [`State::branch_mark`], for the branch of a repository.
+    pub fn branch_mark_in(&self, repository: Option<&str>, branch: &str) -> Option<BranchMark> {
+        match repository {
+            None => self.branch_mark(branch),
+            Some(r) => self.repo_marks.get(r)?.get(branch).copied(),
+        }
     }
 
     /// Notifications owed, oldest first.
@@ -714,8 +821,28 @@ impl State {
         self.holders.iter()
     }
 
+    /// The default repository's branch tips.
     pub fn branch_tips(&self) -> &BTreeMap<String, CommitId> {
         &self.branch_tips
+    }
+
+    /// A repository's branch tips (`None` for a named one never seen).
+    pub fn tips_of(&self, repository: Option<&str>) -> Option<&BTreeMap<String, CommitId>> {
+        match repository {
+            None => Some(&self.branch_tips),
+            Some(r) => self.repo_tips.get(r),
+        }
+    }
+
+    /// Each named repository's branch tips, by name.
+    pub fn repo_tips(&self) -> &BTreeMap<String, BTreeMap<String, CommitId>> {
+        &self.repo_tips
+    }
+
+    /// How many jobs each repository (by its interned name; `None` the
+    /// default) has queued; repositories with none are absent.
+    pub fn queued_by_repository(&self) -> &BTreeMap<Option<Sym>, usize> {
+        &self.queued
     }
 
     pub fn next_job_id(&self) -> JobId {

@@ -121,6 +121,7 @@ async fn handshake_and_serve(
                 name: hello.name.clone(),
                 holding: hello.holding,
                 left: hello.left,
+                serves: hello.serves.clone(),
             }
         }
         Role::Observer | Role::Tool => {

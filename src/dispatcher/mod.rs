@@ -53,6 +53,8 @@ pub struct DispatcherConfig {
     pub notify: crate::notify::NotifyConfig,
     /// The secret forge webhooks are signed with (`/hooks/` on `http`).
     pub webhook_secret: Option<WebhookSecret>,
+    /// The named repositories (`--repository NAME=URL`), name -> URL.
+    pub repositories: std::collections::BTreeMap<String, String>,
 }
 
 impl DispatcherConfig {
@@ -68,6 +70,7 @@ impl DispatcherConfig {
             http: None,
             notify: crate::notify::NotifyConfig::default(),
             webhook_secret: None,
+            repositories: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -218,6 +221,7 @@ pub async fn start(
         core,
         shell::ShellConfig {
             snapshot_every: config.snapshot_every,
+            repositories: config.repositories.clone(),
         },
     );
     let metrics = metrics::Metrics::new();
@@ -302,6 +306,7 @@ pub async fn start(
             loopback_only: auth.is_open() && !config.insecure,
             max_connections: http_cap,
             webhook_secret: config.webhook_secret.clone(),
+            repositories: config.repositories.keys().cloned().collect(),
         };
         tokio::spawn(crate::web::serve(l, ctx, stop_listening.clone()))
     });

@@ -25,21 +25,21 @@
 //! Any storage error goes to [`Shell::storage_failed`]; from then on the
 //! shell accepts nothing, and the driver stops.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tracing::{debug, info, warn};
 
 use super::live::Live;
-use crate::core::ids::{validate_branch_name, validate_runner_name};
+use crate::core::ids::{validate_branch_name, validate_repository_name, validate_runner_name};
 use crate::core::{
     CommitId, CommitInfo, Core, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftJob, Now,
-    Outcome, Record, Refusal, Reply, RunnerName, State, Step, ToRunner,
+    Outcome, Record, Refusal, Reply, RunnerName, Serves, State, Step, ToRunner,
 };
 use crate::proto::auth::Grant;
 use crate::proto::{
     ClientMsg, ErrorCode, MAX_CHUNK_BYTES, MAX_HISTORY_EVENTS, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES,
-    MAX_WATCHED, MIN_PREFIX_HEX, MetricsView, PAGE_BYTES, REPLAY_PAGE, ResultView, Role, ServerMsg,
-    StatusView, bounded,
+    MAX_SERVED, MAX_WATCHED, MIN_PREFIX_HEX, MetricsView, PAGE_BYTES, REPLAY_PAGE, ResultView,
+    Role, ServerMsg, StatusView, bounded,
 };
 use crate::store::{EventLog, OutputStore, StoreError};
 
@@ -72,6 +72,10 @@ pub const MAX_BATCH: usize = 4096;
 pub struct ShellConfig {
     /// Store a snapshot every this many events.
     pub snapshot_every: u64,
+    /// The named repositories (`--repository NAME=URL`) and the URL a
+    /// runner that serves any repository clones each from. The default
+    /// (unnamed) repository always exists besides them.
+    pub repositories: BTreeMap<String, String>,
 }
 
 /// What a connection task reports, past its handshake.
@@ -83,6 +87,7 @@ pub enum ShellInput {
         name: RunnerName,
         holding: Option<JobRef>,
         left: Option<LeftJob>,
+        serves: Serves,
     },
     /// An observer or tool proved itself (it was welcomed already).
     ClientHello {
@@ -317,7 +322,8 @@ impl Shell {
                 name,
                 holding,
                 left,
-            } => self.runner_hello(conn, name, holding, left, now),
+                serves,
+            } => self.runner_hello(conn, name, holding, left, serves, now),
             ShellInput::ClientHello { conn, role, grant } => {
                 self.conns.insert(conn, Peer::Client { role, grant });
             }
@@ -340,6 +346,7 @@ impl Shell {
         name: RunnerName,
         holding: Option<JobRef>,
         left: Option<LeftJob>,
+        serves: Serves,
         now: Now,
     ) {
         if let Err(e) = validate_runner_name(&name) {
@@ -347,6 +354,10 @@ impl Shell {
                 conn,
                 ServerMsg::error(ErrorCode::Invalid, e.to_string(), true),
             );
+            return;
+        }
+        if let Err(why) = validate_serves(&serves) {
+            self.send(conn, ServerMsg::error(ErrorCode::Invalid, why, true));
             return;
         }
         if let Some(&newer) = self.runners.get(&name)
@@ -368,6 +379,7 @@ impl Shell {
                 runner: name,
                 holding,
                 left,
+                serves,
             },
             now,
         );
@@ -614,8 +626,13 @@ impl Shell {
             self.send(conn, ServerMsg::error(code, why, false));
             return;
         }
+        if let Err((code, why)) = self.check_repository(&msg) {
+            self.send(conn, ServerMsg::error(code, why, false));
+            return;
+        }
         let answer = match msg {
             ClientMsg::Commits {
+                repository,
                 branch,
                 commits,
                 tip,
@@ -628,6 +645,7 @@ impl Shell {
                 };
                 let mut step = self.core.handle(
                     Input::CommitsReported {
+                        repository,
                         branch,
                         commits,
                         tip,
@@ -668,7 +686,7 @@ impl Shell {
             ClientMsg::Follow { commit } => return self.follow(conn, commit, log),
             ClientMsg::Watch { commits } => return self.watch(conn, commits),
             ClientMsg::Resolve { prefix } => self.resolve(&prefix),
-            ClientMsg::GetTips { after } => self.tips(after),
+            ClientMsg::GetTips { repository, after } => self.tips(repository.as_deref(), after),
             ClientMsg::Status => ServerMsg::Status(StatusView::of(&self.core, now)),
             ClientMsg::Results {
                 commit,
@@ -676,12 +694,16 @@ impl Shell {
                 limit,
                 branch,
                 outcome,
+                repository,
             } => self.results(
                 commit,
                 before,
                 limit,
-                branch.as_deref(),
-                outcome.as_deref(),
+                ResultFilter {
+                    branch: branch.as_deref(),
+                    outcome: outcome.as_deref(),
+                    repository: repository.as_deref(),
+                },
                 log,
             ),
             ClientMsg::Replay { from_seq, limit } => {
@@ -740,8 +762,31 @@ impl Shell {
         }
     }
 
-    fn tips(&self, after: Option<String>) -> ServerMsg {
-        let tips = self.core.state.branch_tips();
+    /// Refuses a request naming a repository this dispatcher lacks.
+    fn check_repository(&self, msg: &ClientMsg) -> Result<(), (ErrorCode, String)> {
+        let named = match msg {
+            ClientMsg::Commits { repository, .. }
+            | ClientMsg::GetTips { repository, .. }
+            | ClientMsg::Results { repository, .. } => repository.as_deref(),
+            _ => None,
+        };
+        let Some(name) = named else { return Ok(()) };
+        validate_repository_name(name).map_err(|e| (ErrorCode::Invalid, e.to_string()))?;
+        if self.config.repositories.contains_key(name) {
+            Ok(())
+        } else {
+            Err((
+                ErrorCode::NotFound,
+                format!(
+                    "the dispatcher has no repository {name:?}; start it with --repository {name}=URL"
+                ),
+            ))
+        }
+    }
+
+    fn tips(&self, repository: Option<&str>, after: Option<String>) -> ServerMsg {
+        let empty = BTreeMap::new();
+        let tips = self.core.state.tips_of(repository).unwrap_or(&empty);
         let range = match &after {
             Some(a) => {
                 tips.range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
@@ -768,10 +813,14 @@ impl Shell {
         commit: Option<CommitId>,
         before: Option<u64>,
         limit: u32,
-        branch: Option<&str>,
-        outcome: Option<&str>,
+        filter: ResultFilter<'_>,
         log: &L,
     ) -> ServerMsg {
+        let ResultFilter {
+            branch,
+            outcome,
+            repository,
+        } = filter;
         let state = &self.core.state;
         let info = |j: &crate::core::Job| self.stored_info(j.id, log);
         if let Some(c) = commit {
@@ -797,8 +846,22 @@ impl Shell {
             },
             None => None,
         };
+        let repository_sym = match repository {
+            Some(r) => match state.sym(r) {
+                Some(s) => Some(s),
+                // A repository without a commit yet: nothing matches.
+                None => {
+                    return ServerMsg::Results {
+                        results: Vec::new(),
+                        next: None,
+                    };
+                }
+            },
+            None => None,
+        };
         let wanted = |j: &crate::core::Job| {
             branch_sym.is_none_or(|b| j.branch == Some(b))
+                && repository_sym.is_none_or(|r| j.repository == Some(r))
                 && outcome.is_none_or(|o| status_word(&j.status) == o)
         };
         let jobs = state.jobs();
@@ -1056,10 +1119,16 @@ impl Shell {
                     job,
                     commit,
                     branch,
+                    repository,
                 } => ServerMsg::Assign {
                     job,
                     commit,
                     branch,
+                    url: repository
+                        .as_ref()
+                        .and_then(|r| self.config.repositories.get(r))
+                        .cloned(),
+                    repository,
                 },
                 ToRunner::Abandon { job, reason } => {
                     info!(%runner, %job, %reason, "told runner to abandon a stale job");
@@ -1310,11 +1379,35 @@ fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode
     ))
 }
 
+/// What a `Results` request filters on.
+#[derive(Clone, Copy, Debug, Default)]
+struct ResultFilter<'a> {
+    branch: Option<&'a str>,
+    outcome: Option<&'a str>,
+    repository: Option<&'a str>,
+}
+
+/// A runner's list of repositories: bounded, every name valid.
+fn validate_serves(serves: &Serves) -> Result<(), String> {
+    if let Serves::Only(names) = serves {
+        if names.len() > MAX_SERVED {
+            return Err(format!(
+                "a runner serves at most {MAX_SERVED} named repositories, not {}",
+                names.len()
+            ));
+        }
+        for name in names.iter().flatten() {
+            validate_repository_name(name).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks what a request names before anything is decided on it.
 fn validate(msg: &ClientMsg) -> Result<(), (ErrorCode, String)> {
     let invalid = |why: String| (ErrorCode::Invalid, why);
     match msg {
-        ClientMsg::GetTips { after: Some(a) } if a.len() > 255 => {
+        ClientMsg::GetTips { after: Some(a), .. } if a.len() > 255 => {
             return Err(invalid("a branch name is at most 255 bytes".into()));
         }
         ClientMsg::Resolve { prefix } => {
@@ -1419,6 +1512,7 @@ mod tests {
             Core::new(state, CoreConfig::default()),
             ShellConfig {
                 snapshot_every: 1_000_000,
+                repositories: BTreeMap::new(),
             },
         );
         let b = s.start(1, now(1));
@@ -1509,6 +1603,7 @@ mod tests {
                     name: "r".into(),
                     holding: None,
                     left: None,
+                    serves: Serves::Default,
                 },
                 now(5),
                 &store,
@@ -1535,6 +1630,7 @@ mod tests {
                 name: "r".into(),
                 holding: None,
                 left: None,
+                serves: Serves::Default,
             },
             now(6),
             &store,
@@ -1563,6 +1659,8 @@ mod tests {
                         limit: u32::MAX,
                         branch: None,
                         outcome: None,
+
+                        repository: None,
                     },
                 },
                 now(10),
@@ -1601,6 +1699,7 @@ mod tests {
                 conn: 7,
                 msg: ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: None,
                     commits: vec![commit(1), zero],
                     tip: None,
@@ -1625,6 +1724,7 @@ mod tests {
                 conn: 7,
                 msg: ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,
@@ -1639,6 +1739,7 @@ mod tests {
                 name: "r".into(),
                 holding: None,
                 left: None,
+                serves: Serves::Default,
             },
             now(4),
             &store,
@@ -1712,6 +1813,7 @@ mod tests {
             Core::new(State::new(), CoreConfig::default()),
             ShellConfig {
                 snapshot_every: 1_000_000,
+                repositories: BTreeMap::new(),
             },
         );
         store.append(&s.start(1, now(1)).records).unwrap();
@@ -1725,6 +1827,7 @@ mod tests {
             7,
             ClientMsg::Commits {
                 infos: Vec::new(),
+                repository: None,
                 branch: Some("main".into()),
                 commits: vec![commit(1), commit(2)],
                 tip: None,
@@ -1745,6 +1848,7 @@ mod tests {
                 name: "r".into(),
                 holding: None,
                 left: None,
+                serves: Serves::Default,
             },
             now(3),
             &store,
@@ -1881,6 +1985,7 @@ mod tests {
                 conn: 7,
                 msg: ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,
@@ -1913,6 +2018,7 @@ mod tests {
                     conn: 7,
                     msg: ClientMsg::Commits {
                         infos: Vec::new(),
+                        repository: None,
                         branch: None,
                         commits: vec![commit(n)],
                         tip: None,
@@ -1971,6 +2077,7 @@ mod tests {
                 name: "r".into(),
                 holding: None,
                 left: None,
+                serves: Serves::Default,
             },
             now(10),
             &store,
@@ -1981,6 +2088,7 @@ mod tests {
                 conn: 7,
                 msg: ClientMsg::Commits {
                     infos: Vec::new(),
+                    repository: None,
                     branch: None,
                     commits: vec![commit(1)],
                     tip: None,

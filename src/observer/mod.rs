@@ -31,6 +31,9 @@ pub const MAX_NEW_COMMITS: usize = 10_000;
 pub struct ObserverConfig {
     pub dispatcher: String,
     pub repo: String,
+    /// The name the dispatcher knows the repository by (`--repository
+    /// NAME`); `None` for its default repository.
+    pub repository: Option<String>,
     /// Credentials and trust for fetching `repo` (read once, at start).
     pub git_auth: Arc<GitAuth>,
     pub work_dir: PathBuf,
@@ -102,6 +105,7 @@ impl Observer {
             role: Role::Observer,
             name: "observer".into(),
             token: self.cfg.token.clone(),
+            serves: crate::proto::Serves::Default,
         };
         // Every way back to the dispatcher waits: a dispatcher that
         // accepts and then refuses at once must not be hammered.
@@ -151,7 +155,8 @@ impl Observer {
         mut client: Client,
         stop: &CancellationToken,
     ) -> Result<bool, ClientError> {
-        let mut known: BTreeMap<String, CommitId> = client.tips().await?;
+        let mut known: BTreeMap<String, CommitId> =
+            client.tips(self.cfg.repository.as_deref()).await?;
         loop {
             match self.poll(&known).await {
                 Ok(found) => {
@@ -159,6 +164,7 @@ impl Observer {
                         let n = f.commits.len();
                         let answer = client
                             .request(&ClientMsg::Commits {
+                                repository: self.cfg.repository.clone(),
                                 branch: Some(f.branch.clone()),
                                 commits: f.commits,
                                 tip: Some(f.tip),
@@ -336,6 +342,7 @@ mod tests {
     fn observer(m: Mirror) -> Observer {
         Observer {
             cfg: ObserverConfig {
+                repository: None,
                 dispatcher: "127.0.0.1:1".into(),
                 repo: String::new(),
                 git_auth: Arc::new(GitAuth::none()),

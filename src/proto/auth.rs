@@ -537,6 +537,7 @@ mod tests {
             proof,
             holding: None,
             left: None,
+            serves: crate::proto::Serves::Default,
         }
     }
 

@@ -13,15 +13,23 @@ pub mod views;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::core::Serves;
 use crate::core::{
     CommitId, CommitInfo, DropReason, Due, JobId, JobRef, JobReport, LeftJob, Record,
 };
-pub use views::{MetricsView, ResultView, RunnerView, RunningView, StatusView};
+pub use views::{
+    MetricsView, RepositoryQueueView, ResultView, RunnerView, RunningView, StatusView,
+};
 
 /// 2: typed refusals (`ErrorCode`), `Hello::left`, paged results and tips.
 /// 3: live output, cancel and retry, subscriptions, short ids, commit
 /// information, result filters.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: several repositories: `Commits`, `GetTips` and `Results` name one,
+/// `Hello::serves`, `Assign` carries the repository and its URL.
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// Most repositories a runner's hello may name ([`Serves::Only`]).
+pub const MAX_SERVED: usize = 256;
 
 /// Largest frame either side accepts; checked before allocating.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
@@ -182,6 +190,8 @@ pub struct Hello {
     /// Runners: a job let go of while away (died running it, or stopped
     /// and handed it back).
     pub left: Option<LeftJob>,
+    /// Runners: the repositories it takes jobs of (others: `Default`).
+    pub serves: Serves,
 }
 
 /// Client to dispatcher.
@@ -214,6 +224,9 @@ pub enum ClientMsg {
     },
     // Observers and tools.
     Commits {
+        /// The named repository they are commits of (`None`: the default
+        /// one); one the dispatcher lacks is refused with `NotFound`.
+        repository: Option<String>,
         branch: Option<String>,
         commits: Vec<CommitId>,
         tip: Option<CommitId>,
@@ -221,8 +234,9 @@ pub enum ClientMsg {
         /// empty otherwise.
         infos: Vec<CommitInfo>,
     },
-    /// The dispatcher's branch tips, by name, from after `after` on.
+    /// The repository's branch tips, by name, from after `after` on.
     GetTips {
+        repository: Option<String>,
         after: Option<String>,
     },
     // Tools.
@@ -236,6 +250,8 @@ pub enum ClientMsg {
         limit: u32,
         branch: Option<String>,
         outcome: Option<String>,
+        /// Only the named repository's (`None`: every repository's).
+        repository: Option<String>,
     },
     Replay {
         from_seq: u64,
@@ -330,6 +346,11 @@ pub enum ServerMsg {
         job: JobRef,
         commit: CommitId,
         branch: Option<String>,
+        /// The job's named repository (`None`: the default one).
+        repository: Option<String>,
+        /// Where the dispatcher clones the named repository from
+        /// (`--repository NAME=URL`): for runners that serve any.
+        url: Option<String>,
     },
     Abandon {
         job: JobRef,

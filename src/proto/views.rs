@@ -11,6 +11,8 @@ use crate::core::{
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultView {
     pub commit: CommitId,
+    /// The named repository (`null`: the dispatcher's default one).
+    pub repository: Option<String>,
     pub branch: Option<String>,
     /// pass, fail, timeout, error, cancelled, pending or running.
     pub outcome: String,
@@ -38,6 +40,7 @@ impl ResultView {
     pub fn of(state: &State, job: &Job, info: Option<&CommitInfo>) -> ResultView {
         let mut v = ResultView {
             commit: job.commit,
+            repository: state.repository(job).map(str::to_string),
             branch: state.branch(job).map(str::to_string),
             outcome: "pending".into(),
             attempts: job.attempts,
@@ -84,6 +87,7 @@ impl ResultView {
         160 + self.outcome.len()
             + self.message.len()
             + self.branch.as_ref().map_or(0, String::len)
+            + self.repository.as_ref().map_or(0, String::len)
             + self.runner.as_ref().map_or(0, String::len)
             + self.author.as_ref().map_or(0, String::len)
             + self.subject.as_ref().map_or(0, String::len)
@@ -129,6 +133,19 @@ pub struct StatusView {
     pub jobs_total: u64,
     pub jobs_done: u64,
     pub last_seq: u64,
+    /// Each repository with queued jobs (`null`: the default one), how
+    /// many, and whether a connected runner serves it: a job nobody can
+    /// take says so instead of waiting silently.
+    pub repositories: Vec<RepositoryQueueView>,
+}
+
+/// One repository's queue in `status --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryQueueView {
+    pub repository: Option<String>,
+    pub queued: u64,
+    /// Whether any connected runner serves it.
+    pub served: bool,
 }
 
 /// How much of the queue `status` lists.
@@ -180,7 +197,21 @@ impl StatusView {
                 })
             })
             .collect();
+        let unserved = core.unserved();
+        let repositories = state
+            .queued_by_repository()
+            .iter()
+            .map(|(r, n)| {
+                let repository = r.map(|s| state.name(s).to_string());
+                RepositoryQueueView {
+                    served: !unserved.contains(&repository),
+                    repository,
+                    queued: *n as u64,
+                }
+            })
+            .collect();
         StatusView {
+            repositories,
             runners,
             queued: state.queue().take(QUEUE_SHOWN).map(|j| j.commit).collect(),
             queued_total: state.queue_len() as u64,

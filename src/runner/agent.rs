@@ -23,14 +23,71 @@ use crate::proto::{ClientMsg, ErrorCode, MAX_CHUNK_BYTES, Role};
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
     pub dispatcher: String,
-    pub repo: String,
-    /// Credentials and trust for fetching `repo` (read once, at start).
+    /// The default repository's URL or path (`--repo URL`), if it serves it.
+    pub repo: Option<String>,
+    /// Named repositories it serves, each with its own URL (`--repo
+    /// NAME=URL`): a runner may reach a repository by another path than
+    /// the dispatcher.
+    pub repos: std::collections::BTreeMap<String, String>,
+    /// Whether it also serves every other repository, cloned from the URL
+    /// the dispatcher's assignment carries (`--any-repository`).
+    pub others: Others,
+    /// Credentials and trust for fetching every repository (read once, at
+    /// start).
     pub git_auth: Arc<GitAuth>,
     pub work_dir: PathBuf,
     pub name: String,
     pub heartbeat_interval: Duration,
     pub job_timeout: Duration,
     pub token: Option<Vec<u8>>,
+}
+
+/// What a runner does with repositories it was not given a URL for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Others {
+    /// Serves only those it was given.
+    Refuse,
+    /// Serves them too, cloned on demand from the dispatcher's URL.
+    CloneFromDispatcher,
+}
+
+impl RunnerConfig {
+    /// What its hello says it serves.
+    pub fn serves(&self) -> crate::proto::Serves {
+        use crate::proto::Serves;
+        if self.others == Others::CloneFromDispatcher {
+            return Serves::Any;
+        }
+        if self.repos.is_empty() {
+            return Serves::Default;
+        }
+        let default = self.repo.as_ref().map(|_| None);
+        Serves::Only(
+            default
+                .into_iter()
+                .chain(self.repos.keys().map(|n| Some(n.clone())))
+                .collect(),
+        )
+    }
+
+    /// Where a job's repository is fetched from: the runner's own URL for
+    /// it, else (serving any) the dispatcher's.
+    fn source_for(&self, repository: Option<&str>, url: Option<&str>) -> Option<String> {
+        let own = match repository {
+            None => self.repo.clone(),
+            Some(r) => self.repos.get(r).cloned(),
+        };
+        own.or_else(|| {
+            url.filter(|_| self.others == Others::CloneFromDispatcher)
+                .map(str::to_string)
+        })
+    }
+}
+
+/// A named repository's directory under the work dir:
+/// `repos/<name, '/' as %2F>` (names never hold `%`, so no two collide).
+pub fn repository_dir(work_dir: &Path, name: &str) -> PathBuf {
+    work_dir.join("repos").join(name.replace('/', "%2F"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,9 +220,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The mirrors, by repository (`None`: the default one), made on demand.
+type Mirrors = Arc<Mutex<std::collections::BTreeMap<Option<String>, Arc<Mutex<Mirror>>>>>;
+
 pub struct Runner {
-    cfg: RunnerConfig,
-    mirror: Arc<Mutex<Mirror>>,
+    cfg: Arc<RunnerConfig>,
+    mirrors: Mirrors,
     disk: Disk,
     saved: Saved,
 }
@@ -192,7 +252,19 @@ impl Runner {
     /// Prepares the work directory and the repository clone; errors here are
     /// the operator's to fix (bad path, unreachable repository).
     pub async fn prepare(cfg: RunnerConfig) -> Result<Runner, RunnerError> {
-        let mirror = Mirror::prepare(&cfg.repo, &cfg.work_dir, cfg.git_auth.clone()).await?;
+        let mut mirrors = std::collections::BTreeMap::new();
+        // The default repository's mirror keeps its place (`mirror.git` at
+        // the top), so an upgraded runner does not clone again; named ones
+        // are made on demand under `repos/`.
+        if let Some(repo) = &cfg.repo {
+            let mirror = Mirror::prepare(repo, &cfg.work_dir, cfg.git_auth.clone()).await?;
+            mirrors.insert(None, Arc::new(Mutex::new(mirror)));
+        } else {
+            std::fs::create_dir_all(&cfg.work_dir).map_err(|source| RunnerError::State {
+                path: cfg.work_dir.clone(),
+                source,
+            })?;
+        }
         let disk = Disk::new(&cfg.work_dir);
         let saved = disk.load();
         match (&saved.marker, &saved.result) {
@@ -208,8 +280,8 @@ impl Runner {
             (None, None) => {}
         }
         Ok(Runner {
-            cfg,
-            mirror: Arc::new(Mutex::new(mirror)),
+            cfg: Arc::new(cfg),
+            mirrors: Arc::new(Mutex::new(mirrors)),
             disk,
             saved,
         })
@@ -222,6 +294,7 @@ impl Runner {
             role: Role::Runner,
             name: self.cfg.name.clone(),
             token: self.cfg.token.clone(),
+            serves: self.cfg.serves(),
         };
         let epoch = Instant::now();
         let now_ms = || epoch.elapsed().as_millis() as u64;
@@ -270,13 +343,16 @@ impl Runner {
                         job,
                         commit,
                         branch,
+                        repository,
+                        url,
                     } => {
                         let cancel = CancellationToken::new();
                         running = Some((job, cancel.clone()));
                         let t = Tap::new(crate::proto::MAX_OUTPUT_BYTES);
                         tap = Some((job, t.clone()));
                         streamed = None;
-                        self.start_job(job, commit, branch, cancel, t, done_tx.clone());
+                        let source = JobSource { repository, url };
+                        self.start_job(job, commit, branch, source, cancel, t, done_tx.clone());
                     }
                     Effect::StreamFrom { job, offset } => {
                         if tap.as_ref().is_some_and(|(j, _)| *j == job) {
@@ -409,21 +485,24 @@ impl Runner {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_job(
         &self,
         job: JobRef,
         commit: CommitId,
         branch: Option<String>,
+        source: JobSource,
         cancel: CancellationToken,
         tap: Arc<Tap>,
         done: mpsc::Sender<Finished>,
     ) {
         let span =
             info_span!("job", job = job.job.0, attempt = job.attempt, commit = %commit.short());
-        let mirror = self.mirror.clone();
+        let mirrors = self.mirrors.clone();
+        let cfg = self.cfg.clone();
         let work_dir = self.cfg.work_dir.clone();
         let job_timeout = self.cfg.job_timeout;
-        info!(%job, %commit, branch = branch.as_deref().unwrap_or("-"), "job assigned");
+        info!(%job, %commit, branch = branch.as_deref().unwrap_or("-"), repository = source.repository.as_deref().unwrap_or("-"), "job assigned");
         tokio::spawn(
             async move {
                 let started = Instant::now();
@@ -431,7 +510,13 @@ impl Runner {
                     mut report,
                     output,
                     info,
-                } = job::execute(mirror, &work_dir, commit, job_timeout, cancel.clone(), tap).await;
+                } = match mirror_for(&cfg, &mirrors, &source).await {
+                    Ok(mirror) => {
+                        job::execute(mirror, &work_dir, commit, job_timeout, cancel.clone(), tap)
+                            .await
+                    }
+                    Err(message) => job::cannot_run(message),
+                };
                 if report.duration_ms == 0 {
                     // Never ran: the time went to fetching and checking out.
                     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -450,6 +535,44 @@ impl Runner {
             .instrument(span),
         );
     }
+}
+
+/// Which repository a job is of, and the dispatcher's URL for it.
+struct JobSource {
+    repository: Option<String>,
+    url: Option<String>,
+}
+
+/// The job's repository's mirror, made on first use (a clone: it may take
+/// a while, and only this job waits for it).
+async fn mirror_for(
+    cfg: &RunnerConfig,
+    mirrors: &Mirrors,
+    source: &JobSource,
+) -> Result<Arc<Mutex<Mirror>>, String> {
+    let key = source.repository.clone();
+    if let Some(m) = mirrors.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(m.clone());
+    }
+    let shown = key.as_deref().unwrap_or("(default)");
+    let Some(url) = cfg.source_for(key.as_deref(), source.url.as_deref()) else {
+        return Err(format!(
+            "this runner has no URL for repository {shown}: give it --repo {shown}=URL or --any-repository"
+        ));
+    };
+    let dir = match &key {
+        None => cfg.work_dir.clone(),
+        Some(name) => repository_dir(&cfg.work_dir, name),
+    };
+    let mirror = Mirror::prepare(&url, &dir, cfg.git_auth.clone())
+        .await
+        .map_err(|e| format!("cannot clone repository {shown}: {e}"))?;
+    let mirror = Arc::new(Mutex::new(mirror));
+    mirrors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, mirror.clone());
+    Ok(mirror)
 }
 
 /// Sends what the job wrote from byte `from` on, in frames of at most

@@ -6,7 +6,10 @@
 //! The work directory (`--work-dir`) holds:
 //!
 //! ```text
-//! mirror.git/        the bare mirror (git.rs), hidden from tests
+//! mirror.git/        the default repository's bare mirror (git.rs), hidden
+//!                    from tests
+//! repos/NAME/mirror.git/  a named repository's mirror (`/` in NAME as
+//!                    `%2F`), made on demand; `repos/` is hidden from tests
 //! mirror.git.rebuild/  only while a damaged mirror is being rebuilt, hidden
 //!                    (so are the --git-token-file and --git-ssh-key-file)
 //! jobs/checkout/     the commit under test: the test's working directory;
@@ -102,10 +105,19 @@ impl Layout {
     }
 
     /// What the test must not see: the mirror's directories, its
-    /// credential files, and the trash.
+    /// credential files, the trash, and every other mirror: the default
+    /// repository's (`mirror.git`) and the named ones' (`repos/`).
     pub fn hidden(&self, mirror: &Mirror) -> Vec<PathBuf> {
         let mut hide = mirror.private_dirs();
         hide.push(self.trash());
+        for other in [
+            self.work_dir.join("mirror.git"),
+            self.work_dir.join("repos"),
+        ] {
+            if other.is_dir() && !hide.contains(&other) {
+                hide.push(other);
+            }
+        }
         hide
     }
 }
@@ -138,6 +150,16 @@ fn warn_isolation(isolation: &Isolation) {
         WARNED.call_once(|| {
             warn!(%why, "tests run without isolation: they can see the runner's work directory; the mirror is checked before every job instead");
         });
+    }
+}
+
+/// A job that could not start (no mirror for its repository): an `error`.
+pub fn cannot_run(message: String) -> Executed {
+    let (report, output) = error_report(message);
+    Executed {
+        report,
+        output,
+        info: None,
     }
 }
 

@@ -86,6 +86,10 @@ pub enum Effect {
         job: JobRef,
         commit: CommitId,
         branch: Option<String>,
+        /// The job's named repository (`None`: the default one) and the
+        /// dispatcher's URL for it.
+        repository: Option<String>,
+        url: Option<String>,
     },
     /// Kill the job's process group; its end is not reported.
     KillJob(JobRef),
@@ -312,6 +316,8 @@ impl Machine {
                 job,
                 commit,
                 branch,
+                repository,
+                url,
             } => {
                 if self.holding().is_some() || self.stopping_until_ms.is_some() {
                     // Already in hand (a repeat), or holding another (the
@@ -326,6 +332,8 @@ impl Machine {
                     job,
                     commit,
                     branch,
+                    repository,
+                    url,
                 });
                 // Streamed from its first byte on this connection.
                 self.effects

@@ -24,6 +24,8 @@ pub struct Query {
     pub branch: Option<String>,
     /// `pending`, `running`, or an outcome.
     pub outcome: Option<String>,
+    /// Only this named repository's commits.
+    pub repository: Option<String>,
     /// The newest this many; all when `None`.
     pub limit: Option<usize>,
 }
@@ -84,6 +86,7 @@ pub async fn fetch_result(
         limit: 1,
         branch: None,
         outcome: None,
+        repository: None,
     };
     match client.request(&msg).await? {
         ServerMsg::Results { mut results, .. } => Ok(results.pop()),
@@ -96,6 +99,7 @@ pub async fn fetch_results(
     client: &mut Client,
     branch: Option<&str>,
     outcome: Option<&str>,
+    repository: Option<&str>,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<ResultView>> {
     let mut all = Vec::new();
@@ -108,6 +112,7 @@ pub async fn fetch_results(
             limit: want,
             branch: branch.map(str::to_string),
             outcome: outcome.map(str::to_string),
+            repository: repository.map(str::to_string),
         };
         match client.request(&msg).await? {
             ServerMsg::Results { results, next } => {
@@ -212,6 +217,7 @@ pub async fn results(
             fetch_result(&mut client, commit)
                 .await?
                 .into_iter()
+                .filter(|r| query.repository.is_none() || r.repository == query.repository)
                 .collect()
         }
         None => {
@@ -219,6 +225,7 @@ pub async fn results(
                 &mut client,
                 query.branch.as_deref(),
                 query.outcome.as_deref(),
+                query.repository.as_deref(),
                 query.limit,
             )
             .await?

@@ -117,6 +117,32 @@ pub fn to_row(rec: &Record) -> Vec<String> {
             dash(),
             format!("branch {}", branch.as_deref().unwrap_or("-")),
         ),
+        Event::CommitSeenIn {
+            job,
+            commit,
+            branch,
+            repository,
+        } => (
+            job.to_string(),
+            commit.short(),
+            dash(),
+            dash(),
+            format!(
+                "repository {repository} branch {}",
+                branch.as_deref().unwrap_or("-")
+            ),
+        ),
+        Event::BranchMovedIn {
+            repository,
+            branch,
+            tip,
+        } => (
+            dash(),
+            tip.short(),
+            dash(),
+            dash(),
+            format!("repository {repository} branch {branch} moved"),
+        ),
         Event::BranchMoved { branch, tip } => (
             dash(),
             tip.short(),

@@ -35,9 +35,9 @@ impl Format {
 }
 
 /// What `replay --data-dir` does with the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Replay {
-    Print(Format),
+    Print(Format, RepoFilter),
     /// Rebuild from event 1 and compare with the snapshot-based state.
     Verify,
 }
@@ -54,6 +54,7 @@ pub fn tool_identity(token: Option<Vec<u8>>) -> Identity {
         role: Role::Tool,
         name: "ci-tools".into(),
         token,
+        serves: crate::proto::Serves::Default,
     }
 }
 
@@ -70,6 +71,48 @@ pub fn parse_commits(values: &[String]) -> anyhow::Result<Vec<CommitId>> {
     Ok(out)
 }
 
+/// `replay --repository NAME`: only the records about that repository's
+/// commits and branches (a job's records follow its `commit_seen`).
+#[derive(Clone, Debug, Default)]
+pub struct RepoFilter {
+    repository: Option<String>,
+    jobs: std::collections::HashSet<crate::core::JobId>,
+}
+
+impl RepoFilter {
+    pub fn new(repository: Option<String>) -> RepoFilter {
+        RepoFilter {
+            repository,
+            jobs: Default::default(),
+        }
+    }
+
+    /// Keeps the records `keep` says are about the repository (all of
+    /// them without a filter).
+    pub fn apply(&mut self, records: Vec<Record>) -> Vec<Record> {
+        if self.repository.is_none() {
+            return records;
+        }
+        records.into_iter().filter(|r| self.keep(r)).collect()
+    }
+
+    fn keep(&mut self, rec: &Record) -> bool {
+        let Some(want) = self.repository.as_deref() else {
+            return true;
+        };
+        match &rec.event {
+            crate::core::Event::CommitSeenIn {
+                job, repository, ..
+            } if repository == want => {
+                self.jobs.insert(*job);
+                true
+            }
+            crate::core::Event::BranchMovedIn { repository, .. } => repository == want,
+            e => e.job().is_some_and(|j| self.jobs.contains(&j)),
+        }
+    }
+}
+
 fn print_json_lines(records: &[Record], out: &mut impl Write) -> anyhow::Result<()> {
     for r in records {
         serde_json::to_writer(&mut *out, &events::to_json(r))?;
@@ -83,9 +126,9 @@ fn print_json_lines(records: &[Record], out: &mut impl Write) -> anyhow::Result<
 /// [`SledLog::open_read_only`].
 pub fn replay_offline(data_dir: &Path, what: Replay) -> anyhow::Result<ExitCode> {
     let log = SledLog::open_read_only(data_dir)?;
-    let format = match what {
+    let (format, mut filter) = match what {
         Replay::Verify => return verify_log(&log),
-        Replay::Print(f) => f,
+        Replay::Print(f, filter) => (f, filter),
     };
     let mut out = stdout();
     let mut from = 1;
@@ -94,6 +137,7 @@ pub fn replay_offline(data_dir: &Path, what: Replay) -> anyhow::Result<ExitCode>
         let batch = log.read(from, REPLAY_PAGE)?;
         let Some(last) = batch.last() else { break };
         from = last.seq + 1;
+        let batch = filter.apply(batch);
         match format {
             Format::Json => print_json_lines(&batch, &mut out)?,
             Format::Table => rows.extend(batch.iter().map(events::to_row)),
@@ -217,9 +261,10 @@ pub async fn replay_online(
     addr: &str,
     token: Option<Vec<u8>>,
     format: Format,
+    mut filter: RepoFilter,
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(addr, token).await?;
-    let records = fetch_history(&mut client).await?;
+    let records = filter.apply(fetch_history(&mut client).await?);
     let mut out = stdout();
     match format {
         Format::Json => print_json_lines(&records, &mut out)?,
@@ -261,6 +306,23 @@ pub async fn status(
         s.running.len(),
         s.last_seq
     )?;
+    // Per repository when a named one has queued jobs (a dispatcher of one
+    // repository prints what it always printed).
+    if s.repositories.iter().any(|r| r.repository.is_some()) {
+        for r in &s.repositories {
+            writeln!(
+                out,
+                "repository {}: {} queued{}",
+                r.repository.as_deref().unwrap_or("(default)"),
+                r.queued,
+                if r.served {
+                    ""
+                } else {
+                    "; no connected runner serves it: its jobs wait"
+                }
+            )?;
+        }
+    }
     writeln!(out)?;
     let rows: Vec<Vec<String>> = s
         .runners
@@ -308,6 +370,7 @@ pub async fn status(
 pub async fn submit(
     addr: &str,
     token: Option<Vec<u8>>,
+    repository: Option<String>,
     branch: Option<String>,
     shas: &[String],
 ) -> anyhow::Result<ExitCode> {
@@ -327,6 +390,7 @@ pub async fn submit(
     let tip = commits.last().copied().filter(|_| branch.is_some());
     match client
         .request(&ClientMsg::Commits {
+            repository,
             branch,
             commits,
             tip,

@@ -110,7 +110,9 @@ pub async fn launch_with(opts: UpOptions, security: Security) -> anyhow::Result<
     for i in 1..=opts.runners {
         let rc = RunnerConfig {
             dispatcher: addr.clone(),
-            repo: opts.repo.clone(),
+            repo: Some(opts.repo.clone()),
+            repos: Default::default(),
+            others: crate::runner::agent::Others::Refuse,
             git_auth: Arc::new(GitAuth::none()),
             work_dir: opts.work_dir.join(format!("runner-{i}")),
             name: format!("runner-{i}"),
@@ -127,6 +129,7 @@ pub async fn launch_with(opts: UpOptions, security: Security) -> anyhow::Result<
         }));
     }
     let oc = ObserverConfig {
+        repository: None,
         dispatcher: addr.clone(),
         repo: opts.repo.clone(),
         git_auth: Arc::new(GitAuth::none()),

@@ -139,13 +139,16 @@ pub const OUTCOMES: [&str; 7] = [
 pub struct CommitsQuery {
     pub branch: Option<String>,
     pub outcome: Option<String>,
+    /// A named repository (`repo=`); ignored by a dispatcher without
+    /// named repositories.
+    pub repo: Option<String>,
     pub limit: usize,
     pub cursor: Option<u64>,
 }
 
 impl CommitsQuery {
     /// From the query string's pairs; an empty value means "any". `repo`
-    /// is accepted and ignored while there is one repository.
+    /// is ignored by a dispatcher without named repositories.
     pub fn parse(q: &HashMap<String, String>) -> Result<CommitsQuery, WebError> {
         let given = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let branch = given("branch").map(str::to_string);
@@ -170,9 +173,16 @@ impl CommitsQuery {
             None => DEFAULT_LIMIT,
         };
         let cursor = given("cursor").map(parse_cursor).transpose()?;
+        let repo = given("repo").map(str::to_string);
+        if repo.as_ref().is_some_and(|r| r.len() > 255) {
+            return Err(WebError::BadRequest(
+                "a repository name is at most 100 bytes".into(),
+            ));
+        }
         Ok(CommitsQuery {
             branch,
             outcome,
+            repo,
             limit,
             cursor,
         })
@@ -192,6 +202,7 @@ pub async fn commits_page(
     q: &CommitsQuery,
 ) -> Result<CommitsPage, WebError> {
     let mut conn = app.ctx.local.open(grant).await?;
+    let repository = q.repo.clone().filter(|_| !app.ctx.repositories.is_empty());
     let mut all: Vec<ResultView> = Vec::new();
     let mut before = q.cursor;
     let mut next = None;
@@ -202,6 +213,7 @@ pub async fn commits_page(
             limit: (q.limit - all.len()) as u32,
             branch: q.branch.clone(),
             outcome: q.outcome.clone(),
+            repository: repository.clone(),
         };
         match answer(conn.request(msg).await?)? {
             ServerMsg::Results { results, next: n } => {
@@ -223,6 +235,7 @@ pub async fn commits_page(
             limit: 1,
             branch: q.branch.clone(),
             outcome: q.outcome.clone(),
+            repository,
         };
         if let ServerMsg::Results { results, .. } = answer(conn.request(probe).await?)?
             && results.is_empty()
@@ -238,7 +251,16 @@ pub async fn commits_page(
 
 /// Branch names the dispatcher knows (the filter's choices).
 pub async fn branches(app: &App, grant: Grant) -> Result<Vec<String>, WebError> {
-    match ask(app, grant, ClientMsg::GetTips { after: None }).await? {
+    match ask(
+        app,
+        grant,
+        ClientMsg::GetTips {
+            repository: None,
+            after: None,
+        },
+    )
+    .await?
+    {
         ServerMsg::Tips { tips, .. } => Ok(tips
             .into_iter()
             .take(MAX_BRANCHES_SHOWN)
@@ -300,6 +322,7 @@ pub async fn commit_detail(
             limit: 1,
             branch: None,
             outcome: None,
+            repository: None,
         })
         .await?,
     )? {
@@ -327,6 +350,8 @@ pub async fn commit_detail(
                 limit: PREVIOUS_LOOKED_AT,
                 branch: Some(branch.clone()),
                 outcome: None,
+                // A branch is one repository's.
+                repository: view.repository.clone(),
             };
             match answer(conn.request(msg).await?)? {
                 ServerMsg::Results { results, .. } => results

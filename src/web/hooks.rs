@@ -296,8 +296,35 @@ pub enum HookError {
     Payload { forge: Forge, why: String },
     #[error("branch {branch:?} cannot be tested: {why}")]
     Branch { branch: String, why: String },
+    #[error(
+        "this dispatcher has no repository {name:?}: start it with --repository {name}=URL (it has: {known})"
+    )]
+    UnknownRepository { name: String, known: String },
     #[error(transparent)]
     Dispatcher(#[from] WebError),
+}
+
+/// The dispatcher's repository a push goes to: with no named
+/// repositories, its default one whatever the payload says; else the one
+/// named exactly as the payload's full name (`owner/name`), or as its last
+/// component (`name`); a payload that names none goes to the default one.
+pub fn repository_for(
+    named: &[String],
+    payload: Option<&str>,
+) -> Result<Option<String>, HookError> {
+    let Some(full) = payload.filter(|_| !named.is_empty()) else {
+        return Ok(None);
+    };
+    let last = full.rsplit('/').next().unwrap_or(full);
+    named
+        .iter()
+        .find(|n| n.as_str() == full)
+        .or_else(|| named.iter().find(|n| n.as_str() == last))
+        .map(|n| Some(n.clone()))
+        .ok_or_else(|| HookError::UnknownRepository {
+            name: full.to_string(),
+            known: named.join(", "),
+        })
 }
 
 fn signature_message(forge: Forge, why: BadSignature) -> String {
@@ -330,9 +357,9 @@ impl HookError {
             }
             HookError::Signature { .. } => StatusCode::UNAUTHORIZED,
             HookError::ContentType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            HookError::Unsupported { .. } | HookError::Branch { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            HookError::Unsupported { .. }
+            | HookError::Branch { .. }
+            | HookError::UnknownRepository { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             HookError::Dispatcher(e) => e.status(),
         }
     }
@@ -342,6 +369,9 @@ impl HookError {
         let mut body = json!({ "error": self.to_string() });
         if let HookError::Unsupported { event, .. } = &self {
             body["event"] = json!(event);
+        }
+        if let HookError::UnknownRepository { name, .. } = &self {
+            body["repository"] = json!(name);
         }
         (status, axum::Json(body)).into_response()
     }
@@ -817,6 +847,9 @@ async fn deliver(
     }
     let push = parse_push(forge, &body)?;
     let repository = push.repository.clone();
+    // Before anything is queued: a push for a repository this dispatcher
+    // lacks queues nothing.
+    let target = repository_for(&app.ctx.repositories, repository.as_deref())?;
     let git_ref = push.git_ref.clone();
     let change = push.change;
     match push.plan()? {
@@ -843,6 +876,7 @@ async fn deliver(
                 .map_err(WebError::from)?;
             let answer = conn
                 .request(ClientMsg::Commits {
+                    repository: target.clone(),
                     branch: Some(branch.clone()),
                     commits: ids,
                     tip: Some(tip),
@@ -872,6 +906,7 @@ async fn deliver(
                 StatusCode::ACCEPTED,
                 axum::Json(json!({
                     "branch": branch,
+                    "repository": target,
                     "tip": tip.to_string(),
                     "reported": reported,
                     "accepted": accepted.len(),
@@ -886,6 +921,26 @@ async fn deliver(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_push_goes_to_the_repository_it_names_or_the_only_one() {
+        let named = vec!["app".to_string(), "team/lib".to_string()];
+        // No named repositories: the default one, whatever the payload says.
+        assert_eq!(repository_for(&[], Some("o/x")).unwrap(), None);
+        assert_eq!(repository_for(&named, None).unwrap(), None);
+        assert_eq!(
+            repository_for(&named, Some("team/lib")).unwrap().as_deref(),
+            Some("team/lib")
+        );
+        assert_eq!(
+            repository_for(&named, Some("acme/app")).unwrap().as_deref(),
+            Some("app")
+        );
+        let e = repository_for(&named, Some("acme/nosuch")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.to_string().contains("--repository acme/nosuch=URL"));
+    }
+
     use super::*;
     use axum::http::HeaderValue;
 

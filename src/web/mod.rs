@@ -65,6 +65,10 @@ pub struct WebContext {
     /// The secret forges sign webhook deliveries with
     /// (`--webhook-secret-file`); without it `/hooks/` answers 404.
     pub webhook_secret: Option<WebhookSecret>,
+    /// The dispatcher's named repositories (`--repository NAME=URL`, names
+    /// only): webhooks map a push to one of them, filters name them.
+    /// Empty: the dispatcher serves its default repository only.
+    pub repositories: Vec<String>,
 }
 
 /// How long a stopping server waits for open requests and streams.

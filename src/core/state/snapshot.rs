@@ -22,12 +22,15 @@
 //! attempt outcome-byte exit_code? duration_ms tests? message output_bytes
 //! at_ms`), where `exit_code` is zigzag-encoded and `tests` is a presence
 //! byte then five counts. Job numbers are implicit: job `i` is at index
-//! `i - 1`, as in the state. Then (since snapshot version 5) the
+//! `i - 1`, as in the state; `repository?` (the named repository's
+//! interned name) follows `branch?`. Then (since snapshot version 5) the
 //! notifications: `notices`, the outbox (`n`, then `n sink at_ms` and the
 //! notice: `kind-byte job commit branch? attempt state-byte runner?
 //! message tests? duration_ms`, strings inline, `state-byte` 0 queued, 1
 //! running, 2 + outcome-byte finished), and the branch marks (`n`, then
-//! `branch job outcome-byte` each).
+//! `branch job outcome-byte` each), then the named repositories' branch
+//! tips (`n`, then `repository` and its tips as above) and branch marks
+//! (`n`, then `repository` and its marks as above).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -45,11 +48,7 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
     for n in &state.names {
         w.str(n);
     }
-    w.uint(state.branch_tips.len() as u64);
-    for (b, c) in &state.branch_tips {
-        w.str(b);
-        w.commit(c);
-    }
+    write_tips(&mut w, &state.branch_tips);
     w.uint(state.holders.len() as u64);
     for (r, h) in &state.holders {
         w.str(r);
@@ -64,6 +63,7 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
     for j in &state.jobs {
         w.commit(&j.commit);
         w.opt(j.branch.map(|s| s.0.into()));
+        w.opt(j.repository.map(|s| s.0.into()));
         w.uint(j.attempts.into());
         w.uint(j.lost.into());
         w.uint(j.seen_at_ms);
@@ -96,12 +96,54 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
         w.uint(d.at_ms);
         write_notice(&mut w, &d.notice);
     }
-    w.uint(state.branch_marks.len() as u64);
-    for (b, m) in &state.branch_marks {
+    write_marks(&mut w, &state.branch_marks);
+    w.uint(state.repo_tips.len() as u64);
+    for (repo, tips) in &state.repo_tips {
+        w.str(repo);
+        write_tips(&mut w, tips);
+    }
+    w.uint(state.repo_marks.len() as u64);
+    for (repo, marks) in &state.repo_marks {
+        w.str(repo);
+        write_marks(&mut w, marks);
+    }
+}
+
+fn write_tips(w: &mut Writer<'_>, tips: &BTreeMap<String, CommitId>) {
+    w.uint(tips.len() as u64);
+    for (b, c) in tips {
+        w.str(b);
+        w.commit(c);
+    }
+}
+
+fn read_tips(r: &mut Reader<'_>) -> Result<BTreeMap<String, CommitId>, String> {
+    let mut tips = BTreeMap::new();
+    for _ in 0..r.len(2)? {
+        let b = r.str()?.to_owned();
+        tips.insert(b, r.commit()?);
+    }
+    Ok(tips)
+}
+
+fn write_marks(w: &mut Writer<'_>, marks: &BTreeMap<String, BranchMark>) {
+    w.uint(marks.len() as u64);
+    for (b, m) in marks {
         w.str(b);
         w.uint(m.job.0);
         w.byte(outcome_byte(m.outcome));
     }
+}
+
+fn read_marks(r: &mut Reader<'_>) -> Result<BTreeMap<String, BranchMark>, String> {
+    let mut marks = BTreeMap::new();
+    for _ in 0..r.len(3)? {
+        let b = r.str()?.to_owned();
+        let job = JobId(r.uint()?);
+        let outcome = byte_outcome(r.byte()?)?;
+        marks.insert(b, BranchMark { job, outcome });
+    }
+    Ok(marks)
 }
 
 fn write_notice(w: &mut Writer<'_>, n: &Notice) {
@@ -208,11 +250,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
             Err(format!("{what} names string {v} of {}", names.len()))
         }
     };
-    let mut branch_tips = BTreeMap::new();
-    for _ in 0..r.len(2)? {
-        let b = r.str()?.to_owned();
-        branch_tips.insert(b, r.commit()?);
-    }
+    let branch_tips = read_tips(&mut r)?;
     let mut holders = BTreeMap::new();
     for _ in 0..r.len(3)? {
         let runner = r.str()?.to_owned();
@@ -230,6 +268,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
     for i in 0..n {
         let commit = r.commit()?;
         let branch = r.opt()?.map(|v| sym(v, "a branch")).transpose()?;
+        let repository = r.opt()?.map(|v| sym(v, "a repository")).transpose()?;
         let attempts = r.u32()?;
         let lost = r.u32()?;
         let seen_at_ms = r.uint()?;
@@ -267,6 +306,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
             id: JobId(i as u64 + 1),
             commit,
             branch,
+            repository,
             attempts,
             lost,
             status,
@@ -293,12 +333,16 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
             },
         );
     }
-    let mut branch_marks = BTreeMap::new();
-    for _ in 0..r.len(3)? {
-        let b = r.str()?.to_owned();
-        let job = JobId(r.uint()?);
-        let outcome = byte_outcome(r.byte()?)?;
-        branch_marks.insert(b, BranchMark { job, outcome });
+    let branch_marks = read_marks(&mut r)?;
+    let mut repo_tips = BTreeMap::new();
+    for _ in 0..r.len(2)? {
+        let repo = r.str()?.to_owned();
+        repo_tips.insert(repo, read_tips(&mut r)?);
+    }
+    let mut repo_marks = BTreeMap::new();
+    for _ in 0..r.len(2)? {
+        let repo = r.str()?.to_owned();
+        repo_marks.insert(repo, read_marks(&mut r)?);
     }
     if r.pos != bytes.len() {
         return Err(format!("{} bytes left over", bytes.len() - r.pos));
@@ -310,7 +354,11 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
     if let Some((r, h)) = holders.iter().find(|(_, h)| !exists(h.job)) {
         return Err(format!("runner {r} holds {h}, which does not exist"));
     }
-    if let Some((b, m)) = branch_marks.iter().find(|(_, m)| !exists(m.job)) {
+    if let Some((b, m)) = branch_marks
+        .iter()
+        .chain(repo_marks.values().flatten())
+        .find(|(_, m)| !exists(m.job))
+    {
         return Err(format!(
             "branch {b} is marked by job {}, which does not exist",
             m.job
@@ -336,6 +384,9 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
         notices,
         owed: BTreeMap::new(),
         branch_marks,
+        repo_tips,
+        repo_marks,
+        queued: BTreeMap::new(),
     };
     state.rebuild_indexes()?;
     Ok(state)
@@ -619,6 +670,43 @@ mod tests {
             Event::BranchMoved {
                 branch: "release".into(),
                 tip: commit(9, 20),
+            },
+        );
+        // Named repositories: a queued job, a finished one that marks its
+        // branch, a branch moved.
+        for (job, repo) in [(6, "app"), (7, "team/lib")] {
+            apply(
+                &mut s,
+                Event::CommitSeenIn {
+                    job: JobId(job),
+                    commit: commit(job as u8, 20),
+                    branch: Some("main".into()),
+                    repository: repo.into(),
+                },
+            );
+        }
+        apply(&mut s, assign(7, "r1", 1));
+        apply(
+            &mut s,
+            result(
+                7,
+                Some("r1"),
+                1,
+                JobReport {
+                    outcome: Outcome::Pass,
+                    exit_code: Some(0),
+                    duration_ms: 5,
+                    tests: None,
+                    message: "ok".into(),
+                },
+            ),
+        );
+        apply(
+            &mut s,
+            Event::BranchMovedIn {
+                repository: "app".into(),
+                branch: "dev".into(),
+                tip: commit(6, 20),
             },
         );
         s

@@ -356,6 +356,7 @@ fn pass_report() -> JobReport {
 
 fn identity(role: Role, name: String) -> Identity {
     Identity {
+        serves: crate::proto::Serves::Default,
         role,
         name,
         token: None,
@@ -546,6 +547,7 @@ async fn job_cycle(
         n += k;
         match observer
             .request(&ClientMsg::Commits {
+                repository: None,
                 branch: None,
                 commits,
                 tip: None,
@@ -676,12 +678,16 @@ async fn appends(
                 let to = (from + batch as u64).min(events);
                 let msg = match load {
                     Load::Commits => ClientMsg::Commits {
+                        repository: None,
                         branch: None,
                         commits: (from..to).map(|i| fake_commit(salt, i)).collect(),
                         tip: None,
                         infos: Vec::new(),
                     },
-                    Load::NoWrite => ClientMsg::GetTips { after: None },
+                    Load::NoWrite => ClientMsg::GetTips {
+                        repository: None,
+                        after: None,
+                    },
                 };
                 match (load, c.request(&msg).await?) {
                     (Load::Commits, ServerMsg::CommitsAck { .. }) => {}

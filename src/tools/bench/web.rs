@@ -279,6 +279,7 @@ pub(super) async fn live(tmp: &Path, reps: usize) -> anyhow::Result<(Vec<f64>, V
         )?;
         match tool
             .request(&ClientMsg::Commits {
+                repository: None,
                 branch: Some("main".into()),
                 commits: vec![c],
                 tip: Some(c),
