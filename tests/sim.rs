@@ -58,6 +58,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
+use ci::core::Serves;
 use ci::core::{
     CommitId, Core, CoreConfig, Due, Event, JobId, JobRef, JobReport, JobStatus, LostReason, Now,
     Outcome, Record, SinkSpec, SinkTakes, State,
@@ -358,6 +359,8 @@ impl Ord for Scheduled {
 /// A runner process around the real agent machine.
 struct SimRunner {
     name: String,
+    /// The repositories it serves (what its hello says).
+    serves: Serves,
     /// The process runs (`machine` is its memory).
     machine: Option<Machine>,
     /// What survives the process: the marker and the saved result.
@@ -554,6 +557,24 @@ struct Counts {
     restarts: u64,
 }
 
+/// The named repository beside the default one; which commits are its.
+const LIB: &str = "lib";
+
+/// The repository of the observer's `n`th commit: a third are `lib`'s.
+fn repository_of(n: usize) -> Option<&'static str> {
+    (mix(n as u64 ^ 0x11b) % 3 == 0).then_some(LIB)
+}
+
+/// Whether a runner that says `serves` may hold a job of `repo`: the
+/// rule written out here, not the core's, so a bug there shows.
+fn serves_repo(serves: &Serves, repo: Option<&str>) -> bool {
+    match serves {
+        Serves::Any => true,
+        Serves::Default => repo.is_none(),
+        Serves::Only(names) => names.iter().any(|n| n.as_deref() == repo),
+    }
+}
+
 /// The simulated sinks: one of events, one of commit statuses.
 const SINK_EVENTS: &str = "url:sim";
 const SINK_STATUSES: &str = "status:sim";
@@ -604,6 +625,15 @@ impl World {
         let runners = (0..knobs.runners)
             .map(|i| SimRunner {
                 name: format!("r{i}"),
+                // The first serves any repository, so every job has a
+                // runner; the others one of the mixes runners declare.
+                serves: match (i, rng.below(4)) {
+                    (0, _) => Serves::Any,
+                    (_, 0) => Serves::Default,
+                    (_, 1) => Serves::Only(vec![Some(LIB.into())]),
+                    (_, 2) => Serves::Only(vec![None, Some(LIB.into())]),
+                    _ => Serves::Any,
+                },
                 machine: None,
                 disk: Saved::default(),
                 stalled: false,
@@ -837,7 +867,7 @@ impl World {
             Core::new(state, config()),
             ShellConfig {
                 snapshot_every: SNAPSHOT_EVERY,
-                repositories: Default::default(),
+                repositories: [(LIB.to_string(), "git://sim/lib.git".to_string())].into(),
             },
         );
         let now = self.host_now();
@@ -1644,8 +1674,7 @@ impl World {
                         proof: None,
                         holding,
                         left,
-
-                        serves: ci::proto::Serves::Default,
+                        serves: self.runners[i].serves.clone(),
                     }),
                 );
             }
@@ -1838,8 +1867,7 @@ impl World {
                     proof: None,
                     holding: None,
                     left: None,
-
-                    serves: ci::proto::Serves::Default,
+                    serves: Serves::Default,
                 }),
             );
         }
@@ -1861,21 +1889,36 @@ impl World {
             return;
         }
         let copies = if self.rng.percent(10) { 2 } else { 1 };
+        // One report per repository, as one observer per repository would.
+        let groups: Vec<(Option<String>, Vec<usize>)> = [None, Some(LIB.to_string())]
+            .into_iter()
+            .map(|repo| {
+                let ns: Vec<usize> = batch
+                    .iter()
+                    .copied()
+                    .filter(|n| repository_of(*n) == repo.as_deref())
+                    .collect();
+                (repo, ns)
+            })
+            .filter(|(_, ns)| !ns.is_empty())
+            .collect();
         for _ in 0..copies {
-            self.observer.outstanding.push_back(batch.clone());
-            let commits: Vec<CommitId> = batch.iter().map(|n| self.observer.commits[*n]).collect();
-            let tip = commits.last().copied();
-            self.say(|| format!("observer reports {batch:?}"));
-            self.send_up(
-                conn,
-                ClientMsg::Commits {
-                    infos: Vec::new(),
-                    repository: None,
-                    branch: Some(BRANCH.into()),
-                    commits,
-                    tip,
-                },
-            );
+            for (repository, ns) in &groups {
+                self.observer.outstanding.push_back(ns.clone());
+                let commits: Vec<CommitId> = ns.iter().map(|n| self.observer.commits[*n]).collect();
+                let tip = commits.last().copied();
+                self.say(|| format!("observer reports {ns:?} of {repository:?}"));
+                self.send_up(
+                    conn,
+                    ClientMsg::Commits {
+                        infos: Vec::new(),
+                        repository: repository.clone(),
+                        branch: Some(BRANCH.into()),
+                        commits,
+                        tip,
+                    },
+                );
+            }
         }
     }
 
@@ -2050,10 +2093,12 @@ impl World {
                 let Some(job) = self.replica.job_for_commit(&commit).map(|j| j.id) else {
                     self.fail(format!("a history of {commit}, which is not durable"));
                 };
-                let ok = records
-                    .first()
-                    .is_some_and(|r| matches!(r.event, Event::CommitSeen { .. }))
-                    && records.windows(2).all(|w| w[0].seq < w[1].seq)
+                let ok = records.first().is_some_and(|r| {
+                    matches!(
+                        r.event,
+                        Event::CommitSeen { .. } | Event::CommitSeenIn { .. }
+                    )
+                }) && records.windows(2).all(|w| w[0].seq < w[1].seq)
                     && records
                         .iter()
                         .all(|r| r.event.job() == Some(job) && r.seq <= self.replica.last_seq());
@@ -2339,6 +2384,20 @@ impl World {
                             self.now_ms - heard
                         ));
                     }
+                }
+            }
+            for (runner, jr) in state.holders() {
+                let j = state.job(jr.job).expect("held job exists");
+                let repo = j.repository.map(|r| state.name(r));
+                let serves = self
+                    .runners
+                    .iter()
+                    .find(|r| &r.name == runner)
+                    .map(|r| &r.serves);
+                if serves.is_some_and(|s| !serves_repo(s, repo)) {
+                    self.fail(format!(
+                        "{runner} holds {jr} of {repo:?}, which it does not serve"
+                    ));
                 }
             }
             let mut held: HashMap<JobId, &str> = HashMap::new();

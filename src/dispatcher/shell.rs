@@ -1154,7 +1154,9 @@ impl Shell {
             {
                 self.live.attempt_ended(jr);
             }
-            if let Event::CommitSeen { job, commit, .. } = &rec.event {
+            if let Event::CommitSeen { job, commit, .. } | Event::CommitSeenIn { job, commit, .. } =
+                &rec.event
+            {
                 // Watched before it was seen.
                 if !self.live.seen(*commit, *job).is_empty() {
                     touched.push(*job);
