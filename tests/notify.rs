@@ -536,3 +536,64 @@ fn bad_notification_flags_get_one_clear_error() {
         assert!(!err.contains("pw@"), "a password is never shown: {err}");
     }
 }
+
+#[test]
+fn with_several_repositories_each_jobs_status_goes_to_its_own_forge_repository() {
+    let app = TestRepo::new();
+    let lib = TestRepo::new();
+    let token_file = app.root().join("status-token");
+    std::fs::write(&token_file, "status-token\n").unwrap();
+    let rx = Receiver::start(0, Mode::Take);
+    let api = rx.url("");
+    let app_flag = format!("acme/app={}", app.url());
+    let lib_flag = format!("acme/lib={}", lib.url());
+    let d = Dispatcher::start(
+        &app.dir("data"),
+        &[
+            "--repository",
+            &app_flag,
+            "--repository",
+            &lib_flag,
+            "--status-forge",
+            "github",
+            "--status-api",
+            &api,
+            "--status-token-file",
+            p(&token_file),
+        ],
+    );
+    let a = app.commit_passing(1).remove(0);
+    let l = lib.commit_failing();
+    for (repo, sha) in [("acme/app", &a), ("acme/lib", &l)] {
+        tools_expect(
+            &[
+                "submit",
+                "--dispatcher",
+                d.addr(),
+                "--repository",
+                repo,
+                "--branch",
+                "main",
+                sha,
+            ],
+            0,
+        );
+    }
+    let _r = runner_with(d.addr(), &app, "any", &["--any-repository"]);
+    wait_final(d.addr(), &[&a, &l], LONG);
+    let got = rx.wait("three statuses for each", SHORT, |g| g.len() >= 6);
+    let last_state = |path: String| {
+        let posts: Vec<&Got> = got.iter().filter(|g| g.path == path).collect();
+        assert_eq!(posts.len(), 3, "{path}: pending, running, outcome");
+        posts[2].json()["state"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        last_state(format!("/repos/acme/app/statuses/{a}")),
+        "success"
+    );
+    assert_eq!(
+        last_state(format!("/repos/acme/lib/statuses/{l}")),
+        "failure"
+    );
+    wait_for("the outbox to empty", SHORT, || outbox_empty(d.addr()));
+}

@@ -44,6 +44,10 @@
 //! deliveries come oldest first, and at the end every notification due
 //! was received and the outbox is empty.
 //!
+//! Two repositories: the default one and `lib`, each reported on its own;
+//! runners serve any, the default, `lib` or both, and none may ever hold
+//! a job of a repository it does not serve.
+//!
 //! At the end, after a quiet period without faults, every commit must have
 //! exactly one outcome per retry, the right one (an `error` only after
 //! three real losses, `cancelled` only when a user cancelled it).

@@ -78,7 +78,9 @@ pub struct Args {
     #[arg(long, value_name = "URL", requires = "status_forge")]
     pub status_api: Option<String>,
     /// The repository statuses are set on: OWNER/NAME (GitLab: the
-    /// project's path, or its numeric id).
+    /// project's path, or its numeric id). With --repository and without
+    /// this, each job's status goes to the forge repository of its name
+    /// (name them OWNER/NAME).
     #[arg(long, value_name = "REPO", requires = "status_forge")]
     pub status_repo: Option<String>,
     /// The token statuses are set with (GitHub: `repo:status` or a
@@ -169,9 +171,17 @@ impl Args {
                 }
             };
             check_url(&api)?;
-            let repo = Some(self.status_repo.clone().ok_or(NotifyFlagsError::Missing(
-                "--status-forge needs --status-repo OWNER/NAME",
-            ))?);
+            // With named repositories, each job's status goes to the forge
+            // repository of its name unless one is given for all.
+            let repo = match (&self.status_repo, self.repositories.is_empty()) {
+                (Some(r), _) => Some(r.clone()),
+                (None, false) => None,
+                (None, true) => {
+                    return Err(NotifyFlagsError::Missing(
+                        "--status-forge needs --status-repo OWNER/NAME",
+                    ));
+                }
+            };
             let token_file = self.status_token_file.as_ref().ok_or(NotifyFlagsError::Missing(
                 "--status-forge needs --status-token-file (a token allowed to set commit statuses)",
             ))?;
