@@ -566,7 +566,7 @@ const LIB: &str = "lib";
 
 /// The repository of the observer's `n`th commit: a third are `lib`'s.
 fn repository_of(n: usize) -> Option<&'static str> {
-    (mix(n as u64 ^ 0x11b) % 3 == 0).then_some(LIB)
+    mix(n as u64 ^ 0x11b).is_multiple_of(3).then_some(LIB)
 }
 
 /// Whether a runner that says `serves` may hold a job of `repo`: the
@@ -1218,7 +1218,7 @@ impl World {
         };
         for t in sends {
             if self.notifier.as_ref().is_some_and(|n| n.conn == t.conn) {
-                self.to_notifier(t.msg);
+                self.notifier_receive(t.msg);
                 continue;
             }
             let Some(c) = self.conns.get(&t.conn) else {
@@ -2439,7 +2439,7 @@ impl World {
     // -- the notifier and its receiver ---------------------------------------
 
     /// What the shell sends the notifier (durable by now).
-    fn to_notifier(&mut self, msg: ServerMsg) {
+    fn notifier_receive(&mut self, msg: ServerMsg) {
         let ServerMsg::Owed { dues } = msg else {
             self.fail(format!("the notifier was sent {}", msg.kind()));
         };
