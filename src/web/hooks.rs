@@ -422,10 +422,9 @@ impl Push {
     /// What the observer would report for this push, as far as the payload
     /// tells: the listed commits, oldest first, ending at the tip (`after`,
     /// which moves the branch, also after a forced push); a new branch
-    /// whose commits are all known elsewhere reports its tip alone (the
-    /// observer reports a new branch's tip); a forced push back to an
-    /// older commit lists none and only moves the tip. Tags and deletions
-    /// queue nothing.
+    /// reports its tip alone, as the observer and the post-receive hook
+    /// do; a forced push back to an older commit lists none and only moves
+    /// the tip. Tags and deletions queue nothing.
     pub fn plan(self) -> Result<Plan, HookError> {
         let Some(branch) = self.git_ref.strip_prefix("refs/heads/") else {
             return Ok(Plan::Ignore(
@@ -442,10 +441,16 @@ impl Push {
             why: e.rule.to_string(),
         })?;
         let mut commits = self.commits;
-        if commits.is_empty() {
-            if self.change == RefChange::Created {
-                commits.push((tip, CommitInfo::default()));
-            }
+        if self.change == RefChange::Created {
+            // As the observer (and the post-receive hook): a new branch is
+            // its tip alone, whatever the forge lists with it.
+            let info = commits
+                .iter()
+                .find(|c| c.0 == tip)
+                .map(|c| c.1.clone())
+                .unwrap_or_default();
+            commits = vec![(tip, info)];
+        } else if commits.is_empty() {
         } else if commits.last().map(|c| c.0) != Some(tip) {
             // The tip is always the newest commit reported when any is.
             commits.retain(|c| c.0 != tip);
