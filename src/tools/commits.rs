@@ -146,14 +146,36 @@ fn author_name(author: &str) -> &str {
     author.split(" <").next().unwrap_or(author).trim()
 }
 
+/// Whether a results table has a REPOSITORY column: only when a result
+/// listed is a named repository's, so that a dispatcher of one repository
+/// prints what it always printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RepositoryColumn {
+    Shown,
+    Hidden,
+}
+
 /// A table of results, in the order given.
 pub fn results_table(results: &[ResultView]) -> String {
+    let column = if results.iter().any(|r| r.repository.is_some()) {
+        RepositoryColumn::Shown
+    } else {
+        RepositoryColumn::Hidden
+    };
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
             let when = r.finished_at_ms.or(r.started_at_ms).unwrap_or(r.seen_at_ms);
-            vec![
-                r.commit.short(),
+            let mut row = vec![r.commit.short()];
+            if column == RepositoryColumn::Shown {
+                row.push(
+                    r.repository
+                        .as_deref()
+                        .map(|n| clip(n, 30))
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            row.extend([
                 r.branch.clone().unwrap_or_else(|| "-".into()),
                 r.outcome.clone(),
                 r.attempts.to_string(),
@@ -180,26 +202,28 @@ pub fn results_table(results: &[ResultView]) -> String {
                     .map(|s| clip(s, 50))
                     .unwrap_or_else(|| "-".into()),
                 r.message.clone(),
-            ]
+            ]);
+            row
         })
         .collect();
-    table::render(
-        &[
-            "COMMIT",
-            "BRANCH",
-            "OUTCOME",
-            "ATTEMPTS",
-            "RUNNER",
-            "EXIT",
-            "DURATION",
-            "TESTS",
-            "WHEN (UTC)",
-            "AUTHOR",
-            "SUBJECT",
-            "MESSAGE",
-        ],
-        &rows,
-    )
+    let mut header = vec!["COMMIT"];
+    if column == RepositoryColumn::Shown {
+        header.push("REPOSITORY");
+    }
+    header.extend([
+        "BRANCH",
+        "OUTCOME",
+        "ATTEMPTS",
+        "RUNNER",
+        "EXIT",
+        "DURATION",
+        "TESTS",
+        "WHEN (UTC)",
+        "AUTHOR",
+        "SUBJECT",
+        "MESSAGE",
+    ]);
+    table::render(&header, &rows)
 }
 
 /// `results`: one commit, or the history (newest `limit`, filtered), printed
