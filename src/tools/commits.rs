@@ -665,6 +665,45 @@ mod tests {
         }
     }
 
+    fn view(sha: char, repository: Option<&str>) -> ResultView {
+        ResultView {
+            commit: CommitId::parse(&sha.to_string().repeat(40)).unwrap(),
+            repository: repository.map(str::to_string),
+            branch: Some("main".into()),
+            outcome: "pending".into(),
+            attempts: 0,
+            runner: None,
+            exit_code: None,
+            duration_ms: None,
+            tests: None,
+            message: String::new(),
+            job: 1,
+            output_bytes: 0,
+            seen_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            author: None,
+            subject: None,
+            committed_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_repository_column_only_when_a_result_names_one() {
+        let one = results_table(&[view('a', None), view('b', None)]);
+        assert!(one.starts_with("COMMIT "), "{one}");
+        assert!(!one.contains("REPOSITORY"), "{one}");
+        let several = results_table(&[view('a', None), view('b', Some("lib"))]);
+        let lines: Vec<&str> = several.lines().collect();
+        let cols = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        assert_eq!(cols(lines[0]), "COMMIT REPOSITORY BRANCH", "{several}");
+        assert!(lines[1].split_whitespace().nth(1) == Some("-"), "{several}");
+        assert!(
+            lines[2].split_whitespace().nth(1) == Some("lib"),
+            "{several}"
+        );
+    }
+
     #[test]
     fn a_followed_log_prints_each_byte_once_whatever_is_sent_again() {
         let text = b"$ python3 -m unittest\nfirst line\nsecond line\n";
