@@ -1184,7 +1184,7 @@ impl World {
         };
         for t in sends {
             if self.notifier.as_ref().is_some_and(|n| n.conn == t.conn) {
-                self.to_notifier(t.msg);
+                self.deliver_to_notifier(t.msg);
                 continue;
             }
             let Some(c) = self.conns.get(&t.conn) else {
@@ -2376,7 +2376,7 @@ impl World {
     // -- the notifier and its receiver ---------------------------------------
 
     /// What the shell sends the notifier (durable by now).
-    fn to_notifier(&mut self, msg: ServerMsg) {
+    fn deliver_to_notifier(&mut self, msg: ServerMsg) {
         let ServerMsg::Owed { dues } = msg else {
             self.fail(format!("the notifier was sent {}", msg.kind()));
         };
