@@ -541,6 +541,48 @@ pub async fn history(
 mod tests {
     use super::*;
 
+    fn view(repository: Option<&str>) -> ResultView {
+        ResultView {
+            commit: crate::core::CommitId::parse(&"ab".repeat(20)).unwrap(),
+            repository: repository.map(str::to_string),
+            branch: Some("main".into()),
+            outcome: "pass".into(),
+            attempts: 1,
+            runner: None,
+            exit_code: Some(0),
+            duration_ms: None,
+            tests: None,
+            message: String::new(),
+            job: 1,
+            output_bytes: 0,
+            seen_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            author: None,
+            subject: None,
+            committed_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_row_has_a_repository_cell_only_with_the_column() {
+        let hidden = commit_row(&view(Some("app")), RepositoryColumn::Hidden);
+        assert!(!hidden.contains("repository"), "{hidden}");
+        let named = commit_row(&view(Some("team/app")), RepositoryColumn::Shown);
+        assert!(
+            named.contains("<td class=\"repository\">team/app</td>"),
+            "{named}"
+        );
+        let default = commit_row(&view(None), RepositoryColumn::Shown);
+        assert!(
+            default.contains("<td class=\"repository\">—</td>"),
+            "{default}"
+        );
+        // Escaped, whatever reaches it.
+        let odd = commit_row(&view(Some("<b>&")), RepositoryColumn::Shown);
+        assert!(odd.contains("&lt;b&gt;&amp;"), "{odd}");
+    }
+
     #[test]
     fn url_encoding() {
         assert_eq!(url_encode("feature/x y&z"), "feature%2Fx%20y%26z");
