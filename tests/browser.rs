@@ -14,7 +14,11 @@
 //! - a running job's output appears in `#log` before the job ends; pressing
 //!   Cancel makes `#outcome` `cancelled`; pressing Retry runs it again, to
 //!   `pass`;
-//! - `/runners` and `/history`, and the nav on every page.
+//! - `/runners` and `/history`, and the nav on every page;
+//! - with named repositories (`--repository NAME=URL`), a repository
+//!   column (`td.repository`), the filter form's `select[name=repo]`
+//!   narrowing to one, and `#repository` on a commit page; without them,
+//!   neither column nor filter.
 //!
 //! Screenshots of the commits page and of a commit page are taken every
 //! run; with `CI_SCREENSHOTS=1` they are written to `docs/screenshots/`
@@ -482,6 +486,9 @@ fn the_dashboard_in_chromium_shows_the_history_streams_a_running_job_and_cancels
     }
     // Newest first.
     assert_eq!(shas[0], feature);
+    // One repository: no repository column or filter.
+    assert!(!b.exists("#commits th.repository") && !b.exists("#commits td.repository"));
+    assert!(!b.exists("#filters select[name=repo]"));
     // The hostile subject is text: shown as typed, nothing ran.
     let row = b.text(&format!("#commits tr[data-sha=\"{hostile}\"]"));
     assert!(
@@ -662,6 +669,75 @@ fn the_dashboard_in_chromium_shows_the_history_streams_a_running_job_and_cancels
     b.close();
     drop(driver);
     eprintln!("browser test took {:?}", started.elapsed());
+}
+
+#[test]
+fn with_named_repositories_the_commits_page_shows_and_filters_by_repository() {
+    require_browser();
+    let app = TestRepo::new();
+    let app_sha = app.commit(&[("APP", "app\n")], "The app's commit");
+    let lib = TestRepo::new();
+    let lib_sha = lib.commit(&[("LIB", "lib\n")], "The lib's commit");
+    let (app_flag, lib_flag) = (format!("app={}", app.url()), format!("lib={}", lib.url()));
+    let d = Dispatcher::start(
+        &app.dir("dispatcher"),
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--repository",
+            &app_flag,
+            "--repository",
+            &lib_flag,
+        ],
+    );
+    let addr = d.addr().to_owned();
+    let http = printed_http_addr(&d.proc);
+    for (name, sha) in [("app", &app_sha), ("lib", &lib_sha)] {
+        tools_expect(
+            &[
+                "submit",
+                "--dispatcher",
+                &addr,
+                "--repository",
+                name,
+                "--branch",
+                "main",
+                sha,
+            ],
+            0,
+        );
+    }
+    let driver = Driver::start(app.root());
+    let b = Browser::open(&driver, &http);
+
+    b.goto("/");
+    assert_nav(&b);
+    assert_eq!(b.text("#commits th.repository"), "Repository");
+    for (name, sha) in [("app", &app_sha), ("lib", &lib_sha)] {
+        let cell = format!("#commits tr.commit[data-sha=\"{sha}\"] td.repository");
+        assert_eq!(b.text(&cell), name, "{cell}");
+    }
+    // The filter form: lib only, and lib stays chosen.
+    b.select("#filters select[name=repo]", "lib");
+    b.click("#filters button[type=submit]");
+    b.wait_text("the filtered table", "#commits", SHORT, |_| {
+        b.path().contains("repo=lib")
+    });
+    assert_eq!(
+        b.attrs("#commits tr.commit", "data-sha"),
+        [lib_sha.as_str()]
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#filters select[name=repo]').value;"),
+        "lib"
+    );
+    // A commit's page names its repository.
+    b.goto(&format!("/commits/{app_sha}"));
+    assert_eq!(b.text("#repository"), "app");
+    assert!(!b.alert_open());
+
+    b.close();
+    drop(driver);
 }
 
 fn wait_file(dir: &Path, name: &str) {

@@ -223,3 +223,186 @@ fn a_log_written_without_names_replays_unchanged_with_named_repositories() {
     );
     tools_expect(&["replay", "--data-dir", p(&data), "--verify"], 0);
 }
+
+/// The `<td class="repository">` cell of `sha`'s row on a commits page.
+fn repository_cell(page: &str, sha: &str) -> Option<String> {
+    let row_at = page.find(&format!("data-sha=\"{sha}\""))?;
+    let row = &page[row_at..];
+    let row = &row[..row.find("</tr>")?];
+    let cell = row.split("<td class=\"repository\">").nth(1)?;
+    Some(cell[..cell.find("</td>")?].to_string())
+}
+
+fn page(http: &str, path: &str) -> (u16, String) {
+    http_get(http, path, None).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+#[test]
+fn the_dashboard_and_tables_show_and_filter_by_repository() {
+    let app = distinct_repo("app");
+    let lib = distinct_repo("lib");
+    let app_shas = app.commit_passing(2);
+    let lib_shas = lib.commit_passing(2);
+    let (app_flag, lib_flag) = (repo_flag("app", &app), repo_flag("lib", &lib));
+    let d = Dispatcher::start(
+        &app.dir("data"),
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--repository",
+            &app_flag,
+            "--repository",
+            &lib_flag,
+        ],
+    );
+    let addr = d.addr().to_string();
+    let http = printed_http_addr(&d.proc);
+    for (name, shas) in [("app", &app_shas), ("lib", &lib_shas)] {
+        let mut submit = vec![
+            "submit",
+            "--dispatcher",
+            &addr,
+            "--repository",
+            name,
+            "--branch",
+            "main",
+        ];
+        submit.extend(shas.iter().map(String::as_str));
+        tools_expect(&submit, 0);
+    }
+
+    // The commits page: a repository column and filter; every commit with
+    // its repository.
+    let (status, body) = page(&http, "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("<th class=\"repository\">Repository</th>"),
+        "{body}"
+    );
+    assert!(body.contains("<select name=\"repo\">"), "{body}");
+    for (name, shas) in [("app", &app_shas), ("lib", &lib_shas)] {
+        for sha in shas {
+            assert_eq!(
+                repository_cell(&body, sha).as_deref(),
+                Some(name),
+                "{sha} on the commits page: {body}"
+            );
+        }
+    }
+    // Filtered: only lib's, lib chosen in the form.
+    let (status, body) = page(&http, "/?repo=lib");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("<option value=\"lib\" selected>lib</option>"),
+        "{body}"
+    );
+    for sha in &lib_shas {
+        assert_eq!(
+            repository_cell(&body, sha).as_deref(),
+            Some("lib"),
+            "{body}"
+        );
+    }
+    for sha in &app_shas {
+        assert!(
+            !body.contains(sha.as_str()),
+            "app's {sha} on lib's page: {body}"
+        );
+    }
+    // The pager's cursor link keeps the filter, and its page is lib's too.
+    let (status, body) = page(&http, "/?repo=lib&limit=1");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&lib_shas[1]), "{body}");
+    let next = body
+        .split("<a id=\"next\" href=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no #next link: {body}"))
+        .replace("&amp;", "&");
+    assert!(next.contains("repo=lib"), "{next}");
+    let (status, body) = page(&http, &next);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&lib_shas[0]), "{body}");
+    assert!(
+        !app_shas.iter().any(|s| body.contains(s.as_str())),
+        "{body}"
+    );
+    // The API agrees.
+    let (status, json) = page(&http, "/api/v1/commits?repo=lib");
+    assert_eq!(status, 200, "{json}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        sha_set(v["commits"].as_array().unwrap()),
+        sorted(lib_shas.clone())
+    );
+    // A repository the dispatcher lacks: 404 from both, saying how to add it.
+    for path in ["/?repo=nosuch", "/api/v1/commits?repo=nosuch"] {
+        let (status, body) = page(&http, path);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("--repository nosuch=URL"), "{path}: {body}");
+    }
+    // A commit's page names its repository.
+    let (status, body) = page(&http, &format!("/commits/{}", app_shas[0]));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<dd id=\"repository\">app</dd>"), "{body}");
+
+    // `results`: a REPOSITORY column naming each commit's.
+    let out = tools_expect(&["results", "--dispatcher", &addr], 0);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let header = text.lines().next().unwrap_or_default();
+    assert!(header.contains("REPOSITORY"), "{text}");
+    for (name, shas) in [("app", &app_shas), ("lib", &lib_shas)] {
+        for sha in shas {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(short(sha).get(..7).unwrap()))
+                .unwrap_or_else(|| panic!("{sha} not in {text}"));
+            assert!(
+                line.split_whitespace().nth(1) == Some(name),
+                "{sha} is {name}'s: {text}"
+            );
+        }
+    }
+    // `status`: queued jobs that no connected runner serves, said per
+    // repository.
+    let out = tools_expect(&["status", "--dispatcher", &addr], 0);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for name in ["app", "lib"] {
+        assert!(
+            text.contains(&format!(
+                "repository {name}: 2 queued; no connected runner serves it"
+            )),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn without_named_repositories_no_repository_column_or_filter() {
+    let repo = TestRepo::new();
+    let shas = repo.commit_passing(2);
+    let d = Dispatcher::start(&repo.dir("data"), &["--http", "127.0.0.1:0"]);
+    let addr = d.addr().to_string();
+    let http = printed_http_addr(&d.proc);
+    let mut submit = vec!["submit", "--dispatcher", &addr, "--branch", "main"];
+    submit.extend(shas.iter().map(String::as_str));
+    tools_expect(&submit, 0);
+    // `repo=` is ignored without named repositories, as the API does.
+    for path in ["/", "/?repo=app"] {
+        let (status, body) = page(&http, path);
+        assert_eq!(status, 200, "{body}");
+        assert!(shas.iter().all(|s| body.contains(s.as_str())), "{body}");
+        assert!(!body.contains("repository"), "{path}: {body}");
+        assert!(!body.contains("name=\"repo\""), "{path}: {body}");
+    }
+    let (status, body) = page(&http, &format!("/commits/{}", shas[0]));
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("id=\"repository\""), "{body}");
+    let out = tools_expect(&["results", "--dispatcher", &addr], 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("COMMIT"), "{text}");
+    assert!(!text.contains("REPOSITORY"), "{text}");
+    let out = tools_expect(&["status", "--dispatcher", &addr], 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("repository"), "{text}");
+}

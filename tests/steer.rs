@@ -89,7 +89,10 @@ class TestFlaky(unittest.TestCase):
         runs = int(open(STATE).read()) if os.path.exists(STATE) else 0
         with open(STATE, "w") as f:
             f.write(str(runs + 1))
-        print("run", runs + 1, flush=True)
+        # One write, newline included: under PYTHONUNBUFFERED print("run",
+        # n) writes each piece apart, and unittest's "." on stderr once
+        # landed between.
+        print(f"run {{runs + 1}}\n", end="", flush=True)
         self.assertGreater(runs, 0, "fails on its first run")
 "#,
         flags = flags.display().to_string(),

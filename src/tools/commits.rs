@@ -146,14 +146,36 @@ fn author_name(author: &str) -> &str {
     author.split(" <").next().unwrap_or(author).trim()
 }
 
+/// Whether a results table has a REPOSITORY column: only when a result
+/// listed is a named repository's, so that a dispatcher of one repository
+/// prints what it always printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RepositoryColumn {
+    Shown,
+    Hidden,
+}
+
 /// A table of results, in the order given.
 pub fn results_table(results: &[ResultView]) -> String {
+    let column = if results.iter().any(|r| r.repository.is_some()) {
+        RepositoryColumn::Shown
+    } else {
+        RepositoryColumn::Hidden
+    };
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
             let when = r.finished_at_ms.or(r.started_at_ms).unwrap_or(r.seen_at_ms);
-            vec![
-                r.commit.short(),
+            let mut row = vec![r.commit.short()];
+            if column == RepositoryColumn::Shown {
+                row.push(
+                    r.repository
+                        .as_deref()
+                        .map(|n| clip(n, 30))
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            row.extend([
                 r.branch.clone().unwrap_or_else(|| "-".into()),
                 r.outcome.clone(),
                 r.attempts.to_string(),
@@ -180,26 +202,28 @@ pub fn results_table(results: &[ResultView]) -> String {
                     .map(|s| clip(s, 50))
                     .unwrap_or_else(|| "-".into()),
                 r.message.clone(),
-            ]
+            ]);
+            row
         })
         .collect();
-    table::render(
-        &[
-            "COMMIT",
-            "BRANCH",
-            "OUTCOME",
-            "ATTEMPTS",
-            "RUNNER",
-            "EXIT",
-            "DURATION",
-            "TESTS",
-            "WHEN (UTC)",
-            "AUTHOR",
-            "SUBJECT",
-            "MESSAGE",
-        ],
-        &rows,
-    )
+    let mut header = vec!["COMMIT"];
+    if column == RepositoryColumn::Shown {
+        header.push("REPOSITORY");
+    }
+    header.extend([
+        "BRANCH",
+        "OUTCOME",
+        "ATTEMPTS",
+        "RUNNER",
+        "EXIT",
+        "DURATION",
+        "TESTS",
+        "WHEN (UTC)",
+        "AUTHOR",
+        "SUBJECT",
+        "MESSAGE",
+    ]);
+    table::render(&header, &rows)
 }
 
 /// `results`: one commit, or the history (newest `limit`, filtered), printed
@@ -639,6 +663,45 @@ mod tests {
             job: JobId(7),
             attempt: n,
         }
+    }
+
+    fn view(sha: char, repository: Option<&str>) -> ResultView {
+        ResultView {
+            commit: CommitId::parse(&sha.to_string().repeat(40)).unwrap(),
+            repository: repository.map(str::to_string),
+            branch: Some("main".into()),
+            outcome: "pending".into(),
+            attempts: 0,
+            runner: None,
+            exit_code: None,
+            duration_ms: None,
+            tests: None,
+            message: String::new(),
+            job: 1,
+            output_bytes: 0,
+            seen_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            author: None,
+            subject: None,
+            committed_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_repository_column_only_when_a_result_names_one() {
+        let one = results_table(&[view('a', None), view('b', None)]);
+        assert!(one.starts_with("COMMIT "), "{one}");
+        assert!(!one.contains("REPOSITORY"), "{one}");
+        let several = results_table(&[view('a', None), view('b', Some("lib"))]);
+        let lines: Vec<&str> = several.lines().collect();
+        let cols = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        assert_eq!(cols(lines[0]), "COMMIT REPOSITORY BRANCH", "{several}");
+        assert!(lines[1].split_whitespace().nth(1) == Some("-"), "{several}");
+        assert!(
+            lines[2].split_whitespace().nth(1) == Some("lib"),
+            "{several}"
+        );
     }
 
     #[test]

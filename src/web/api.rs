@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Access};
 use super::{App, WebError};
+use crate::core::ids::MAX_REPOSITORY_NAME_BYTES;
 use crate::core::{CommitId, Event, JobRef, Record};
 use crate::proto::auth::Grant;
 use crate::proto::{
@@ -174,10 +175,13 @@ impl CommitsQuery {
         };
         let cursor = given("cursor").map(parse_cursor).transpose()?;
         let repo = given("repo").map(str::to_string);
-        if repo.as_ref().is_some_and(|r| r.len() > 255) {
-            return Err(WebError::BadRequest(
-                "a repository name is at most 100 bytes".into(),
-            ));
+        if repo
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REPOSITORY_NAME_BYTES)
+        {
+            return Err(WebError::BadRequest(format!(
+                "a repository name is at most {MAX_REPOSITORY_NAME_BYTES} bytes"
+            )));
         }
         Ok(CommitsQuery {
             branch,
@@ -186,6 +190,14 @@ impl CommitsQuery {
             limit,
             cursor,
         })
+    }
+
+    /// The repository asked for, if the dispatcher has named ones (else
+    /// `repo=` is ignored).
+    pub fn repository<'a>(&'a self, app: &App) -> Option<&'a str> {
+        self.repo
+            .as_deref()
+            .filter(|_| !app.ctx.repositories.is_empty())
     }
 }
 
@@ -202,7 +214,7 @@ pub async fn commits_page(
     q: &CommitsQuery,
 ) -> Result<CommitsPage, WebError> {
     let mut conn = app.ctx.local.open(grant).await?;
-    let repository = q.repo.clone().filter(|_| !app.ctx.repositories.is_empty());
+    let repository = q.repository(app).map(str::to_string);
     let mut all: Vec<ResultView> = Vec::new();
     let mut before = q.cursor;
     let mut next = None;
@@ -249,25 +261,39 @@ pub async fn commits_page(
     })
 }
 
-/// Branch names the dispatcher knows (the filter's choices).
-pub async fn branches(app: &App, grant: Grant) -> Result<Vec<String>, WebError> {
-    match ask(
-        app,
-        grant,
-        ClientMsg::GetTips {
-            repository: None,
-            after: None,
-        },
-    )
-    .await?
-    {
-        ServerMsg::Tips { tips, .. } => Ok(tips
-            .into_iter()
-            .take(MAX_BRANCHES_SHOWN)
-            .map(|(b, _)| b)
-            .collect()),
-        other => Err(WebError::Unexpected(other.kind())),
+/// Branch names the dispatcher knows (the filter's choices): the named
+/// repository's, or with none named every repository's (the default one's
+/// and each of `repositories`), sorted, each once, at most
+/// [`MAX_BRANCHES_SHOWN`].
+pub async fn branches(
+    app: &App,
+    grant: Grant,
+    repo: Option<&str>,
+) -> Result<Vec<String>, WebError> {
+    let mut conn = app.ctx.local.open(grant).await?;
+    let asked: Vec<Option<String>> = match repo {
+        Some(r) => vec![Some(r.to_string())],
+        None => std::iter::once(None)
+            .chain(app.ctx.repositories.iter().cloned().map(Some))
+            .collect(),
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for repository in asked {
+        if out.len() >= MAX_BRANCHES_SHOWN {
+            break;
+        }
+        match answer(
+            conn.request(ClientMsg::GetTips {
+                repository,
+                after: None,
+            })
+            .await?,
+        )? {
+            ServerMsg::Tips { tips, .. } => out.extend(tips.into_iter().map(|(b, _)| b)),
+            other => return Err(WebError::Unexpected(other.kind())),
+        }
     }
+    Ok(out.into_iter().take(MAX_BRANCHES_SHOWN).collect())
 }
 
 /// "This commit broke its branch": the previous finished commit on the

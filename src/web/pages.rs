@@ -6,7 +6,11 @@
 //! The ids and classes a browser test relies on are fixed: `#commits`
 //! (`tr.commit.outcome-X[data-sha]`, `td.outcome`), `#filters`, `#next`;
 //! `#outcome`, `#command`, `#timeline`, `#log`, `#cancel`, `#retry`,
-//! `#broke`; `#runners` (`tr.runner[data-name]`); `#history`.
+//! `#broke`; `#runners` (`tr.runner[data-name]`); `#history`. With named
+//! repositories (`--repository NAME=URL`) only: `th.repository` and
+//! `td.repository` in `#commits`, `select[name=repo]` in `#filters`, and
+//! `#repository` on a commit's page (when the commit is a named
+//! repository's).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -81,7 +85,26 @@ fn dash() -> String {
     "—".to_string()
 }
 
-fn commit_row(r: &ResultView) -> String {
+/// Whether the commits table has a repository column: only on a
+/// dispatcher with named repositories, so that one serving a single
+/// repository shows what it always showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RepositoryColumn {
+    Shown,
+    Hidden,
+}
+
+impl RepositoryColumn {
+    fn of(app: &App) -> RepositoryColumn {
+        if app.ctx.repositories.is_empty() {
+            RepositoryColumn::Hidden
+        } else {
+            RepositoryColumn::Shown
+        }
+    }
+}
+
+fn commit_row(r: &ResultView, column: RepositoryColumn) -> String {
     let sha = r.commit.to_string();
     let o = escape(&r.outcome);
     let when = match r.committed_at_ms {
@@ -104,10 +127,17 @@ fn commit_row(r: &ResultView) -> String {
             }
         )
     });
+    let repository = match column {
+        RepositoryColumn::Shown => format!(
+            "<td class=\"repository\">{}</td>",
+            r.repository.as_deref().map_or_else(dash, escape)
+        ),
+        RepositoryColumn::Hidden => String::new(),
+    };
     format!(
         "<tr class=\"commit outcome-{o}\" data-sha=\"{sha}\">\
          <td class=\"outcome\"><span class=\"badge outcome-{o}\">{o}</span></td>\
-         <td><a href=\"/commits/{sha}\"><code>{short}</code></a></td>\
+         <td><a href=\"/commits/{sha}\"><code>{short}</code></a></td>{repository}\
          <td>{branch}</td><td>{author}</td><td>{subject}</td><td>{when}</td>\
          <td>{dur}</td><td>{runner}</td><td>{attempts}</td><td>{tests}</td></tr>",
         short = r.commit.short(),
@@ -129,8 +159,10 @@ fn commit_row(r: &ResultView) -> String {
     )
 }
 
-fn options(name: &str, choices: &[String], chosen: Option<&str>) -> String {
-    let mut s = format!("<select name=\"{name}\"><option value=\"\">any {name}</option>");
+/// A filter's `<select>`: `name` is the query parameter, `any` the
+/// first choice's label ("any branch").
+fn options(name: &str, any: &str, choices: &[String], chosen: Option<&str>) -> String {
+    let mut s = format!("<select name=\"{name}\"><option value=\"\">{any}</option>");
     for c in choices {
         let sel = if chosen == Some(c.as_str()) {
             " selected"
@@ -163,29 +195,47 @@ async fn commits_inner(
 ) -> Result<Response, WebError> {
     let a = auth::access(app, headers)?;
     let q = CommitsQuery::parse(&query(q)?)?;
+    let column = RepositoryColumn::of(app);
     let data = api::commits_page(app, a.grant, &q).await?;
-    let mut branches = api::branches(app, a.grant).await?;
+    let mut branches = api::branches(app, a.grant, q.repository(app)).await?;
     if let Some(b) = &q.branch
         && !branches.contains(b)
     {
         branches.push(b.clone());
     }
     let outcomes: Vec<String> = OUTCOMES.iter().map(|s| s.to_string()).collect();
+    let repository_filter = match column {
+        RepositoryColumn::Shown => format!(
+            "{} ",
+            options(
+                "repo",
+                "any repository",
+                &app.ctx.repositories,
+                q.repository(app)
+            )
+        ),
+        RepositoryColumn::Hidden => String::new(),
+    };
     let mut body = String::from("<h1>Commits</h1>");
     let _ = write!(
         body,
-        "<form id=\"filters\" method=\"get\" action=\"/\">{} {} \
+        "<form id=\"filters\" method=\"get\" action=\"/\">{repository_filter}{} {} \
          <button type=\"submit\">Filter</button> <a href=\"/\">clear</a></form>",
-        options("branch", &branches, q.branch.as_deref()),
-        options("outcome", &outcomes, q.outcome.as_deref()),
+        options("branch", "any branch", &branches, q.branch.as_deref()),
+        options("outcome", "any outcome", &outcomes, q.outcome.as_deref()),
     );
-    body.push_str(
-        "<table id=\"commits\"><thead><tr><th>Outcome</th><th>Commit</th><th>Branch</th>\
+    let _ = write!(
+        body,
+        "<table id=\"commits\"><thead><tr><th>Outcome</th><th>Commit</th>{}<th>Branch</th>\
          <th>Author</th><th>Subject</th><th>Time (UTC)</th><th>Duration</th><th>Runner</th>\
          <th>Attempts</th><th>Tests</th></tr></thead><tbody>",
+        match column {
+            RepositoryColumn::Shown => "<th class=\"repository\">Repository</th>",
+            RepositoryColumn::Hidden => "",
+        }
     );
     for r in &data.commits {
-        body.push_str(&commit_row(r));
+        body.push_str(&commit_row(r, column));
     }
     body.push_str("</tbody></table>");
     if data.commits.is_empty() {
@@ -193,6 +243,9 @@ async fn commits_inner(
     }
     if let Some(next) = &data.next {
         let mut href = format!("/?cursor={}", url_encode(next));
+        if let Some(r) = q.repository(app) {
+            let _ = write!(href, "&repo={}", url_encode(r));
+        }
         if let Some(b) = &q.branch {
             let _ = write!(href, "&branch={}", url_encode(b));
         }
@@ -310,9 +363,17 @@ async fn commit_inner(
             t.total, t.passed, t.failed, t.errors, t.skipped
         )
     });
+    // The repository only when the commit is a named one's: a dispatcher
+    // of one repository shows what it always showed.
+    let repository = v.repository.as_deref().map_or_else(String::new, |r| {
+        format!(
+            "<dt>Repository</dt><dd id=\"repository\">{}</dd>",
+            escape(r)
+        )
+    });
     let _ = write!(
         body,
-        "<dl><dt>Commit</dt><dd><code>{sha}</code></dd>\
+        "<dl><dt>Commit</dt><dd><code>{sha}</code></dd>{repository}\
          <dt>Branch</dt><dd>{branch}</dd><dt>Author</dt><dd>{author}</dd>\
          <dt>Subject</dt><dd>{subject}</dd>\
          <dt>Seen</dt><dd>{seen}</dd><dt>Committed</dt><dd>{committed}</dd>\
@@ -479,6 +540,48 @@ pub async fn history(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(repository: Option<&str>) -> ResultView {
+        ResultView {
+            commit: crate::core::CommitId::parse(&"ab".repeat(20)).unwrap(),
+            repository: repository.map(str::to_string),
+            branch: Some("main".into()),
+            outcome: "pass".into(),
+            attempts: 1,
+            runner: None,
+            exit_code: Some(0),
+            duration_ms: None,
+            tests: None,
+            message: String::new(),
+            job: 1,
+            output_bytes: 0,
+            seen_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            author: None,
+            subject: None,
+            committed_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_row_has_a_repository_cell_only_with_the_column() {
+        let hidden = commit_row(&view(Some("app")), RepositoryColumn::Hidden);
+        assert!(!hidden.contains("repository"), "{hidden}");
+        let named = commit_row(&view(Some("team/app")), RepositoryColumn::Shown);
+        assert!(
+            named.contains("<td class=\"repository\">team/app</td>"),
+            "{named}"
+        );
+        let default = commit_row(&view(None), RepositoryColumn::Shown);
+        assert!(
+            default.contains("<td class=\"repository\">—</td>"),
+            "{default}"
+        );
+        // Escaped, whatever reaches it.
+        let odd = commit_row(&view(Some("<b>&")), RepositoryColumn::Shown);
+        assert!(odd.contains("&lt;b&gt;&amp;"), "{odd}");
+    }
 
     #[test]
     fn url_encoding() {
