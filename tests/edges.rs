@@ -544,7 +544,9 @@ fn usage_errors_name_the_missing_argument_and_suggest_the_right_word() {
         (
             "ci-runner",
             &[],
-            &["--repo <URL_OR_PATH>", "--work-dir <DIR>"],
+            // A runner serves `--repo [NAME=]URL` (repeatable) or
+            // `--any-repository`: the first is what is asked for.
+            &["--repo <[NAME=]URL_OR_PATH>", "--work-dir <DIR>"],
         ),
         ("ci-observer", &["--repo", "."], &["--work-dir <DIR>"]),
         (
