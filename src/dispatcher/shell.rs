@@ -833,31 +833,17 @@ impl Shell {
                 next: None,
             };
         }
-        let branch_sym = match branch {
-            Some(b) => match state.sym(b) {
-                Some(s) => Some(s),
-                // A branch never seen: nothing matches.
-                None => {
-                    return ServerMsg::Results {
-                        results: Vec::new(),
-                        next: None,
-                    };
-                }
-            },
-            None => None,
+        // A filter by a name never seen (a branch, a repository without a
+        // commit yet) matches nothing: `None` here; no filter is `Some(None)`.
+        let filter = |name: Option<&str>| match name {
+            Some(n) => state.sym(n).map(Some),
+            None => Some(None),
         };
-        let repository_sym = match repository {
-            Some(r) => match state.sym(r) {
-                Some(s) => Some(s),
-                // A repository without a commit yet: nothing matches.
-                None => {
-                    return ServerMsg::Results {
-                        results: Vec::new(),
-                        next: None,
-                    };
-                }
-            },
-            None => None,
+        let (Some(branch_sym), Some(repository_sym)) = (filter(branch), filter(repository)) else {
+            return ServerMsg::Results {
+                results: Vec::new(),
+                next: None,
+            };
         };
         let wanted = |j: &crate::core::Job| {
             branch_sym.is_none_or(|b| j.branch == Some(b))
