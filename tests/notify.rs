@@ -535,6 +535,22 @@ fn bad_notification_flags_get_one_clear_error() {
         assert!(err.contains(says), "{flags:?} should say {says:?}: {err}");
         assert!(!err.contains("pw@"), "a password is never shown: {err}");
     }
+    // Every queue is bounded: so is the number of sinks.
+    let urls: Vec<String> = (0..33)
+        .map(|i| format!("http://127.0.0.1:9/sink-{i}"))
+        .collect();
+    let mut flags: Vec<&str> = Vec::new();
+    for u in &urls {
+        flags.extend(["--notify-url", u.as_str()]);
+    }
+    let mut proc = Dispatcher::spawn_proc("127.0.0.1:0", &repo.dir("data-many"), &flags, 9);
+    let status = proc.wait_exit(SHORT);
+    let err = proc.stderr();
+    assert_eq!(exit_code(&status), Some(2), "{err}");
+    assert!(
+        err.contains("33 notification sinks given; at most 32"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -117,6 +117,10 @@ pub enum NotifyFlagsError {
     Empty { path: String },
     #[error("{0}")]
     Missing(&'static str),
+    #[error(
+        "{given} notification sinks given; at most {max} (--notify-url, --notify-command and --status-forge together)"
+    )]
+    TooMany { given: usize, max: usize },
 }
 
 /// The first line of a secret or token file, trimmed.
@@ -192,6 +196,12 @@ impl Args {
                 context: self.status_context.clone(),
                 token: read_secret(token_file)?,
             }));
+        }
+        if sinks.len() > crate::notify::MAX_SINKS {
+            return Err(NotifyFlagsError::TooMany {
+                given: sinks.len(),
+                max: crate::notify::MAX_SINKS,
+            });
         }
         if let Some(u) = &self.public_url {
             check_url(u).map_err(|_| {

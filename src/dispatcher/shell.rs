@@ -154,8 +154,11 @@ enum Peer {
     Notifier,
 }
 
-/// Most notifications in one [`ServerMsg::Owed`].
-pub const OWED_PAGE: usize = 512;
+/// Most notifications in one [`ServerMsg::Owed`] (an in-process message,
+/// never a frame): with at most [`crate::notify::MAX_SINKS`] sinks of at
+/// most [`crate::core::MAX_OWED_PER_SINK`] each, everything owed fits in
+/// the notifier's queue of messages when it connects.
+pub const OWED_PAGE: usize = 4096;
 
 pub struct Shell {
     core: Core,

@@ -37,6 +37,10 @@ use deliver::Delivery;
 use machine::{Action, Notifier};
 pub use sink::{Forge, Sink, StatusTarget};
 
+/// Most sinks of all kinds together: bounded, like every queue (each has
+/// its own outbox in the log).
+pub const MAX_SINKS: usize = 32;
+
 /// What the notifier needs to know.
 #[derive(Clone, Debug, Default)]
 pub struct NotifyConfig {
