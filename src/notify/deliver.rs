@@ -66,8 +66,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(body);
     let tag = mac.finalize().into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", crate::util::hex(&tag))
 }
 
 async fn http(req: reqwest::RequestBuilder) -> Delivery {

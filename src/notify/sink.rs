@@ -95,8 +95,7 @@ impl Sink {
             ),
         };
         let digest = Sha256::digest(identity.as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{kind}:{hex}")
+        format!("{kind}:{}", crate::util::hex(&digest[..8]))
     }
 
     pub fn takes(&self) -> SinkTakes {

@@ -45,9 +45,7 @@ pub struct Sessions {
     write: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::util::hex;
 
 /// Constant-time equality of two strings (of any lengths).
 fn same(a: &str, b: &str) -> bool {

@@ -1042,12 +1042,7 @@ mod tests {
         let body = b"{}";
         let mut mac = secret.mac();
         mac.update(body);
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::util::hex(&mac.finalize().into_bytes());
         let mut h = HeaderMap::new();
         assert_eq!(
             verify(Forge::GitHub, &secret, &h, body),

@@ -581,6 +581,18 @@ async fn job_cycle(
     Ok(jobs as f64 / secs)
 }
 
+/// Stops a real runner as its operator would (SIGTERM: it hands back what
+/// it runs), killing it if it has not stopped within 10 s.
+async fn stop_runner(runner: &mut Child) {
+    if let Some(pid) = runner.id() {
+        // SAFETY: kill takes plain integers and has no memory-safety
+        // preconditions.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), runner.wait()).await;
+    let _ = runner.kill().await;
+}
+
 /// A runner that passes every job at once and heartbeats each second.
 async fn sim_runner(
     mut client: Client,
@@ -930,13 +942,7 @@ async fn push_to_result(tmp: &Path, reps: usize) -> anyhow::Result<(Vec<f64>, f6
         bare.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let bare_ms = Stat::of(&bare).median;
-    unsafe {
-        if let Some(pid) = runner.id() {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), runner.wait()).await;
-    let _ = runner.kill().await;
+    stop_runner(&mut runner).await;
     d.stop().await?;
     Ok((samples.into_iter().map(|s| s - bare_ms).collect(), bare_ms))
 }

@@ -311,13 +311,7 @@ pub(super) async fn live(tmp: &Path, reps: usize) -> anyhow::Result<(Vec<f64>, V
             tcp.extend(t);
         }
     }
-    unsafe {
-        if let Some(pid) = runner.id() {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), runner.wait()).await;
-    let _ = runner.kill().await;
+    super::stop_runner(&mut runner).await;
     d.stop().await?;
     Ok((sse, tcp))
 }
