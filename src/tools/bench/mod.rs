@@ -384,6 +384,9 @@ pub fn generate_history(dir: &Path, events: u64, per_batch: usize) -> anyhow::Re
         batch.push(rec);
         Ok(())
     };
+    // Jobs the fold moves out go to the history indexes, as a dispatcher
+    // writes them.
+    let archive = |log: &SledLog, state: &mut State| crate::store::archive_taken(log, state);
     while written < events {
         let left = events - written;
         if written.is_multiple_of(100_000) || left < 3 {
@@ -425,6 +428,7 @@ pub fn generate_history(dir: &Path, events: u64, per_batch: usize) -> anyhow::Re
                 },
             )?;
             written += 3;
+            archive(&log, &mut state)?;
         }
         // Append in commit-sized batches, as a dispatcher does; flush once.
         while batch.len() >= per_batch {
