@@ -4,12 +4,14 @@
 //! always gives the same `State`; that is what makes restart and
 //! `replay --verify` exact.
 //!
-//! Compact by design: the state holds one [`Job`] per commit ever seen, so a
-//! job is plain data with no heap allocation of its own. Branch names,
-//! runner names and result messages are interned into one table of the
+//! Bounded by design: the state holds the unfinished jobs and a window of
+//! recently finished ones (older ones move out to the history indexes, see
+//! [`super::archive`]); a job is plain data with no heap allocation of its
+//! own. Branch, repository and runner names are interned into one table of the
 //! state ([`Sym`] indexes it, in order of first appearance, so interning is
-//! part of the pure fold), and commits are indexed by an open-addressing
-//! table of job numbers that is rebuilt, not stored, when a snapshot loads.
+//! part of the pure fold; result messages differ from job to job and are
+//! kept beside the jobs in memory), and the commits in memory are indexed
+//! by a hash table that is rebuilt, not stored, when a snapshot loads.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;

@@ -1072,7 +1072,7 @@ impl Shell {
                 continue;
             }
             if let Some(Found::Archived(a)) = self.find_commit(c, log)? {
-                recalled.push(a);
+                recalled.push(*a);
             }
         }
         self.core.recall(recalled);
@@ -1096,9 +1096,11 @@ impl Shell {
             .rev()
             .find(|a| a.commit == *commit)
         {
-            return Ok(Some(Found::Archived(a.clone())));
+            return Ok(Some(Found::Archived(Box::new(a.clone()))));
         }
-        Ok(log.archived_commit(commit)?.map(Found::Archived))
+        Ok(log
+            .archived_commit(commit)?
+            .map(|a| Found::Archived(Box::new(a))))
     }
 
     /// A job by number, out of memory (the open batch, then the indexes).
@@ -1595,7 +1597,7 @@ pub const HISTORY_SCAN: usize = 20_000;
 /// A job found by its commit.
 enum Found<'a> {
     Memory(&'a Job),
-    Archived(ArchivedJob),
+    Archived(Box<ArchivedJob>),
 }
 
 impl Found<'_> {

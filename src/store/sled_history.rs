@@ -5,8 +5,10 @@
 //! - `history-commits`: commit bytes → job number (the exact "already
 //!   seen" check, and prefixes for short ids);
 //! - `history-branches`: `len branch job` → (): a branch's jobs;
-//! - `history-repos`: `0 job` (the default repository) or `1 len name job`;
-//! - `history-outcomes`: `outcome-byte job`;
+//! - `history-repos`: `1 len name job`, for jobs of named repositories
+//!   (the default one is read from `history` with the filter);
+//! - `history-outcomes`: `outcome-byte job`, for every outcome but a pass
+//!   (passes are most jobs: a scan of `history` finds them at once);
 //! - `history-meta`: `through`, how many moves out the indexes hold.
 //!
 //! A job written again (it was retried and finished again) replaces its
@@ -16,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::core::state::outcome_index;
-use crate::core::{ArchivedJob, CommitId, HistoryFilter, JobId};
+use crate::core::{ArchivedJob, CommitId, HistoryFilter, JobId, Outcome};
 
 use super::{HistoryPage, IoFailure, StoreError};
 
@@ -97,11 +99,11 @@ impl SledHistory {
             job.branch
                 .as_deref()
                 .map(|b| with_job(branch_prefix(b), job.id)),
-            Some(with_job(repo_prefix(job.repository.as_deref()), job.id)),
-            Some(with_job(
-                vec![outcome_index(job.finished.outcome) as u8],
-                job.id,
-            )),
+            job.repository
+                .as_deref()
+                .map(|r| with_job(repo_prefix(Some(r)), job.id)),
+            (job.finished.outcome != Outcome::Pass)
+                .then(|| with_job(vec![outcome_index(job.finished.outcome) as u8], job.id)),
         ]
     }
 
@@ -195,9 +197,11 @@ impl SledHistory {
         // each job.
         let (tree, prefix) = match (&filter.branch, &filter.repository, filter.outcome) {
             (Some(b), _, _) => (&self.branches, branch_prefix(b)),
-            (None, Some(r), _) => (&self.repos, repo_prefix(r.as_deref())),
-            (None, None, Some(o)) => (&self.outcomes, vec![outcome_index(o) as u8]),
-            (None, None, None) => (&self.jobs, Vec::new()),
+            (None, Some(Some(r)), _) => (&self.repos, repo_prefix(Some(r))),
+            (None, _, Some(o)) if o != Outcome::Pass => {
+                (&self.outcomes, vec![outcome_index(o) as u8])
+            }
+            _ => (&self.jobs, Vec::new()),
         };
         let end = with_job(prefix.clone(), before);
         let mut read = 0;
