@@ -15,10 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::actor::Cmd;
-use super::conn::{self, Timing};
+use super::conn;
 use super::metrics::Metrics;
-use crate::proto::auth::Auth;
 use crate::proto::conn::Writer;
 use crate::proto::{ErrorCode, ServerMsg};
 
@@ -138,9 +136,8 @@ impl Drop for Admitted {
 
 pub(crate) struct Listener {
     pub listener: TcpListener,
-    pub cmds: flume::Sender<Cmd>,
-    pub auth: Arc<Auth>,
-    pub timing: Timing,
+    /// What every connection task is given.
+    pub shared: conn::Shared,
     pub cap: usize,
     /// Connection numbers, shared with in-process clients ([`super::local`]).
     pub ids: Arc<AtomicU64>,
@@ -188,14 +185,12 @@ impl Listener {
                 continue;
             };
             let id = self.ids.fetch_add(1, Ordering::Relaxed);
-            let cmds = self.cmds.clone();
-            let auth = self.auth.clone();
-            let timing = self.timing;
+            let shared = self.shared.clone();
             let stop = conn_stop.clone();
             let metrics = self.metrics.clone();
             metrics.connection_opened();
             conns.spawn(async move {
-                conn::serve(stream, id, cmds, auth, timing, admitted, stop).await;
+                conn::serve(stream, id, shared, admitted, stop).await;
                 metrics.connection_closed();
                 drop(permit);
             });

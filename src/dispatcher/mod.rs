@@ -225,7 +225,14 @@ pub async fn start(
         },
     );
     let metrics = metrics::Metrics::new();
-    let mut driver = actor::Driver::new(shell, store, actor::Clock::new(), metrics.clone());
+    let beats = Arc::new(actor::Beats::default());
+    let mut driver = actor::Driver::new(
+        shell,
+        store,
+        beats.clone(),
+        actor::Clock::new(),
+        metrics.clone(),
+    );
     driver.start()?;
     let listener =
         TcpListener::bind(&config.listen)
@@ -289,9 +296,12 @@ pub async fn start(
     let auth = Arc::new(auth);
     let accept = listener::Listener {
         listener,
-        cmds: tx.clone(),
-        auth: auth.clone(),
-        timing,
+        shared: conn::Shared {
+            cmds: tx.clone(),
+            beats,
+            auth: auth.clone(),
+            timing,
+        },
         cap,
         ids,
         metrics: metrics.clone(),
