@@ -88,12 +88,14 @@ fn runner_states(addr: &str) -> Result<(usize, usize), String> {
 /// Until `status` shows `want` idle runners (a tool refused while the
 /// dispatcher is full tries again).
 fn wait_idle(addr: &str, want: usize, within: Duration) {
-    wait_for(&format!("{want} idle runners in status"), within, || {
-        match runner_states(addr)? {
+    wait_for(
+        &format!("{want} idle runners in status"),
+        within,
+        || match runner_states(addr)? {
             (idle, _) if idle == want => Ok(()),
             (idle, all) => Err(format!("{idle} idle of {all}")),
-        }
-    });
+        },
+    );
 }
 
 #[test]
@@ -166,7 +168,11 @@ fn dispatcher_with_nofile(nofile: u64, data: &Path, root: &Path) -> (Proc, Strin
 #[test]
 fn a_low_open_file_limit_is_said_once_and_refuses_beyond_the_cap_at_once() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "prlimit needs root (CI runs as root)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "prlimit needs root (CI runs as root)"
+    );
     raise_fd_limit();
     let repo = TestRepo::new();
     let nofile = 200;
@@ -216,7 +222,11 @@ fn a_low_open_file_limit_is_said_once_and_refuses_beyond_the_cap_at_once() {
             Err(e @ ClientError::Refused { .. }) => {
                 assert_eq!(e.code(), Some(ErrorCode::Busy), "{e}");
                 assert!(!e.is_fatal(), "busy is retried: {e}");
-                assert!(e.to_string().contains(&format!("at most {cap} connections")), "{e}");
+                assert!(
+                    e.to_string()
+                        .contains(&format!("at most {cap} connections")),
+                    "{e}"
+                );
             }
             Err(e) => panic!("beyond the cap: {e}, not a refusal (after {took:?})"),
             Ok(_) => panic!("a connection beyond the cap of {cap} was served"),

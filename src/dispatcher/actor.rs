@@ -424,7 +424,11 @@ impl Driver {
         self.beats.take(&mut taken);
         let store = self.store.as_deref().expect("held until run ends");
         for b in taken.drain(..) {
-            if self.outboxes.get(&b.conn).is_some_and(|o| o.frames == b.after) {
+            if self
+                .outboxes
+                .get(&b.conn)
+                .is_some_and(|o| o.frames == b.after)
+            {
                 let msg = ClientMsg::Heartbeat { holding: b.holding };
                 let input = ShellInput::Frame { conn: b.conn, msg };
                 self.shell.handle(input, now, store);

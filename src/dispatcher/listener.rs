@@ -312,7 +312,11 @@ mod tests {
         for asked in [8usize, 100, 10_000, 16_384, 100_000] {
             for web in [WebSide::Off, WebSide::On] {
                 let need = fd_limit_for(asked, web);
-                assert_eq!(connection_caps(asked, need, web).0, asked, "{asked} {web:?}");
+                assert_eq!(
+                    connection_caps(asked, need, web).0,
+                    asked,
+                    "{asked} {web:?}"
+                );
             }
         }
         assert_eq!(fd_limit_for(16_384, WebSide::Off), 16_384 + FD_RESERVE);
