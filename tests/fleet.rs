@@ -49,7 +49,10 @@ fn raise_fd_limit() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
     }
-    lim.rlim_cur as u64
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    {
+        lim.rlim_cur as u64
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
