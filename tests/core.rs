@@ -5,8 +5,8 @@
 
 use ci::core::{
     CommitId, Core, CoreConfig, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftHow,
-    LeftJob, LostReason, Now, Outcome, Record, Reply, Serves, SinkSpec, SinkTakes, State, Step,
-    ToRunner,
+    LeftJob, LostReason, Now, Outcome, Record, Refusal, Reply, Serves, SinkSpec, SinkTakes, State,
+    Step, ToRunner,
 };
 
 const TIMEOUT_MS: u64 = 10_000;
@@ -227,7 +227,7 @@ fn the_same_commit_twice_is_one_commit() {
             duplicates: 1
         })
     );
-    assert_eq!(sim.core.state.jobs().len(), 2);
+    assert_eq!(sim.core.state.jobs_seen(), 2);
 }
 
 #[test]
@@ -688,6 +688,7 @@ fn notifying() -> Sim {
                 takes: SinkTakes::Statuses,
             },
         ],
+        ..CoreConfig::default()
     })
 }
 
@@ -984,6 +985,7 @@ fn notices_carry_the_jobs_repository() {
             key: "events".into(),
             takes: SinkTakes::Events,
         }],
+        ..CoreConfig::default()
     });
     sim.connect_serving("r", Serves::Any);
     sim.commits_in(Some("app"), &[commit(1)]);
@@ -996,4 +998,118 @@ fn notices_carry_the_jobs_repository() {
         .map(|d| d.notice.repository.clone())
         .collect();
     assert_eq!(due, [Some("app".to_string())]);
+}
+
+// ---------------------------------------------------------------------------
+// Finished jobs out of memory
+
+fn windowed(window: usize) -> Sim {
+    Sim::with(CoreConfig {
+        heartbeat_timeout_ms: TIMEOUT_MS,
+        window,
+        ..CoreConfig::default()
+    })
+}
+
+/// Four commits run to the end on one runner; with a window of two, jobs 1
+/// and 2 leave memory, oldest finished first.
+fn four_finished(sim: &mut Sim) -> Vec<ci::core::ArchivedJob> {
+    sim.connect("r1");
+    sim.commits(&[commit(1), commit(2), commit(3), commit(4)]);
+    for n in 1..=4 {
+        let outcome = if n == 2 { Outcome::Fail } else { Outcome::Pass };
+        sim.result("r1", jr(n, 1), outcome);
+    }
+    sim.core.state.take_archived()
+}
+
+#[test]
+fn finished_jobs_beyond_the_window_leave_memory_on_record() {
+    let mut sim = windowed(2);
+    let out = four_finished(&mut sim);
+    assert_eq!(out.iter().map(|a| a.id.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(out[1].commit, commit(2));
+    assert_eq!(out[1].branch.as_deref(), Some("main"));
+    assert_eq!(out[1].finished.outcome, Outcome::Fail);
+    assert_eq!(out[1].finished.runner.as_deref(), Some("r1"));
+    assert_eq!(out[1].finished.exit_code, Some(0));
+    let state = &sim.core.state;
+    assert_eq!(state.jobs_in_memory(), 2);
+    assert_eq!(state.jobs_seen(), 4);
+    assert_eq!(state.results(), 4);
+    assert_eq!(state.outcome_counts(), [3, 1, 0, 0, 0]);
+    assert!(state.job(JobId(1)).is_none() && state.job(JobId(3)).is_some());
+    // The window is on record: a replay moves the same jobs out.
+    assert!(
+        sim.log
+            .iter()
+            .any(|r| matches!(r.event, Event::MemoryWindow { jobs: 2 }))
+    );
+    let mut replayed = State::new();
+    for rec in &sim.log {
+        replayed.apply_record(rec).unwrap();
+    }
+    assert_eq!(replayed.take_archived(), out);
+}
+
+#[test]
+fn a_commit_out_of_memory_is_a_duplicate_once_the_shell_recalls_it() {
+    let mut sim = windowed(2);
+    let out = four_finished(&mut sim);
+    sim.core.recall([out[0].clone()]);
+    let step = sim.commits(&[commit(1), commit(5)]);
+    assert_eq!(
+        step.reply,
+        Some(Reply::Commits {
+            accepted: vec![commit(5)],
+            duplicates: 1
+        })
+    );
+    // A recall answers one input only.
+    let step = sim.input(Input::Cancel { commit: commit(2) });
+    assert_eq!(step.reply, Some(Reply::Refused(Refusal::UnknownCommit)));
+    sim.core.recall([out[1].clone()]);
+    let step = sim.input(Input::Cancel { commit: commit(2) });
+    assert_eq!(
+        step.reply,
+        Some(Reply::Refused(Refusal::AlreadyFinished(Outcome::Fail)))
+    );
+    assert!(step.records.is_empty());
+}
+
+#[test]
+fn a_retry_of_a_job_out_of_memory_restores_it_on_record_then_queues_it() {
+    let mut sim = windowed(2);
+    let out = four_finished(&mut sim);
+    sim.core.recall([out[1].clone()]);
+    let step = sim.input(Input::Retry { commit: commit(2) });
+    assert_eq!(kinds(&step)[..2], ["job_restored", "job_retried"]);
+    assert_eq!(step.reply, Some(Reply::Done));
+    // It was handed to the idle runner as attempt 2.
+    assert_eq!(assigns(&step), [("r1".to_string(), jr(2, 2))]);
+    assert_eq!(sim.core.state.results(), 3);
+    assert_eq!(sim.core.state.outcome_counts(), [3, 0, 0, 0, 0]);
+    let step = sim.result("r1", jr(2, 2), Outcome::Pass);
+    assert_eq!(kinds(&step), ["result"]);
+    assert_eq!(sim.core.state.outcome_counts(), [4, 0, 0, 0, 0]);
+    // The window holds: the oldest finished in memory left again.
+    assert_eq!(sim.core.state.jobs_in_memory(), 2);
+    let again = sim.core.state.take_archived();
+    assert_eq!(again.iter().map(|a| a.id.0).collect::<Vec<_>>(), [3]);
+}
+
+#[test]
+fn a_late_result_for_a_job_out_of_memory_is_refused_as_stale() {
+    let mut sim = windowed(1);
+    four_finished(&mut sim);
+    let step = sim.result("r1", jr(1, 1), Outcome::Pass);
+    assert!(step.records.is_empty());
+    match step.reply {
+        Some(Reply::ResultAck {
+            accepted: false,
+            reason,
+            ..
+        }) => assert!(reason.contains("finished long ago"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -64,8 +64,8 @@ use std::time::Instant;
 
 use ci::core::Serves;
 use ci::core::{
-    CommitId, Core, CoreConfig, Due, Event, JobId, JobRef, JobReport, JobStatus, LostReason, Now,
-    Outcome, Record, SinkSpec, SinkTakes, State,
+    ArchivedJob, CommitId, Core, CoreConfig, Due, Event, JobId, JobRef, JobReport, JobStatus,
+    LostReason, Now, Outcome, Record, SinkSpec, SinkTakes, State,
 };
 use ci::dispatcher::shell::{
     Batch, ConnId, FlushPlan, Shell, ShellConfig, ShellInput, ShellStatus, Transmit,
@@ -77,7 +77,9 @@ use ci::proto::{
 };
 use ci::runner::machine::{Effect, Exit, Finished, Machine, Saved};
 use ci::store::mem::{MemFault, MemStore};
-use ci::store::{self, EventLog, IoFailure, OutputStore, Rebuild, SnapshotStore, StoreError};
+use ci::store::{
+    self, EventLog, HistoryStore, IoFailure, OutputStore, Rebuild, SnapshotStore, StoreError,
+};
 
 const HEARTBEAT_TIMEOUT_MS: u64 = 5_000;
 const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
@@ -92,6 +94,10 @@ const BRANCH: &str = "main";
 /// How often the simulated dispatcher snapshots (events); prime, so
 /// snapshots fall at every kind of moment.
 const SNAPSHOT_EVERY: u64 = 37;
+/// Finished jobs the simulated dispatcher keeps in memory: few, so that
+/// jobs leave memory for the history indexes (and come back for a retry)
+/// in every seed.
+const WINDOW: usize = 3;
 /// Longest a frame sits between the host's socket and the shell (the
 /// connection task's share), most after a pause.
 const CONN_LAG_MS_MAX: u64 = 20;
@@ -528,6 +534,9 @@ struct World {
     // Facts learned from the durable log, for the invariants.
     /// The durable log folded record by record as it becomes durable.
     replica: State,
+    /// The jobs the replica moved out of memory, by commit (the oracle's
+    /// own history index).
+    replica_out: HashMap<CommitId, ArchivedJob>,
     /// Results and cancellations per job (one per retry, plus one).
     results_per_job: HashMap<JobId, u32>,
     retries_per_job: HashMap<JobId, u32>,
@@ -597,6 +606,7 @@ fn config() -> CoreConfig {
                 takes: SinkTakes::Statuses,
             },
         ],
+        window: WINDOW,
     }
 }
 
@@ -675,6 +685,7 @@ impl World {
             progress_ms: 0,
             trace,
             replica: State::new(),
+            replica_out: HashMap::new(),
             results_per_job: HashMap::new(),
             retries_per_job: HashMap::new(),
             actions_recorded: HashSet::new(),
@@ -853,6 +864,8 @@ impl World {
         // checked against a rebuild from the first record.
         let full = match store::load_state(&self.store, Rebuild::FromScratch) {
             Ok(s) => s,
+            // Catching the history indexes up needs a disk that writes.
+            Err(e @ StoreError::Write { .. }) => return self.cannot_start(e),
             Err(e) => self.fail(format!("the durable log does not replay: {e}")),
         };
         if full != self.replica {
@@ -881,14 +894,13 @@ impl World {
         let started = self
             .store
             .append(&batch.records)
+            .and_then(|()| match batch.archived.is_empty() {
+                true => Ok(()),
+                false => self.store.archive(&batch.archived, batch.archived_through),
+            })
             .and_then(|()| self.store.flush());
         if let Err(e) = started {
-            // The disk is still failing: the operator looks again later.
-            self.say(|| format!("dispatcher cannot start: {e}"));
-            self.store.disk().crash();
-            let later = self.rng.range(500, 5_000);
-            self.schedule(later, Ev::OperatorFixesDisk);
-            return;
+            return self.cannot_start(e);
         }
         self.became_durable();
         self.undisturbed_since = self.undisturbed_since.max(self.now_ms);
@@ -1084,6 +1096,8 @@ impl World {
             records,
             outputs,
             infos,
+            archived,
+            archived_through,
             sends,
             plan,
         } = batch;
@@ -1100,6 +1114,11 @@ impl World {
             }
         }
         if let Err(e) = store.append(&records) {
+            return self.storage_failed(e);
+        }
+        if !archived.is_empty()
+            && let Err(e) = store.archive(&archived, archived_through)
+        {
             return self.storage_failed(e);
         }
         let slow_append = if self.slow_disk() {
@@ -1251,6 +1270,9 @@ impl World {
             if let Err(e) = self.replica.apply_record(&rec) {
                 self.fail(format!("a durable record does not apply: {e}"));
             }
+            for a in self.replica.take_archived() {
+                self.replica_out.insert(a.commit, a);
+            }
         }
         let disk = self.store.disk();
         let all_durable = disk.appended_seq() == disk.durable_seq();
@@ -1351,11 +1373,10 @@ impl World {
     /// Checked as the dispatcher sends: what a message acknowledges is
     /// already durable.
     fn check_sent(&self, conn: ConnId, msg: &ServerMsg) {
-        let replica = &self.replica;
         match msg {
             ServerMsg::CommitsAck { accepted, .. } => {
                 for c in accepted {
-                    if replica.job_for_commit(c).is_none() {
+                    if self.durable_job(c).is_none() {
                         self.fail(format!("commit {c} acknowledged but not durable"));
                     }
                 }
@@ -1936,7 +1957,7 @@ impl World {
                 // Accepted or already known: acknowledged means durable.
                 for n in &batch {
                     let c = self.observer.commits[*n];
-                    if self.replica.job_for_commit(&c).is_none() {
+                    if self.durable_job(&c).is_none() {
                         self.fail(format!("commit {n} acknowledged but not durable"));
                     }
                 }
@@ -2068,7 +2089,14 @@ impl World {
                 }
             }
             ServerMsg::OutputChunk { job, offset, data } => {
-                let Some(commit) = self.replica.job(job.job).map(|j| j.commit) else {
+                let in_memory = self.replica.job(job.job).map(|j| j.commit);
+                let out = || {
+                    self.replica_out
+                        .values()
+                        .find(|a| a.id == job.job)
+                        .map(|a| a.commit)
+                };
+                let Some(commit) = in_memory.or_else(out) else {
                     self.fail(format!("output of {job}, a job that is not durable"));
                 };
                 let Some(f) = self.user.following.get_mut(&commit) else {
@@ -2094,7 +2122,7 @@ impl World {
                 commit, records, ..
             } => {
                 // The job's own records, in order, from its first, all durable.
-                let Some(job) = self.replica.job_for_commit(&commit).map(|j| j.id) else {
+                let Some(job) = self.durable_job(&commit) else {
                     self.fail(format!("a history of {commit}, which is not durable"));
                 };
                 let ok = records.first().is_some_and(|r| {
@@ -2629,39 +2657,62 @@ impl World {
             self.fail("final replay differs from the live state".into());
         }
         for (n, commit) in self.observer.commits.iter().enumerate() {
-            let Some(j) = replayed.job_for_commit(commit) else {
-                self.fail(format!("commit {n} has no job"));
+            // In memory, or moved out to the history indexes.
+            let (id, f) = match replayed.job_for_commit(commit) {
+                Some(j) => match &j.status {
+                    JobStatus::Done(f) => (j.id, (f.outcome, f.runner.is_some())),
+                    _ => self.fail(format!("commit {n} (job {}) has no outcome", j.id)),
+                },
+                None => match self.store.archived_commit(commit) {
+                    Ok(Some(a)) => (a.id, (a.finished.outcome, a.finished.runner.is_some())),
+                    _ => self.fail(format!("commit {n} has no job")),
+                },
             };
-            let JobStatus::Done(f) = &j.status else {
-                self.fail(format!("commit {n} (job {}) has no outcome", j.id));
-            };
-            let retries = self.retries_per_job.get(&j.id).copied().unwrap_or(0);
-            if self.results_per_job.get(&j.id) != Some(&(retries + 1)) {
+
+            let retries = self.retries_per_job.get(&id).copied().unwrap_or(0);
+            if self.results_per_job.get(&id) != Some(&(retries + 1)) {
                 self.fail(format!(
                     "job {} does not have exactly one outcome per retry ({retries})",
-                    j.id
+                    id
                 ));
             }
-            let lost = self.real_losses.get(&j.id).copied().unwrap_or(0);
+            let lost = self.real_losses.get(&id).copied().unwrap_or(0);
             // A cancelled job keeps the runner that was running it, if any.
-            let right = match f.runner {
-                _ if f.outcome == Outcome::Cancelled => {
+            let (outcome, ran) = f;
+            let right = match ran {
+                _ if outcome == Outcome::Cancelled => {
                     self.actions_recorded.contains(&(Action::Cancel, *commit))
                 }
-                Some(_) => f.outcome == true_outcome(commit),
-                None => f.outcome == Outcome::Error && lost >= MAX_ATTEMPTS,
+                true => outcome == true_outcome(commit),
+                false => outcome == Outcome::Error && lost >= MAX_ATTEMPTS,
             };
             if !right {
                 self.fail(format!(
                     "job {} ended wrongly: {f:?}, {lost} real losses",
-                    j.id
+                    id
                 ));
             }
         }
-        if replayed.jobs().len() != self.observer.commits.len() {
+        if replayed.jobs_seen() as usize != self.observer.commits.len() {
             self.fail("jobs for commits nobody reported".into());
         }
         self.check_notifications();
+    }
+
+    /// The disk is still failing: the operator looks again later.
+    fn cannot_start(&mut self, e: StoreError) {
+        self.say(|| format!("dispatcher cannot start: {e}"));
+        self.store.disk().crash();
+        let later = self.rng.range(500, 5_000);
+        self.schedule(later, Ev::OperatorFixesDisk);
+    }
+
+    /// The durable job of a commit: in the replica's memory, or moved out.
+    fn durable_job(&self, commit: &CommitId) -> Option<JobId> {
+        self.replica
+            .job_for_commit(commit)
+            .map(|j| j.id)
+            .or_else(|| self.replica_out.get(commit).map(|a| a.id))
     }
 
     fn fail(&self, why: String) -> ! {

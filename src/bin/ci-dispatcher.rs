@@ -23,6 +23,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = DispatcherConfig::new(args.listen.clone());
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.snapshot_every = args.snapshot_every;
+    config.keep_in_memory = args.keep_in_memory as usize;
     config.hello_timeout = args.hello_timeout;
     config.insecure = args.insecure;
     config.max_connections = args.max_connections as usize;

@@ -26,6 +26,10 @@ pub struct Args {
     /// Store a state snapshot every this many events (restart replays only the tail).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
     pub snapshot_every: u64,
+    /// Finished jobs kept in memory; older ones are read from the on-disk
+    /// history indexes (memory and restart time stay flat as history grows).
+    #[arg(long, default_value_t = crate::core::state::DEFAULT_WINDOW as u32, value_parser = clap::value_parser!(u32).range(1..=10_000_000), value_name = "JOBS")]
+    pub keep_in_memory: u32,
     /// The role secrets, one `ROLE: SECRET` line each for runner, observer,
     /// tool and tool-write (see the README's Security section). Without it every client is
     /// trusted and only loopback addresses are allowed.

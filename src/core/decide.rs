@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::archive::ArchivedJob;
 use super::event::{
     DropReason, Event, JobReport, LostReason, Notice, NoticeKind, NoticeState, Outcome, Record,
 };
@@ -128,6 +129,8 @@ pub struct CoreConfig {
     pub max_attempts: u32,
     /// Where notifications go; none by default.
     pub sinks: Vec<SinkSpec>,
+    /// How many finished jobs stay in memory (`--keep-in-memory`).
+    pub window: usize,
 }
 
 impl Default for CoreConfig {
@@ -136,6 +139,7 @@ impl Default for CoreConfig {
             heartbeat_timeout_ms: 10_000,
             max_attempts: 3,
             sinks: Vec::new(),
+            window: crate::core::state::DEFAULT_WINDOW,
         }
     }
 }
@@ -344,6 +348,11 @@ pub enum RunnerState {
 #[derive(Clone, Debug)]
 pub struct Core {
     pub state: State,
+    /// Finished jobs out of memory that the next input is about, as the
+    /// shell found them in the history indexes ([`Core::recall`]); the
+    /// core does no IO, so the shell looks up before it asks. Emptied by
+    /// every `handle`.
+    recalled: Vec<ArchivedJob>,
     sessions: BTreeMap<RunnerName, Session>,
     /// Runners waiting for work, longest-waiting first.
     idle: IdleQueue,
@@ -372,6 +381,7 @@ impl Core {
     pub fn new(state: State, config: CoreConfig) -> Core {
         Core {
             state,
+            recalled: Vec::new(),
             sessions: BTreeMap::new(),
             idle: IdleQueue::default(),
             deadlines: Deadlines::default(),
@@ -402,7 +412,27 @@ impl Core {
     }
 
     /// Decides on one input; see the module docs for the contract.
+    /// Hands the core finished jobs that left memory and that the next
+    /// input names (by commit): the history indexes' answer, looked up by
+    /// the shell before [`Core::handle`]. What the core is not told about
+    /// it takes as never seen, so the shell must ask for every commit of
+    /// an input that [`State::job_for_commit`] does not find.
+    pub fn recall(&mut self, jobs: impl IntoIterator<Item = ArchivedJob>) {
+        self.recalled.extend(jobs);
+    }
+
+    /// A recalled job of `commit`.
+    fn recalled(&self, commit: &CommitId) -> Option<&ArchivedJob> {
+        self.recalled.iter().find(|a| a.commit == *commit)
+    }
+
     pub fn handle(&mut self, input: Input, now: Now) -> Step {
+        let step = self.decide(input, now);
+        self.recalled.clear();
+        step
+    }
+
+    fn decide(&mut self, input: Input, now: Now) -> Step {
         let mut step = Step::default();
         self.notice_pause(&mut step, now);
         match input {
@@ -524,6 +554,11 @@ impl Core {
             }
         }
         self.emit(step, Event::DispatcherStarted { pid }, now);
+        let window = self.config.window.clamp(1, u32::MAX as usize);
+        if window != self.state.window() {
+            let jobs = window as u32;
+            self.emit(step, Event::MemoryWindow { jobs }, now);
+        }
         // What is owed to a sink this start does not have cannot be sent.
         let gone: Vec<u64> = self
             .state
@@ -554,7 +589,7 @@ impl Core {
         let mut accepted = Vec::new();
         let mut duplicates = 0;
         for commit in commits {
-            if self.state.job_for_commit(&commit).is_some() {
+            if self.state.job_for_commit(&commit).is_some() || self.recalled(&commit).is_some() {
                 duplicates += 1;
                 continue;
             }
@@ -668,7 +703,10 @@ impl Core {
 
     fn on_cancel(&mut self, step: &mut Step, commit: CommitId, now: Now) {
         let Some(j) = self.state.job_for_commit(&commit) else {
-            step.reply = Some(Reply::Refused(Refusal::UnknownCommit));
+            step.reply = Some(Reply::Refused(match self.recalled(&commit) {
+                Some(a) => Refusal::AlreadyFinished(a.finished.outcome),
+                None => Refusal::UnknownCommit,
+            }));
             return;
         };
         let (job, attempt, status) = (j.id, j.attempts, j.status);
@@ -703,6 +741,13 @@ impl Core {
     }
 
     fn on_retry(&mut self, step: &mut Step, commit: CommitId, now: Now) {
+        if self.state.job_for_commit(&commit).is_none()
+            && let Some(a) = self.recalled(&commit)
+        {
+            // It left memory: it comes back, on record, to be retried.
+            let job = Box::new(a.clone());
+            self.emit(step, Event::JobRestored { job }, now);
+        }
         let Some(j) = self.state.job_for_commit(&commit) else {
             step.reply = Some(Reply::Refused(Refusal::UnknownCommit));
             return;
@@ -774,7 +819,7 @@ impl Core {
             return Reply::ResultAck {
                 job,
                 accepted: false,
-                reason: format!("unknown job {}", job.job),
+                reason: self.why_not_held(job),
             };
         };
         match &j.status {
@@ -851,6 +896,9 @@ impl Core {
     /// Why `job` is not (or no longer) this attempt's to run.
     fn why_not_held(&self, job: JobRef) -> String {
         match self.state.job(job.job) {
+            None if job.job < self.state.next_job_id() => {
+                format!("stale {job}: the job finished long ago")
+            }
             None => format!("unknown job {}", job.job),
             Some(j) => match &j.status {
                 JobStatus::Done(f) => format!(
@@ -1124,7 +1172,7 @@ impl Core {
                 let JobStatus::Done(f) = j.status else {
                     return Vec::new();
                 };
-                let report = self.state.report(&f);
+                let report = self.state.report(j.id, &f);
                 let base = Notice {
                     kind: NoticeKind::Result,
                     job: j.id,

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::archive::ArchivedJob;
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 
 /// How a job ended. `pending` and `running` exist only in views, never here.
@@ -204,6 +205,15 @@ pub enum Event {
         branch: String,
         tip: CommitId,
     },
+    /// A finished job that had left memory (it is kept in the history
+    /// indexes) is brought back, as it was, because the next event
+    /// (a `JobRetried`) changes it. The log carries the job's facts so that
+    /// the fold needs nothing but the log.
+    JobRestored { job: Box<ArchivedJob> },
+    /// From here on, `jobs` finished jobs are kept in memory (the
+    /// dispatcher was started with another `--keep-in-memory`): on record,
+    /// so every replay moves the same jobs out at the same point.
+    MemoryWindow { jobs: u32 },
 }
 
 /// What a notification says.
@@ -297,6 +307,7 @@ impl Event {
         match self {
             Event::CommitSeen { job, .. } | Event::CommitSeenIn { job, .. } => Some(*job),
             Event::NotificationDue { notice, .. } => Some(notice.job),
+            Event::JobRestored { job } => Some(job.id),
             other => other.job_ref().map(|j| j.job),
         }
     }
@@ -320,6 +331,8 @@ impl Event {
             // field: readers of `replay --json` filter on one type.
             Event::CommitSeenIn { .. } => "commit_seen",
             Event::BranchMovedIn { .. } => "branch_moved",
+            Event::JobRestored { .. } => "job_restored",
+            Event::MemoryWindow { .. } => "memory_window",
         }
     }
 

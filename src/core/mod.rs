@@ -4,9 +4,11 @@
 //! **Architecture invariant:** nothing in here does IO, spawns, reads a clock
 //! or knows of tokio or sled. Time comes in as [`Now`] with each input.
 
+pub mod archive;
 pub mod event;
 pub mod ids;
 
+pub use archive::{ArchivedJob, ArchivedResult, HistoryFilter};
 pub use event::{
     CommitInfo, DropReason, Event, JobReport, LostReason, Notice, NoticeKind, NoticeState, Outcome,
     Record, TestCounts,

@@ -4,14 +4,16 @@
 //! always gives the same `State`; that is what makes restart and
 //! `replay --verify` exact.
 //!
-//! Compact by design: the state holds one [`Job`] per commit ever seen, so a
-//! job is plain data with no heap allocation of its own. Branch names,
-//! runner names and result messages are interned into one table of the
+//! Bounded by design: the state holds the unfinished jobs and a window of
+//! recently finished ones (older ones move out to the history indexes, see
+//! [`super::archive`]); a job is plain data with no heap allocation of its
+//! own. Branch, repository and runner names are interned into one table of the
 //! state ([`Sym`] indexes it, in order of first appearance, so interning is
-//! part of the pure fold), and commits are indexed by an open-addressing
-//! table of job numbers that is rebuilt, not stored, when a snapshot loads.
+//! part of the pure fold; result messages differ from job to job and are
+//! kept beside the jobs in memory), and the commits in memory are indexed
+//! by a hash table that is rebuilt, not stored, when a snapshot loads.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 
 /// foldhash, seeded per process: several times faster than SipHash on a
@@ -20,6 +22,7 @@ type RandomState = foldhash::quality::RandomState;
 
 mod snapshot;
 
+use super::archive::{ArchivedJob, ArchivedResult};
 use super::event::{Event, JobReport, LostReason, Notice, Outcome, Record, TestCounts};
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 
@@ -51,7 +54,7 @@ pub struct Finished {
     pub exit_code: Option<i32>,
     pub duration_ms: u64,
     pub tests: Option<TestCounts>,
-    pub message: Sym,
+    /// The message is kept beside: [`State::message`].
     pub output_bytes: u64,
     pub at_ms: u64,
 }
@@ -217,18 +220,41 @@ impl Index {
     }
 }
 
-/// The key of a commit in the index: all of its bytes. (Not just a prefix:
-/// ids made up by tools and tests share long prefixes.)
-fn commit_key(c: &CommitId) -> &[u8] {
-    c.as_bytes()
-}
+/// How many finished jobs the state keeps in memory by default; older ones
+/// live in the store's history indexes (see [`super::archive`]).
+pub const DEFAULT_WINDOW: usize = 10_000;
 
-/// Everything the log says, folded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Everything the log says, folded: in memory, what scheduling needs (the
+/// unfinished jobs, the queue, the holders, branch tips and marks, the
+/// outbox) and a bounded window of recently finished jobs. Jobs that leave
+/// the window are handed out by [`State::take_archived`] for the history
+/// indexes; memory does not grow with history.
+#[derive(Clone, Debug, Default)]
 pub struct State {
     /// Sequence number of the last applied record (0 = empty log).
     last_seq: u64,
-    jobs: Vec<Job>,
+    /// How many finished jobs stay in memory (0: the default).
+    window: usize,
+    /// The jobs in memory, by number: every unfinished one and the window.
+    jobs: BTreeMap<JobId, Job>,
+    /// How many jobs were ever seen (the next is number + 1).
+    seen: u64,
+    /// The in-memory finished jobs in the order they finished, oldest
+    /// first (an entry whose job was retried or moved out since is
+    /// skipped when it comes up).
+    finished: VecDeque<JobId>,
+    /// How many jobs in memory are finished.
+    finished_in_memory: usize,
+    /// The result messages of finished jobs in memory (empty ones absent):
+    /// messages differ from job to job, so they are not interned.
+    messages: HashMap<JobId, Box<str>, RandomState>,
+    /// How many jobs ever moved out of memory (the history indexes say
+    /// how many they hold, so a snapshot is only used with indexes that
+    /// caught up with it).
+    archived: u64,
+    /// Jobs moved out and not yet taken by the owner (derived: not in
+    /// snapshots, not compared).
+    outgoing: Vec<ArchivedJob>,
     queue: VecDeque<JobId>,
     /// Which job each runner holds. A runner holds at most one.
     holders: BTreeMap<RunnerName, JobRef>,
@@ -240,10 +266,15 @@ pub struct State {
     /// How many jobs are finished (a result or a cancel; a retry makes one
     /// unfinished again).
     results: u64,
-    /// Interned strings, in order of first appearance; `Sym(i)` is `names[i]`.
+    /// Finished jobs by outcome (in the order of [`Outcome::ALL`]), in
+    /// memory or not.
+    outcomes: [u64; 5],
+    /// Interned branch, repository and runner names, in order of first
+    /// appearance; `Sym(i)` is `names[i]`.
     names: Vec<Box<str>>,
-    /// Commit -> job number (derived from `jobs`, rebuilt on load).
-    by_commit: Index,
+    /// Commit -> job number, for the jobs in memory (derived, rebuilt on
+    /// load).
+    by_commit: HashMap<CommitId, JobId, RandomState>,
     /// Name -> `Sym` + 1 (derived from `names`, rebuilt on load).
     by_name: Index,
     /// Notifications due and not yet delivered or dropped, by number.
@@ -263,9 +294,45 @@ pub struct State {
     queued: BTreeMap<Option<Sym>, usize>,
 }
 
+/// Two states are equal when the log they fold says the same: what is in
+/// memory, not the order of hash tables or what waits to be taken out.
+impl PartialEq for State {
+    fn eq(&self, o: &State) -> bool {
+        self.last_seq == o.last_seq
+            && self.window() == o.window()
+            && self.jobs == o.jobs
+            && self.seen == o.seen
+            && self.finished == o.finished
+            && self.finished_in_memory == o.finished_in_memory
+            && self.messages == o.messages
+            && self.archived == o.archived
+            && self.queue == o.queue
+            && self.holders == o.holders
+            && self.branch_tips == o.branch_tips
+            && self.repo_tips == o.repo_tips
+            && self.results == o.results
+            && self.outcomes == o.outcomes
+            && self.names == o.names
+            && self.outbox == o.outbox
+            && self.notices == o.notices
+            && self.branch_marks == o.branch_marks
+            && self.repo_marks == o.repo_marks
+    }
+}
+
+impl Eq for State {}
+
 impl State {
     pub fn new() -> State {
         State::default()
+    }
+
+    /// How many finished jobs stay in memory.
+    pub fn window(&self) -> usize {
+        match self.window {
+            0 => DEFAULT_WINDOW,
+            w => w,
+        }
     }
 
     /// The snapshot of this state: everything but the derived indexes, in
@@ -301,25 +368,15 @@ impl State {
         for d in self.outbox.values() {
             *self.owed.entry(d.sink.clone()).or_default() += 1;
         }
-        let State {
-            jobs,
-            names,
-            by_commit,
-            by_name,
-            ..
-        } = self;
-        let (hc, hn) = (by_commit.hasher.clone(), by_name.hasher.clone());
-        by_commit.reserve(jobs.len(), |v| {
-            hc.hash_one(commit_key(&jobs[v as usize - 1].commit))
-        });
-        for (i, j) in jobs.iter().enumerate() {
-            let h = hc.hash_one(commit_key(&j.commit));
-            if !by_commit
-                .insert_unique(h, i as u32 + 1, |v| jobs[v as usize - 1].commit == j.commit)
-            {
+        self.by_commit.clear();
+        self.by_commit.reserve(self.jobs.len());
+        for j in self.jobs.values() {
+            if self.by_commit.insert(j.commit, j.id).is_some() {
                 return Err(format!("commit {} has two jobs", j.commit));
             }
         }
+        let State { names, by_name, .. } = self;
+        let hn = by_name.hasher.clone();
         by_name.reserve(names.len(), |v| hn.hash_one(&*names[v as usize - 1]));
         for (i, n) in names.iter().enumerate() {
             if !by_name.insert_unique(hn.hash_one(&**n), i as u32 + 1, |v| {
@@ -379,13 +436,184 @@ impl State {
     }
 
     /// The report a finished job's `Result` event carried.
-    pub fn report(&self, f: &Finished) -> JobReport {
+    pub fn report(&self, job: JobId, f: &Finished) -> JobReport {
         JobReport {
             outcome: f.outcome,
             exit_code: f.exit_code,
             duration_ms: f.duration_ms,
             tests: f.tests,
-            message: self.name(f.message).to_string(),
+            message: self.message(job).to_string(),
+        }
+    }
+
+    /// The result message of a finished job in memory ("" if none).
+    pub fn message(&self, job: JobId) -> &str {
+        self.messages.get(&job).map_or("", |m| m)
+    }
+
+    /// A finished job in memory as it is kept in the history indexes
+    /// (`None` while it is unfinished).
+    pub fn archive_of(&self, job: &Job) -> Option<ArchivedJob> {
+        let JobStatus::Done(f) = job.status else {
+            return None;
+        };
+        Some(ArchivedJob {
+            id: job.id,
+            commit: job.commit,
+            branch: self.branch(job).map(str::to_string),
+            repository: self.repository(job).map(str::to_string),
+            attempts: job.attempts,
+            lost: job.lost,
+            seen_at_ms: job.seen_at_ms,
+            finished: ArchivedResult {
+                runner: self.runner(&f).map(str::to_string),
+                attempt: f.attempt,
+                outcome: f.outcome,
+                exit_code: f.exit_code,
+                duration_ms: f.duration_ms,
+                tests: f.tests,
+                message: self.message(job.id).to_string(),
+                output_bytes: f.output_bytes,
+                at_ms: f.at_ms,
+            },
+        })
+    }
+
+    /// The jobs that left memory since the last call, oldest first: the
+    /// owner writes them to the history indexes before anything reads
+    /// them there.
+    pub fn take_archived(&mut self) -> Vec<ArchivedJob> {
+        std::mem::take(&mut self.outgoing)
+    }
+
+    /// Whether jobs left memory and were not taken yet.
+    pub fn has_archived(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// How many jobs ever left memory (counting a job again each time).
+    pub fn archived_count(&self) -> u64 {
+        self.archived
+    }
+
+    /// Finished jobs by outcome, in the order of [`Outcome::ALL`].
+    pub fn outcome_counts(&self) -> [u64; 5] {
+        self.outcomes
+    }
+
+    /// A job finished at `at`: its message kept, counted, and the oldest
+    /// finished jobs beyond the window moved out.
+    fn finish(&mut self, job: JobId, outcome: Outcome, message: &str) {
+        if !message.is_empty() {
+            self.messages.insert(job, message.into());
+        }
+        self.outcomes[outcome_index(outcome)] += 1;
+        self.results += 1;
+        self.finished.push_back(job);
+        self.finished_in_memory += 1;
+        self.evict();
+    }
+
+    /// Moves finished jobs out of memory, oldest finished first, until the
+    /// window holds.
+    fn evict(&mut self) {
+        while self.finished_in_memory > self.window() {
+            let Some(id) = self.finished.pop_front() else {
+                break;
+            };
+            // An entry of a job retried (or moved out) since is stale.
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            let Some(archived) = self.archive_of(job) else {
+                continue;
+            };
+            let commit = job.commit;
+            self.jobs.remove(&id);
+            self.by_commit.remove(&commit);
+            self.messages.remove(&id);
+            self.finished_in_memory -= 1;
+            self.archived += 1;
+            self.outgoing.push(archived);
+        }
+    }
+
+    /// Brings an archived job back into memory, as it was.
+    fn restore(&mut self, a: &ArchivedJob) -> Result<(), String> {
+        if a.id.0 == 0 || a.id.0 > self.seen {
+            return Err(format!("job {} was never seen", a.id));
+        }
+        if self.jobs.contains_key(&a.id) {
+            return Err(format!("job {} is in memory already", a.id));
+        }
+        if self.by_commit.contains_key(&a.commit) {
+            return Err(format!("commit {} has a job in memory", a.commit));
+        }
+        let branch = a.branch.as_deref().map(|b| self.intern(b)).transpose()?;
+        let repository = a
+            .repository
+            .as_deref()
+            .map(|r| self.intern(r))
+            .transpose()?;
+        let runner = a
+            .finished
+            .runner
+            .as_deref()
+            .map(|r| self.intern(r))
+            .transpose()?;
+        let f = &a.finished;
+        self.jobs.insert(
+            a.id,
+            Job {
+                id: a.id,
+                commit: a.commit,
+                branch,
+                repository,
+                attempts: a.attempts,
+                lost: a.lost,
+                status: JobStatus::Done(Finished {
+                    runner,
+                    attempt: f.attempt,
+                    outcome: f.outcome,
+                    exit_code: f.exit_code,
+                    duration_ms: f.duration_ms,
+                    tests: f.tests,
+                    output_bytes: f.output_bytes,
+                    at_ms: f.at_ms,
+                }),
+                seen_at_ms: a.seen_at_ms,
+            },
+        );
+        self.by_commit.insert(a.commit, a.id);
+        if !f.message.is_empty() {
+            self.messages.insert(a.id, f.message.as_str().into());
+        }
+        self.finished.push_back(a.id);
+        self.finished_in_memory += 1;
+        Ok(())
+    }
+
+    /// As [`State::apply_record`] for a log written before jobs left
+    /// memory, whose `JobRetried` may name a job this fold moved out: the
+    /// owner found it in the history indexes, and it comes back first.
+    pub fn apply_record_restoring(
+        &mut self,
+        rec: &Record,
+        archived: &ArchivedJob,
+    ) -> Result<(), ApplyError> {
+        self.restore(archived)
+            .map_err(|why| ApplyError { seq: rec.seq, why })?;
+        self.apply_record(rec)
+    }
+
+    /// The job a record needs in memory and that is not there (it left
+    /// with the window): what [`State::apply_record_restoring`] is for.
+    pub fn missing_job(&self, rec: &Record) -> Option<JobId> {
+        match &rec.event {
+            Event::JobRetried { job, .. } if !self.jobs.contains_key(job) && job.0 <= self.seen => {
+                Some(*job)
+            }
+            _ => None,
         }
     }
 
@@ -530,7 +758,6 @@ impl State {
                     Some(r) => Some(self.intern(r)?),
                     None => None,
                 };
-                let message = self.intern(&report.message)?;
                 let j = self.job_mut(*job)?;
                 j.status = JobStatus::Done(Finished {
                     runner: runner_sym,
@@ -539,7 +766,6 @@ impl State {
                     exit_code: report.exit_code,
                     duration_ms: report.duration_ms,
                     tests: report.tests,
-                    message,
                     output_bytes: *output_bytes,
                     at_ms,
                 });
@@ -551,7 +777,6 @@ impl State {
                 if was_queued {
                     self.dequeue(*job);
                 }
-                self.results += 1;
                 if let Some(j) = self.job(*job)
                     && let Some(b) = j.branch
                 {
@@ -559,6 +784,7 @@ impl State {
                     let repository = j.repository.map(|r| self.name(r).to_string());
                     self.mark_branch(repository, branch, *job, report.outcome);
                 }
+                self.finish(*job, report.outcome, &report.message);
             }
             Event::JobCancelled { job, attempt, .. } => {
                 let j = self.job_mut(*job)?;
@@ -572,7 +798,6 @@ impl State {
                 if let JobStatus::Done(_) = status {
                     return Err(format!("job {job} already has a result"));
                 }
-                let message = self.intern("cancelled")?;
                 // A running job keeps who ran it and for how long (from
                 // the hand-out to the cancel, checkout included).
                 let (ran_on, ran_ms) = match status {
@@ -596,15 +821,17 @@ impl State {
                     exit_code: None,
                     duration_ms: ran_ms,
                     tests: None,
-                    message,
                     output_bytes: 0,
                     at_ms,
                 });
-                self.results += 1;
+                self.finish(*job, Outcome::Cancelled, "cancelled");
             }
             Event::JobRetried { job, attempt, .. } => {
                 let j = self.job_mut(*job)?;
-                if !matches!(j.status, JobStatus::Done(_)) || *attempt != j.attempts {
+                let JobStatus::Done(f) = j.status else {
+                    return Err(format!("job {job} is not finished to be retried"));
+                };
+                if *attempt != j.attempts {
                     return Err(format!(
                         "job {job} is not finished at attempt {attempt} to be retried"
                     ));
@@ -614,6 +841,14 @@ impl State {
                 let repository = j.repository;
                 self.enqueue_back(*job, repository);
                 self.results -= 1;
+                self.outcomes[outcome_index(f.outcome)] -= 1;
+                self.finished_in_memory -= 1;
+                self.messages.remove(job);
+            }
+            Event::JobRestored { job } => self.restore(job)?,
+            Event::MemoryWindow { jobs } => {
+                self.window = (*jobs as usize).max(1);
+                self.evict();
             }
             Event::NotificationDue { n, sink, notice } => {
                 if *n != self.notices + 1 {
@@ -655,19 +890,12 @@ impl State {
         repository: Option<&str>,
         at_ms: u64,
     ) -> Result<(), String> {
-        if job.0 != self.jobs.len() as u64 + 1 {
+        if job.0 != self.seen + 1 {
             return Err(format!("job {job} is not the next job number"));
         }
-        if job.0 >= u32::MAX as u64 {
-            return Err(format!("job {job}: too many jobs"));
-        }
-        let h = self.by_commit.hash(&commit_key(&commit));
-        let jobs = &self.jobs;
-        if self
-            .by_commit
-            .find(h, |v| jobs[v as usize - 1].commit == commit)
-            .is_some()
-        {
+        // Commits that left memory are checked by whoever decided this
+        // (the core, with the history indexes' answer).
+        if self.by_commit.contains_key(&commit) {
             return Err(format!("commit {commit} was already seen"));
         }
         let branch_sym = match branch {
@@ -678,20 +906,21 @@ impl State {
             Some(r) => Some(self.intern(r)?),
             None => None,
         };
-        self.jobs.push(Job {
-            id: job,
-            commit,
-            branch: branch_sym,
-            repository: repository_sym,
-            attempts: 0,
-            lost: 0,
-            status: JobStatus::Queued,
-            seen_at_ms: at_ms,
-        });
-        let (hc, jobs) = (self.by_commit.hasher.clone(), &self.jobs);
-        self.by_commit
-            .reserve(1, |v| hc.hash_one(commit_key(&jobs[v as usize - 1].commit)));
-        self.by_commit.insert_new(h, job.0 as u32);
+        self.seen = job.0;
+        self.jobs.insert(
+            job,
+            Job {
+                id: job,
+                commit,
+                branch: branch_sym,
+                repository: repository_sym,
+                attempts: 0,
+                lost: 0,
+                status: JobStatus::Queued,
+                seen_at_ms: at_ms,
+            },
+        );
+        self.by_commit.insert(commit, job);
         self.enqueue_back(job, repository_sym);
         if let Some(b) = branch {
             self.set_tip(repository, b, commit);
@@ -776,29 +1005,42 @@ impl State {
     }
 
     fn job_mut(&mut self, id: JobId) -> Result<&mut Job, String> {
-        let idx = id.0.checked_sub(1).ok_or("job 0 does not exist")? as usize;
-        self.jobs
-            .get_mut(idx)
-            .ok_or_else(|| format!("job {id} does not exist"))
+        let seen = self.seen;
+        self.jobs.get_mut(&id).ok_or_else(|| match id.0 {
+            n if n >= 1 && n <= seen => format!("job {id} is not in memory"),
+            _ => format!("job {id} does not exist"),
+        })
     }
 
+    /// A job in memory (unfinished, or among the recently finished).
     pub fn job(&self, id: JobId) -> Option<&Job> {
-        let idx = id.0.checked_sub(1)? as usize;
-        self.jobs.get(idx)
+        self.jobs.get(&id)
     }
 
+    /// The job of a commit, if it is in memory; a commit that is not may
+    /// still be in the history indexes.
     pub fn job_for_commit(&self, commit: &CommitId) -> Option<&Job> {
-        let jobs = &self.jobs;
-        let v = self
-            .by_commit
-            .find(self.by_commit.hash(&commit_key(commit)), |v| {
-                jobs[v as usize - 1].commit == *commit
-            })?;
-        jobs.get(v as usize - 1)
+        self.jobs.get(self.by_commit.get(commit)?)
     }
 
-    pub fn jobs(&self) -> &[Job] {
-        &self.jobs
+    /// The jobs in memory, by number.
+    pub fn jobs(&self) -> impl DoubleEndedIterator<Item = &Job> + '_ {
+        self.jobs.values()
+    }
+
+    /// The jobs in memory numbered below `before`, newest first.
+    pub fn jobs_before(&self, before: JobId) -> impl Iterator<Item = &Job> + '_ {
+        self.jobs.range(..before).rev().map(|(_, j)| j)
+    }
+
+    /// How many jobs are in memory.
+    pub fn jobs_in_memory(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// How many jobs were ever seen.
+    pub fn jobs_seen(&self) -> u64 {
+        self.seen
     }
 
     pub fn queue(&self) -> impl Iterator<Item = &Job> + '_ {
@@ -846,12 +1088,23 @@ impl State {
     }
 
     pub fn next_job_id(&self) -> JobId {
-        JobId(self.jobs.len() as u64 + 1)
+        JobId(self.seen + 1)
     }
 
     /// Jobs with no final outcome yet.
     pub fn unfinished(&self) -> usize {
-        self.jobs.len() - self.results as usize
+        (self.seen - self.results) as usize
+    }
+}
+
+/// Where an outcome counts in [`State::outcome_counts`].
+pub fn outcome_index(o: Outcome) -> usize {
+    match o {
+        Outcome::Pass => 0,
+        Outcome::Fail => 1,
+        Outcome::Timeout => 2,
+        Outcome::Error => 3,
+        Outcome::Cancelled => 4,
     }
 }
 

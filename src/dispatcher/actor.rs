@@ -213,6 +213,10 @@ impl Driver {
         let batch = self.shell.start(std::process::id(), now);
         debug_assert_eq!(batch.plan, FlushPlan::Inline);
         self.store().append(&batch.records)?;
+        if !batch.archived.is_empty() {
+            self.store()
+                .archive(&batch.archived, batch.archived_through)?;
+        }
         self.store().flush()
     }
 
@@ -353,6 +357,8 @@ impl Driver {
             records,
             outputs,
             infos,
+            archived,
+            archived_through,
             sends,
             plan,
         } = batch;
@@ -365,6 +371,11 @@ impl Driver {
             store.put_info(*job, info)?;
         }
         store.append(&records)?;
+        // After the records they follow from: the indexes never hold a
+        // job whose finishing record a crash could lose.
+        if !archived.is_empty() {
+            store.archive(&archived, archived_through)?;
+        }
         if !records.is_empty() {
             self.metrics.appended(started.elapsed());
             self.metrics.records(&records);

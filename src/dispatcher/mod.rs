@@ -42,6 +42,8 @@ pub struct DispatcherConfig {
     pub heartbeat_timeout: Duration,
     /// Store a snapshot of the state every this many events.
     pub snapshot_every: u64,
+    /// Finished jobs kept in memory (the rest are in the history indexes).
+    pub keep_in_memory: usize,
     pub max_attempts: u32,
     /// A connection that has not said hello by then is closed.
     pub hello_timeout: Duration,
@@ -65,6 +67,7 @@ impl DispatcherConfig {
             listen: listen.into(),
             heartbeat_timeout: Duration::from_secs(10),
             snapshot_every: 100_000,
+            keep_in_memory: crate::core::state::DEFAULT_WINDOW,
             max_attempts: 3,
             hello_timeout: conn::HELLO_TIMEOUT,
             insecure: false,
@@ -202,7 +205,8 @@ pub async fn start(
         info!(
             load_ms = t.elapsed().as_millis() as u64,
             events = state.last_seq(),
-            jobs = state.jobs().len(),
+            jobs = state.jobs_seen(),
+            in_memory = state.jobs_in_memory(),
             store = %store.describe(),
             "state rebuilt"
         );
@@ -217,6 +221,7 @@ pub async fn start(
             heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
             max_attempts: config.max_attempts,
             sinks: config.notify.sinks.iter().map(|s| s.spec()).collect(),
+            window: config.keep_in_memory,
         },
     );
     let shell = shell::Shell::new(

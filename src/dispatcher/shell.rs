@@ -32,8 +32,9 @@ use tracing::{debug, info, warn};
 use super::live::Live;
 use crate::core::ids::{validate_branch_name, validate_repository_name, validate_runner_name};
 use crate::core::{
-    CommitId, CommitInfo, Core, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftJob, Now,
-    Outcome, Record, Refusal, Reply, RunnerName, Serves, State, Step, ToRunner,
+    ArchivedJob, CommitId, CommitInfo, Core, Event, HistoryFilter, Input, Job, JobId, JobRef,
+    JobReport, JobStatus, LeftJob, Now, Outcome, Record, Refusal, Reply, RunnerName, Serves, State,
+    Step, ToRunner,
 };
 use crate::proto::auth::Grant;
 use crate::proto::{
@@ -41,7 +42,7 @@ use crate::proto::{
     MAX_SERVED, MAX_WATCHED, MIN_PREFIX_HEX, MetricsView, PAGE_BYTES, REPLAY_PAGE, ResultView,
     Role, ServerMsg, StatusView, bounded,
 };
-use crate::store::{EventLog, OutputStore, StoreError};
+use crate::store::{OutputStore, Reads, StoreError};
 
 /// A connection's number, given by the driver in the order connections
 /// were accepted: of two connections with one runner's name, the one
@@ -134,6 +135,10 @@ pub struct Batch {
     pub outputs: Vec<(JobRef, Vec<u8>)>,
     /// Commits' authors and subjects, kept beside the log.
     pub infos: Vec<(JobId, CommitInfo)>,
+    /// Finished jobs that left the state's memory, for the history
+    /// indexes, and the state's count of them after these.
+    pub archived: Vec<ArchivedJob>,
+    pub archived_through: u64,
     pub sends: Vec<Transmit>,
     pub plan: FlushPlan,
 }
@@ -190,6 +195,9 @@ struct Open {
     records: Vec<Record>,
     outputs: Vec<(JobRef, Vec<u8>)>,
     infos: Vec<(JobId, CommitInfo)>,
+    /// Jobs that left memory in this batch (readers look here before the
+    /// history indexes, which get them when the batch is written).
+    archived: Vec<ArchivedJob>,
     sends: Vec<Transmit>,
     /// Notifications that became due in this batch, for the notifier.
     owed: Vec<crate::core::Due>,
@@ -235,6 +243,8 @@ impl Shell {
             records: open.records,
             outputs: open.outputs,
             infos: open.infos,
+            archived: open.archived,
+            archived_through: self.core.state.archived_count(),
             sends: open.sends,
             plan: FlushPlan::Inline,
         }
@@ -303,12 +313,7 @@ impl Shell {
     }
 
     /// One input from a connection; `log` answers reads (replay, output).
-    pub fn handle<L: EventLog + OutputStore + ?Sized>(
-        &mut self,
-        input: ShellInput,
-        now: Now,
-        log: &L,
-    ) {
+    pub fn handle<L: Reads + ?Sized>(&mut self, input: ShellInput, now: Now, log: &L) {
         if self.status != ShellStatus::Serving {
             if let ShellInput::Frame { conn, .. } | ShellInput::RunnerHello { conn, .. } = input {
                 self.send(
@@ -616,7 +621,7 @@ impl Shell {
         }
     }
 
-    fn request<L: EventLog + OutputStore + ?Sized>(
+    fn request<L: Reads + ?Sized>(
         &mut self,
         conn: ConnId,
         role: Role,
@@ -646,6 +651,12 @@ impl Shell {
                 } else {
                     Vec::new()
                 };
+                // "Already seen" stays exact: commits out of memory are
+                // looked up first, and a failed lookup accepts nothing.
+                if let Err(e) = self.recall(&commits, log) {
+                    self.send(conn, read_failed(e));
+                    return;
+                }
                 let mut step = self.core.handle(
                     Input::CommitsReported {
                         repository,
@@ -681,14 +692,14 @@ impl Shell {
                 return;
             }
             ClientMsg::Cancel { commit } => {
-                return self.action(conn, Input::Cancel { commit }, commit, now);
+                return self.action(conn, Input::Cancel { commit }, commit, now, log);
             }
             ClientMsg::Retry { commit } => {
-                return self.action(conn, Input::Retry { commit }, commit, now);
+                return self.action(conn, Input::Retry { commit }, commit, now, log);
             }
             ClientMsg::Follow { commit } => return self.follow(conn, commit, log),
-            ClientMsg::Watch { commits } => return self.watch(conn, commits),
-            ClientMsg::Resolve { prefix } => self.resolve(&prefix),
+            ClientMsg::Watch { commits } => return self.watch(conn, commits, log),
+            ClientMsg::Resolve { prefix } => self.resolve(&prefix, log),
             ClientMsg::GetTips { repository, after } => self.tips(repository.as_deref(), after),
             ClientMsg::Status => ServerMsg::Status(StatusView::of(&self.core, now)),
             ClientMsg::Results {
@@ -732,15 +743,19 @@ impl Shell {
     }
 
     /// The commit's job's records: its timeline.
-    fn history<L: EventLog + ?Sized>(&self, commit: CommitId, log: &L) -> ServerMsg {
-        let Some(j) = self.core.state.job_for_commit(&commit) else {
-            return ServerMsg::error(
-                ErrorCode::NotFound,
-                format!("the dispatcher has not seen commit {commit}"),
-                false,
-            );
+    fn history<L: Reads + ?Sized>(&self, commit: CommitId, log: &L) -> ServerMsg {
+        let id = match self.find_commit(&commit, log) {
+            Ok(Some(found)) => found.id(),
+            Ok(None) => {
+                return ServerMsg::error(
+                    ErrorCode::NotFound,
+                    format!("the dispatcher has not seen commit {commit}"),
+                    false,
+                );
+            }
+            Err(e) => return read_failed(e),
         };
-        match log.job_events(j.id, MAX_HISTORY_EVENTS + 1) {
+        match log.job_events(id, MAX_HISTORY_EVENTS + 1) {
             Ok(mut records) => {
                 let more = records.len() > MAX_HISTORY_EVENTS;
                 records.truncate(MAX_HISTORY_EVENTS);
@@ -751,7 +766,7 @@ impl Shell {
                         self.open
                             .records
                             .iter()
-                            .filter(|r| r.seq > after && r.event.job() == Some(j.id))
+                            .filter(|r| r.seq > after && r.event.job() == Some(id))
                             .cloned(),
                     );
                 }
@@ -810,8 +825,11 @@ impl Shell {
         ServerMsg::Tips { tips: out, next }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn results<L: OutputStore + ?Sized>(
+    /// A page of results, newest job first: the jobs in memory merged
+    /// with the history indexes by job number (memory wins: it is newer).
+    /// A rare filter reads at most [`HISTORY_SCAN`] index entries a page;
+    /// the page may then be short, and `next` says where to go on.
+    fn results<L: Reads + ?Sized>(
         &self,
         commit: Option<CommitId>,
         before: Option<u64>,
@@ -825,57 +843,146 @@ impl Shell {
             repository,
         } = filter;
         let state = &self.core.state;
-        let info = |j: &crate::core::Job| self.stored_info(j.id, log);
         if let Some(c) = commit {
-            return ServerMsg::Results {
-                results: state
-                    .job_for_commit(&c)
-                    .map(|j| ResultView::of(state, j, info(j).as_ref()))
-                    .into_iter()
-                    .collect(),
-                next: None,
+            return match self.find_commit(&c, log) {
+                Ok(found) => ServerMsg::Results {
+                    results: found.map(|f| self.view(&f, log)).into_iter().collect(),
+                    next: None,
+                },
+                Err(e) => read_failed(e),
             };
         }
         // A filter by a name never seen (a branch, a repository without a
-        // commit yet) matches nothing: `None` here; no filter is `Some(None)`.
-        let filter = |name: Option<&str>| match name {
+        // commit yet) matches nothing in memory: `None` here; no filter is
+        // `Some(None)`. The indexes filter by the names themselves.
+        let sym = |name: Option<&str>| match name {
             Some(n) => state.sym(n).map(Some),
             None => Some(None),
         };
-        let (Some(branch_sym), Some(repository_sym)) = (filter(branch), filter(repository)) else {
-            return ServerMsg::Results {
-                results: Vec::new(),
-                next: None,
-            };
-        };
-        let wanted = |j: &crate::core::Job| {
-            branch_sym.is_none_or(|b| j.branch == Some(b))
-                && repository_sym.is_none_or(|r| j.repository == Some(r))
+        let (branch_sym, repository_sym) = (sym(branch), sym(repository));
+        let wanted = |j: &Job| {
+            branch_sym.is_some_and(|b| b.is_none_or(|b| j.branch == Some(b)))
+                && repository_sym.is_some_and(|r| r.is_none_or(|r| j.repository == Some(r)))
                 && outcome.is_none_or(|o| status_word(&j.status) == o)
         };
-        let jobs = state.jobs();
-        let end = before.map_or(jobs.len(), |b| {
-            (b.saturating_sub(1) as usize).min(jobs.len())
-        });
+        let before = JobId(before.unwrap_or(u64::MAX).min(state.next_job_id().0));
         let limit = (limit as usize).clamp(1, MAX_RESULTS_PAGE);
+        // Finished outcomes only are in the indexes.
+        let finished = match outcome {
+            None => Some(None),
+            Some(o) => Outcome::parse(o).map(Some),
+        };
+        let history = match finished {
+            Some(outcome) => {
+                let filter = HistoryFilter {
+                    branch: branch.map(str::to_string),
+                    repository: repository.map(|r| Some(r.to_string())),
+                    outcome,
+                };
+                match log.archived_page(before, &filter, limit + 1, HISTORY_SCAN) {
+                    Ok(page) => page,
+                    Err(e) => return read_failed(e),
+                }
+            }
+            None => crate::store::HistoryPage::default(),
+        };
+        // Below `floor` the indexes were not read: the page ends there.
+        let floor = history.resume.map_or(JobId(0), |r| {
+            if history.jobs.len() > limit {
+                JobId(0)
+            } else {
+                r
+            }
+        });
+        let mut memory = state
+            .jobs_before(before)
+            .take_while(|j| j.id >= floor)
+            .filter(|j| wanted(j))
+            .peekable();
+        // Jobs of the open batch that left memory are not in the indexes
+        // yet; the indexes may still hold an older copy of a job in
+        // memory (retried since).
+        let mut pending: Vec<&ArchivedJob> = self
+            .open
+            .archived
+            .iter()
+            .filter(|a| a.id < before && a.id >= floor)
+            .collect();
+        pending.sort_by_key(|a| std::cmp::Reverse(a.id));
+        pending.dedup_by_key(|a| a.id);
+        let hfilter = |a: &ArchivedJob| {
+            branch.is_none_or(|b| a.branch.as_deref() == Some(b))
+                && repository.is_none_or(|r| a.repository.as_deref() == Some(r))
+                && outcome.is_none_or(|o| a.finished.outcome.as_str() == o)
+        };
+        let mut pending = pending.into_iter().filter(|a| hfilter(a)).peekable();
+        let mut archived = history.jobs.iter().peekable();
         let mut results = Vec::new();
         let mut bytes = 0;
         let mut next = None;
-        for j in jobs[..end].iter().rev().filter(|j| wanted(j)) {
-            let view = ResultView::of(state, j, info(j).as_ref());
+        let mut last = None;
+        loop {
+            // The newest of the three heads.
+            let m = memory.peek().map(|j| j.id);
+            let p = pending.peek().map(|a| a.id);
+            let a = archived.peek().map(|a| a.id);
+            let Some(top) = [m, p, a].into_iter().flatten().max() else {
+                break;
+            };
+            let view = if m == Some(top) {
+                let j = memory.next().expect("peeked");
+                ResultView::of(state, j, self.stored_info(j.id, log).as_ref())
+            } else if p == Some(top) {
+                let a = pending.next().expect("peeked");
+                ResultView::of_archived(a, self.stored_info(a.id, log).as_ref())
+            } else {
+                let a = archived.next().expect("peeked");
+                ResultView::of_archived(a, self.stored_info(a.id, log).as_ref())
+            };
+            // One job once: memory, then the open batch, then the indexes.
+            while memory.peek().is_some_and(|j| j.id == top) {
+                memory.next();
+            }
+            while pending.peek().is_some_and(|a| a.id == top) {
+                pending.next();
+            }
+            while archived.peek().is_some_and(|a| a.id == top) {
+                archived.next();
+            }
+            if state.job(top).is_some() && m != Some(top) {
+                // An out-of-date copy: the job is in memory but the filter
+                // does not take it now.
+                continue;
+            }
             let size = view.size_hint();
             if results.len() == limit || bytes + size > PAGE_BYTES {
-                next = results.last().map(|v: &ResultView| v.job);
+                next = last;
                 break;
             }
             bytes += size;
+            last = Some(top.0);
             results.push(view);
+        }
+        if next.is_none() && history.resume.is_some() && history.jobs.len() <= limit {
+            // The indexes stopped early (a rare filter): go on below.
+            next = Some(floor.0);
         }
         ServerMsg::Results { results, next }
     }
 
     /// A cancel or a retry.
-    fn action(&mut self, conn: ConnId, input: Input, commit: CommitId, now: Now) {
+    fn action<L: Reads + ?Sized>(
+        &mut self,
+        conn: ConnId,
+        input: Input,
+        commit: CommitId,
+        now: Now,
+        log: &L,
+    ) {
+        if let Err(e) = self.recall(&[commit], log) {
+            self.send(conn, read_failed(e));
+            return;
+        }
         let mut step = self.core.handle(input, now);
         let answer = match step.reply.take() {
             Some(Reply::Done) => ServerMsg::ActionDone {
@@ -918,55 +1025,141 @@ impl Shell {
         self.absorb(step);
     }
 
-    /// The one commit whose id starts with `prefix`, newest first.
-    fn resolve(&self, prefix: &str) -> ServerMsg {
+    /// The one commit whose id starts with `prefix`: in memory, in the
+    /// open batch, or in the history indexes.
+    fn resolve<L: Reads + ?Sized>(&self, prefix: &str, log: &L) -> ServerMsg {
         let p = prefix.to_ascii_lowercase();
-        let mut found = None;
-        for j in self.core.state.jobs().iter().rev() {
-            if j.commit.starts_with_hex(&p) {
-                if found.is_some() {
-                    return ServerMsg::error(
-                        ErrorCode::Ambiguous,
-                        format!("more than one commit starts with {prefix}; give more digits"),
-                        false,
-                    );
-                }
-                found = Some(j.commit);
-            }
+        let mut found: Vec<CommitId> = self
+            .core
+            .state
+            .jobs()
+            .map(|j| j.commit)
+            .chain(self.open.archived.iter().map(|a| a.commit))
+            .filter(|c| c.starts_with_hex(&p))
+            .take(2)
+            .collect();
+        match log.archived_prefix(&p, 2) {
+            Ok(more) => found.extend(more),
+            Err(e) => return read_failed(e),
         }
-        match found {
-            Some(commit) => ServerMsg::Resolved { commit },
-            None => ServerMsg::error(
+        found.sort();
+        found.dedup();
+        match found.as_slice() {
+            [commit] => ServerMsg::Resolved { commit: *commit },
+            [] => ServerMsg::error(
                 ErrorCode::NotFound,
                 format!("the dispatcher has seen no commit starting with {prefix}"),
+                false,
+            ),
+            _ => ServerMsg::error(
+                ErrorCode::Ambiguous,
+                format!("more than one commit starts with {prefix}; give more digits"),
                 false,
             ),
         }
     }
 
+    /// Finished jobs out of memory that `commits` name, handed to the core
+    /// before it decides on them ([`Core::recall`]).
+    fn recall<L: Reads + ?Sized>(
+        &mut self,
+        commits: &[CommitId],
+        log: &L,
+    ) -> Result<(), StoreError> {
+        let mut recalled = Vec::new();
+        for c in commits {
+            if self.core.state.job_for_commit(c).is_some() {
+                continue;
+            }
+            if let Some(Found::Archived(a)) = self.find_commit(c, log)? {
+                recalled.push(*a);
+            }
+        }
+        self.core.recall(recalled);
+        Ok(())
+    }
+
+    /// A commit's job wherever it is kept: memory first (it is the newest),
+    /// then the open batch, then the history indexes.
+    fn find_commit<L: Reads + ?Sized>(
+        &self,
+        commit: &CommitId,
+        log: &L,
+    ) -> Result<Option<Found<'_>>, StoreError> {
+        if let Some(j) = self.core.state.job_for_commit(commit) {
+            return Ok(Some(Found::Memory(j)));
+        }
+        if let Some(a) = self
+            .open
+            .archived
+            .iter()
+            .rev()
+            .find(|a| a.commit == *commit)
+        {
+            return Ok(Some(Found::Archived(Box::new(a.clone()))));
+        }
+        Ok(log
+            .archived_commit(commit)?
+            .map(|a| Found::Archived(Box::new(a))))
+    }
+
+    /// A job by number, out of memory (the open batch, then the indexes).
+    fn find_archived<L: Reads + ?Sized>(
+        &self,
+        job: JobId,
+        log: &L,
+    ) -> Result<Option<ArchivedJob>, StoreError> {
+        if let Some(a) = self.open.archived.iter().rev().find(|a| a.id == job) {
+            return Ok(Some(a.clone()));
+        }
+        log.archived_job(job)
+    }
+
+    fn view<L: Reads + ?Sized>(&self, found: &Found<'_>, log: &L) -> ResultView {
+        let info = self.stored_info(found.id(), log);
+        match found {
+            Found::Memory(j) => ResultView::of(&self.core.state, j, info.as_ref()),
+            Found::Archived(a) => ResultView::of_archived(a, info.as_ref()),
+        }
+    }
+
     /// Streams a commit's output to `conn`: what there is now, then chunks
     /// as they come, then `Ended`.
-    fn follow<L: OutputStore + ?Sized>(&mut self, conn: ConnId, commit: CommitId, log: &L) {
-        let state = &self.core.state;
-        let Some(j) = state.job_for_commit(&commit) else {
-            self.send(
-                conn,
-                ServerMsg::error(
-                    ErrorCode::NotFound,
-                    format!("the dispatcher has not seen commit {commit}"),
-                    false,
-                ),
-            );
-            return;
+    fn follow<L: Reads + ?Sized>(&mut self, conn: ConnId, commit: CommitId, log: &L) {
+        let found = match self.find_commit(&commit, log) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                let why = format!("the dispatcher has not seen commit {commit}");
+                self.send(conn, ServerMsg::error(ErrorCode::NotFound, why, false));
+                return;
+            }
+            Err(e) => {
+                self.send(conn, read_failed(e));
+                return;
+            }
         };
-        let (job, status, current) = (j.id, j.status, j.current());
-        let view = ResultView::of(state, j, self.stored_info(job, log).as_ref());
-        match status {
-            JobStatus::Done(f) => {
-                let attempt = JobRef {
-                    job,
-                    attempt: f.attempt,
-                };
+        let view = self.view(&found, log);
+        let (job, finished, current) = match &found {
+            Found::Memory(j) => (
+                j.id,
+                match j.status {
+                    JobStatus::Done(f) => Some(f.attempt),
+                    _ => None,
+                },
+                j.current(),
+            ),
+            Found::Archived(a) => (
+                a.id,
+                Some(a.finished.attempt),
+                JobRef {
+                    job: a.id,
+                    attempt: a.attempts,
+                },
+            ),
+        };
+        match finished {
+            Some(attempt) => {
+                let attempt = JobRef { job, attempt };
                 let output = self
                     .stored_output(attempt, log)
                     .ok()
@@ -984,7 +1177,7 @@ impl Shell {
                 }
                 self.send(conn, ServerMsg::Ended(Box::new(view)));
             }
-            JobStatus::Queued | JobStatus::Running { .. } => {
+            None => {
                 if self.live.follow(conn, job).is_err() {
                     self.send(conn, too_many());
                     return;
@@ -1007,14 +1200,24 @@ impl Shell {
     }
 
     /// The current view of each commit, then updates as they change.
-    fn watch(&mut self, conn: ConnId, commits: Vec<CommitId>) {
+    fn watch<L: Reads + ?Sized>(&mut self, conn: ConnId, commits: Vec<CommitId>, log: &L) {
         for c in commits {
-            let state = &self.core.state;
-            let (sub, msg) = match state.job_for_commit(&c) {
-                Some(j) => (
-                    self.live.watch(conn, j.id),
-                    ServerMsg::Update(Box::new(ResultView::of(state, j, None))),
-                ),
+            let found = match self.find_commit(&c, log) {
+                Ok(found) => found,
+                Err(e) => {
+                    self.send(conn, read_failed(e));
+                    return;
+                }
+            };
+            let now = found.map(|f| {
+                let view = match &f {
+                    Found::Memory(j) => ResultView::of(&self.core.state, j, None),
+                    Found::Archived(a) => ResultView::of_archived(a, None),
+                };
+                (f.id(), view)
+            });
+            let (sub, msg) = match now {
+                Some((id, view)) => (self.live.watch(conn, id), ServerMsg::Update(Box::new(view))),
                 None => (
                     self.live.watch_unseen(conn, c),
                     ServerMsg::Unseen { commit: c },
@@ -1050,11 +1253,17 @@ impl Shell {
         }
     }
 
-    fn output<L: OutputStore + ?Sized>(&self, job: JobId, log: &L) -> ServerMsg {
-        let attempt = self.core.state.job(job).and_then(|j| match &j.status {
-            JobStatus::Done(f) => Some(f.attempt),
-            _ => None,
-        });
+    fn output<L: Reads + ?Sized>(&self, job: JobId, log: &L) -> ServerMsg {
+        let attempt = match self.core.state.job(job) {
+            Some(j) => match &j.status {
+                JobStatus::Done(f) => Some(f.attempt),
+                _ => None,
+            },
+            None => match self.find_archived(job, log) {
+                Ok(a) => a.map(|a| a.finished.attempt),
+                Err(e) => return read_failed(e),
+            },
+        };
         match attempt {
             Some(attempt) => match self.stored_output(JobRef { job, attempt }, log) {
                 Ok(o) => ServerMsg::Output(Some(o.unwrap_or_default())),
@@ -1066,6 +1275,10 @@ impl Shell {
 
     /// Moves a core step's records and messages into the open batch.
     fn absorb(&mut self, step: Step) {
+        if self.core.state.has_archived() {
+            let gone = self.core.state.take_archived();
+            self.open.archived.extend(gone);
+        }
         for rec in &step.records {
             match &rec.event {
                 Event::HeartbeatLost {
@@ -1200,7 +1413,10 @@ impl Shell {
                 });
             }
         }
-        let wrote = !open.records.is_empty() || !open.outputs.is_empty() || !open.infos.is_empty();
+        let wrote = !open.records.is_empty()
+            || !open.outputs.is_empty()
+            || !open.infos.is_empty()
+            || !open.archived.is_empty();
         if !wrote && open.sends.is_empty() {
             return None;
         }
@@ -1223,6 +1439,8 @@ impl Shell {
             records: open.records,
             outputs: open.outputs,
             infos: open.infos,
+            archived: open.archived,
+            archived_through: self.core.state.archived_count(),
             sends: open.sends,
             plan,
         })
@@ -1371,6 +1589,26 @@ fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode
 }
 
 /// What a `Results` request filters on.
+/// Most history index entries one results page reads: a filter that
+/// matches one job in a million still answers in a few milliseconds, with
+/// a cursor to go on.
+pub const HISTORY_SCAN: usize = 20_000;
+
+/// A job found by its commit.
+enum Found<'a> {
+    Memory(&'a Job),
+    Archived(Box<ArchivedJob>),
+}
+
+impl Found<'_> {
+    fn id(&self) -> JobId {
+        match self {
+            Found::Memory(j) => j.id,
+            Found::Archived(a) => a.id,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct ResultFilter<'a> {
     branch: Option<&'a str>,
@@ -1486,6 +1724,7 @@ mod tests {
     use super::*;
     use crate::core::{CommitId, CoreConfig, JobReport, Outcome};
     use crate::proto::{MAX_FRAME_BYTES, PAGE_BYTES};
+    use crate::store::EventLog;
     use crate::store::mem::MemStore;
 
     fn now(ms: u64) -> Now {

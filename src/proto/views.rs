@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    CommitId, CommitInfo, Core, Job, JobStatus, Now, Outcome, RunnerState, State, TestCounts,
+    ArchivedJob, CommitId, CommitInfo, Core, Job, JobStatus, Now, Outcome, RunnerState, State,
+    TestCounts,
 };
 
 /// One commit's result, as `results --json` prints it.
@@ -73,12 +74,39 @@ impl ResultView {
                 v.duration_ms = (f.outcome != Outcome::Cancelled || f.runner.is_some())
                     .then_some(f.duration_ms);
                 v.tests = f.tests;
-                v.message = state.name(f.message).to_string();
+                v.message = state.message(job.id).to_string();
                 v.output_bytes = f.output_bytes;
                 v.finished_at_ms = Some(f.at_ms);
             }
         }
         v
+    }
+
+    /// The view of a finished job kept in the history indexes: the same
+    /// fields as [`ResultView::of`] gives while it was in memory.
+    pub fn of_archived(job: &ArchivedJob, info: Option<&CommitInfo>) -> ResultView {
+        let f = &job.finished;
+        ResultView {
+            commit: job.commit,
+            repository: job.repository.clone(),
+            branch: job.branch.clone(),
+            outcome: f.outcome.as_str().into(),
+            attempts: job.attempts,
+            runner: f.runner.clone(),
+            exit_code: f.exit_code,
+            duration_ms: (f.outcome != Outcome::Cancelled || f.runner.is_some())
+                .then_some(f.duration_ms),
+            tests: f.tests,
+            message: f.message.clone(),
+            job: job.id.0,
+            output_bytes: f.output_bytes,
+            seen_at_ms: job.seen_at_ms,
+            started_at_ms: None,
+            finished_at_ms: Some(f.at_ms),
+            author: info.map(|i| i.author.clone()),
+            subject: info.map(|i| i.subject.clone()),
+            committed_at_ms: info.map(|i| i.time_ms),
+        }
     }
 
     /// About how many bytes the view takes on the wire (an upper bound
@@ -216,7 +244,7 @@ impl StatusView {
             queued: state.queue().take(QUEUE_SHOWN).map(|j| j.commit).collect(),
             queued_total: state.queue_len() as u64,
             running,
-            jobs_total: state.jobs().len() as u64,
+            jobs_total: state.jobs_seen(),
             jobs_done: state.results(),
             last_seq: state.last_seq(),
         }
@@ -259,15 +287,11 @@ impl MetricsView {
             )
             .map(|s| (s, 0))
             .collect();
-        for j in state.jobs() {
-            let word = match &j.status {
-                JobStatus::Queued => "pending",
-                JobStatus::Running { .. } => "running",
-                JobStatus::Done(f) => f.outcome.as_str(),
-            };
-            if let Some(slot) = jobs.iter_mut().find(|(w, _)| w == word) {
-                slot.1 += 1;
-            }
+        // Counted by the fold: finished jobs are mostly out of memory.
+        jobs[0].1 = state.queue_len() as u64;
+        jobs[1].1 = state.unfinished() as u64 - state.queue_len() as u64;
+        for (slot, n) in jobs[2..].iter_mut().zip(state.outcome_counts()) {
+            slot.1 = n;
         }
         MetricsView {
             queued: state.queue_len() as u64,

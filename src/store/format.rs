@@ -19,11 +19,12 @@ pub const FORMAT_VERSION: u8 = 2;
 /// The version byte of snapshots, independent of the record format.
 /// 1 and 2 were the serde encoding of `State`; 3 is the hand-written layout
 /// of `core::state::snapshot`; 4 adds when a running job was handed out;
-/// 5 adds the notifications owed and each branch's newest outcome.
+/// 5 adds the notifications owed and each branch's newest outcome; 6
+/// holds only the jobs in memory (the rest are in the history indexes).
 /// A snapshot is a cache of the fold: one in another version is not used
 /// (the state is rebuilt from the log) and the next snapshot is written in
 /// this one.
-pub const SNAPSHOT_VERSION: u8 = 5;
+pub const SNAPSHOT_VERSION: u8 = 6;
 
 /// A stored snapshot: the version byte, then the state's own layout.
 pub fn encode_snapshot(state: &crate::core::State) -> Vec<u8> {

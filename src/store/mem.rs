@@ -11,10 +11,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::core::{CommitInfo, JobId, JobRef, Record, State};
+use crate::core::{ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, Record, State};
 
 use super::format;
-use super::{EventLog, Flusher, IoFailure, OutputStore, SnapshotStore, Store, StoreError};
+use super::{
+    EventLog, Flusher, HistoryPage, HistoryStore, IoFailure, OutputStore, SnapshotStore, Store,
+    StoreError,
+};
 
 /// A failure the disk will show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +46,10 @@ pub struct MemDisk {
     /// never survives a crash that the events before it did not).
     snapshots: BTreeMap<u64, Vec<u8>>,
     pending_snapshots: BTreeMap<u64, Vec<u8>>,
+    /// The history indexes, written in the fold's order: what the last
+    /// flush covered, then what was written after it.
+    durable_history: History,
+    pending_history: Vec<(Vec<ArchivedJob>, u64)>,
     fault: Option<MemFault>,
     /// Appends and flushes that failed, for tests.
     pub failures: u64,
@@ -74,6 +81,9 @@ impl MemDisk {
         self.durable.extend(self.pending.drain(..n));
         self.durable_outputs.append(&mut self.pending_outputs);
         self.durable_infos.append(&mut self.pending_infos);
+        for (jobs, through) in self.pending_history.drain(..) {
+            self.durable_history.write(jobs, through);
+        }
         let later = self.pending_snapshots.split_off(&(seq + 1));
         let covered = std::mem::replace(&mut self.pending_snapshots, later);
         self.snapshots.extend(covered);
@@ -96,8 +106,44 @@ impl MemDisk {
         self.pending_outputs.clear();
         self.pending_infos.clear();
         self.pending_snapshots.clear();
+        self.pending_history.clear();
     }
 
+    /// Forgets the history indexes (they are rebuilt from the log).
+    pub fn drop_history(&mut self) {
+        self.durable_history = History::default();
+        self.pending_history.clear();
+    }
+
+    /// The history indexes as a reader sees them: durable, then pending.
+    fn history(&self) -> History {
+        let mut h = self.durable_history.clone();
+        for (jobs, through) in &self.pending_history {
+            h.write(jobs.clone(), *through);
+        }
+        h
+    }
+}
+
+/// The simulated history indexes.
+#[derive(Clone, Debug, Default)]
+struct History {
+    jobs: BTreeMap<JobId, ArchivedJob>,
+    commits: BTreeMap<CommitId, JobId>,
+    through: u64,
+}
+
+impl History {
+    fn write(&mut self, jobs: Vec<ArchivedJob>, through: u64) {
+        for j in jobs {
+            self.commits.insert(j.commit, j.id);
+            self.jobs.insert(j.id, j);
+        }
+        self.through = through;
+    }
+}
+
+impl MemDisk {
     pub fn set_fault(&mut self, fault: Option<MemFault>) {
         self.fault = fault;
     }
@@ -264,6 +310,88 @@ impl OutputStore for MemStore {
             .get(&job)
             .or(d.durable_infos.get(&job))
             .cloned())
+    }
+}
+
+impl HistoryStore for MemStore {
+    fn archive(&self, jobs: &[ArchivedJob], through: u64) -> Result<(), StoreError> {
+        let mut d = self.disk();
+        if let Some(MemFault::Append(failure)) = d.fault {
+            d.failures += 1;
+            return Err(write_error(failure));
+        }
+        d.pending_history.push((jobs.to_vec(), through));
+        Ok(())
+    }
+
+    fn archived_through(&self) -> Result<u64, StoreError> {
+        let d = self.disk();
+        Ok(d.pending_history
+            .last()
+            .map_or(d.durable_history.through, |(_, t)| *t))
+    }
+
+    fn archived_job(&self, job: JobId) -> Result<Option<ArchivedJob>, StoreError> {
+        let d = self.disk();
+        let pending = d
+            .pending_history
+            .iter()
+            .rev()
+            .flat_map(|(j, _)| j.iter().rev());
+        Ok(pending
+            .into_iter()
+            .find(|j| j.id == job)
+            .or_else(|| d.durable_history.jobs.get(&job))
+            .cloned())
+    }
+
+    fn archived_commit(&self, commit: &CommitId) -> Result<Option<ArchivedJob>, StoreError> {
+        let d = self.disk();
+        let pending = d
+            .pending_history
+            .iter()
+            .rev()
+            .flat_map(|(j, _)| j.iter().rev());
+        let h = &d.durable_history;
+        Ok(pending
+            .into_iter()
+            .find(|j| j.commit == *commit)
+            .or_else(|| h.commits.get(commit).and_then(|j| h.jobs.get(j)))
+            .cloned())
+    }
+
+    fn archived_page(
+        &self,
+        before: JobId,
+        filter: &HistoryFilter,
+        limit: usize,
+        budget: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let h = self.disk().history();
+        let mut page = HistoryPage::default();
+        for (read, (id, j)) in h.jobs.range(..before).rev().enumerate() {
+            if read == budget || page.jobs.len() == limit {
+                page.resume = Some(JobId(id.0 + 1));
+                break;
+            }
+            if filter.matches(j) {
+                page.jobs.push(j.clone());
+            }
+        }
+        Ok(page)
+    }
+
+    fn archived_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<CommitId>, StoreError> {
+        let p = prefix.to_ascii_lowercase();
+        Ok(self
+            .disk()
+            .history()
+            .commits
+            .keys()
+            .filter(|c| c.starts_with_hex(&p))
+            .take(limit)
+            .copied()
+            .collect())
     }
 }
 

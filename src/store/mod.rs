@@ -11,11 +11,12 @@
 
 pub mod format;
 pub mod mem;
+mod sled_history;
 pub mod sled_log;
 
 use std::path::PathBuf;
 
-use crate::core::{CommitInfo, JobId, JobRef, Record, State};
+use crate::core::{ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, Record, State};
 
 pub use sled_log::SledLog;
 
@@ -187,10 +188,56 @@ pub trait SnapshotStore: Send {
     fn load_snapshot(&self, seq: u64) -> Result<Option<State>, StoreError>;
 }
 
-/// Everything a dispatcher keeps on disk: one backend behind its three
+/// The history indexes: finished jobs that left the state's memory
+/// (`State::take_archived`), by number, by commit, by branch, by
+/// repository and by outcome. Derived from the log by the fold, never a
+/// second source of truth: written in the fold's order, durable with the
+/// log's next flush, and rebuilt from the log when they are behind a
+/// snapshot ([`load_state`]). A job written again replaces what was there
+/// (a retried job leaves memory again with its new result).
+pub trait HistoryStore: Send {
+    /// Writes jobs that left memory, in the order they left; `through` is
+    /// the state's `archived_count()` after them.
+    fn archive(&self, jobs: &[ArchivedJob], through: u64) -> Result<(), StoreError>;
+    /// The `through` of the last `archive` (0 for empty indexes): the
+    /// indexes hold every job a state with that `archived_count()` moved
+    /// out.
+    fn archived_through(&self) -> Result<u64, StoreError>;
+    fn archived_job(&self, job: JobId) -> Result<Option<ArchivedJob>, StoreError>;
+    fn archived_commit(&self, commit: &CommitId) -> Result<Option<ArchivedJob>, StoreError>;
+    /// Archived jobs numbered below `before` that `filter` takes, newest
+    /// first: at most `limit` of them, reading at most `budget` index
+    /// entries, so a filter that matches rarely still answers in bounded
+    /// time.
+    fn archived_page(
+        &self,
+        before: JobId,
+        filter: &HistoryFilter,
+        limit: usize,
+        budget: usize,
+    ) -> Result<HistoryPage, StoreError>;
+    /// Up to `limit` archived commits whose hex id starts with `prefix`.
+    fn archived_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<CommitId>, StoreError>;
+}
+
+/// What the dispatcher's shell reads: the log, outputs and the history.
+pub trait Reads: EventLog + OutputStore + HistoryStore {}
+
+impl<T: EventLog + OutputStore + HistoryStore + ?Sized> Reads for T {}
+
+/// One page of [`HistoryStore::archived_page`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub jobs: Vec<ArchivedJob>,
+    /// Where the page stopped: jobs numbered below this were not read (the
+    /// next page starts there). `None`: nothing older matches.
+    pub resume: Option<JobId>,
+}
+
+/// Everything a dispatcher keeps on disk: one backend behind its four
 /// interfaces. Handed to `dispatcher::start`, which never opens storage
 /// itself.
-pub trait Store: EventLog + OutputStore + SnapshotStore {
+pub trait Store: EventLog + OutputStore + SnapshotStore + HistoryStore {
     /// Where it lives, for messages.
     fn describe(&self) -> String;
 
@@ -211,13 +258,15 @@ pub enum Rebuild {
     FromScratch,
 }
 
-/// The newest snapshot that loads and fits the log. A damaged one is
-/// skipped with a warning (the next older, or none, is used instead):
-/// snapshots are a cache, never a reason not to start.
-pub fn newest_usable_snapshot<S: SnapshotStore + ?Sized>(
+/// The newest snapshot that loads, fits the log and whose moved-out jobs
+/// the history indexes hold. A damaged one is skipped with a warning (the
+/// next older, or none, is used instead): snapshots are a cache, never a
+/// reason not to start.
+pub fn newest_usable_snapshot<S: SnapshotStore + HistoryStore + ?Sized>(
     snapshots: &S,
     log_last_seq: u64,
 ) -> Result<Option<State>, StoreError> {
+    let indexed = snapshots.archived_through()?;
     let seqs = match snapshots.snapshot_seqs() {
         Ok(s) => s,
         Err(e) => {
@@ -227,7 +276,17 @@ pub fn newest_usable_snapshot<S: SnapshotStore + ?Sized>(
     };
     for seq in seqs {
         match snapshots.load_snapshot(seq) {
-            Ok(Some(state)) if state.last_seq() <= log_last_seq => return Ok(Some(state)),
+            Ok(Some(state))
+                if state.last_seq() <= log_last_seq && state.archived_count() <= indexed =>
+            {
+                return Ok(Some(state));
+            }
+            Ok(Some(state)) if state.last_seq() <= log_last_seq => tracing::warn!(
+                seq,
+                moved_out = state.archived_count(),
+                indexed,
+                "the history indexes are behind a snapshot; rebuilding them from the log"
+            ),
             Ok(Some(state)) => tracing::warn!(
                 seq,
                 covers = state.last_seq(),
@@ -246,8 +305,12 @@ pub fn newest_usable_snapshot<S: SnapshotStore + ?Sized>(
     Ok(None)
 }
 
-/// Rebuilds the state: the newest usable snapshot (if asked), then the tail.
-pub fn load_state<S: EventLog + SnapshotStore + ?Sized>(
+/// Rebuilds the state: the newest usable snapshot (if asked), then the
+/// tail. The history indexes are caught up on the way: jobs the fold
+/// moves out that they do not hold yet are written to them (the same jobs,
+/// in the same order, as when the records were first applied); what they
+/// hold already is left alone, so a rebuild for checking writes nothing.
+pub fn load_state<S: EventLog + SnapshotStore + HistoryStore + ?Sized>(
     store: &S,
     how: Rebuild,
 ) -> Result<State, StoreError> {
@@ -258,6 +321,7 @@ pub fn load_state<S: EventLog + SnapshotStore + ?Sized>(
         }
         Rebuild::FromScratch => State::default(),
     };
+    let indexed = store.archived_through()?;
     let snapshot_seq = state.last_seq();
     let snapshot_ms = t.elapsed().as_millis() as u64;
     loop {
@@ -266,7 +330,23 @@ pub fn load_state<S: EventLog + SnapshotStore + ?Sized>(
             break;
         }
         for rec in &batch {
-            state.apply_record(rec)?;
+            match state.missing_job(rec) {
+                // A log from before jobs left memory retries one that this
+                // fold moved out: the job as the log had it then comes
+                // back first.
+                Some(job) => {
+                    let archived =
+                        job_as_of(store, job, rec.seq)?.ok_or_else(|| StoreError::Corrupt {
+                            seq: rec.seq,
+                            detail: format!("job {job} is retried but has no records"),
+                        })?;
+                    state.apply_record_restoring(rec, &archived)?;
+                }
+                None => state.apply_record(rec)?,
+            }
+            if state.has_archived() {
+                catch_up_history(store, &mut state, indexed)?;
+            }
         }
     }
     tracing::debug!(
@@ -277,4 +357,141 @@ pub fn load_state<S: EventLog + SnapshotStore + ?Sized>(
         "state loaded"
     );
     Ok(state)
+}
+
+/// Writes the jobs the state moved out to the history indexes.
+pub fn archive_taken<S: HistoryStore + ?Sized>(
+    store: &S,
+    state: &mut State,
+) -> Result<(), StoreError> {
+    if state.has_archived() {
+        let jobs = state.take_archived();
+        store.archive(&jobs, state.archived_count())?;
+    }
+    Ok(())
+}
+
+/// As [`archive_taken`], for the moves out past `indexed` only: the
+/// indexes hold the first `indexed` already (and maybe newer copies of
+/// those jobs, which must stay).
+fn catch_up_history<S: HistoryStore + ?Sized>(
+    store: &S,
+    state: &mut State,
+    indexed: u64,
+) -> Result<(), StoreError> {
+    let jobs = state.take_archived();
+    let through = state.archived_count();
+    let first = through - jobs.len() as u64 + 1;
+    let skip = indexed.saturating_sub(first - 1).min(jobs.len() as u64) as usize;
+    if skip < jobs.len() {
+        store.archive(&jobs[skip..], through)?;
+    }
+    Ok(())
+}
+
+/// A job as its own records say it stood before record `before`: how a
+/// log written before jobs left memory gets back a job this fold moved
+/// out (the log is the source of truth; the indexes may hold a newer copy).
+fn job_as_of<S: EventLog + ?Sized>(
+    store: &S,
+    job: JobId,
+    before: u64,
+) -> Result<Option<ArchivedJob>, StoreError> {
+    use crate::core::{ArchivedResult, Event, LostReason, Outcome};
+    let mut out: Option<ArchivedJob> = None;
+    let mut running: Option<(String, u64)> = None;
+    let records = store.job_events(job, usize::MAX)?;
+    for r in records.iter().take_while(|r| r.seq < before) {
+        let (commit, branch, repository) = match &r.event {
+            Event::CommitSeen { commit, branch, .. } => (*commit, branch.clone(), None),
+            Event::CommitSeenIn {
+                commit,
+                branch,
+                repository,
+                ..
+            } => (*commit, branch.clone(), Some(repository.clone())),
+            Event::JobRestored { job } => {
+                out = Some((**job).clone());
+                continue;
+            }
+            other => {
+                let Some(a) = out.as_mut() else { continue };
+                match other {
+                    Event::JobAssigned {
+                        runner, attempt, ..
+                    } => {
+                        a.attempts = *attempt;
+                        running = Some((runner.clone(), r.at_ms));
+                    }
+                    Event::HeartbeatLost { reason, .. } => {
+                        if *reason != LostReason::HandedBack {
+                            a.lost += 1;
+                        }
+                        running = None;
+                    }
+                    Event::Result {
+                        runner,
+                        attempt,
+                        report,
+                        output_bytes,
+                        ..
+                    } => {
+                        a.finished = ArchivedResult {
+                            runner: runner.clone(),
+                            attempt: *attempt,
+                            outcome: report.outcome,
+                            exit_code: report.exit_code,
+                            duration_ms: report.duration_ms,
+                            tests: report.tests,
+                            message: report.message.clone(),
+                            output_bytes: *output_bytes,
+                            at_ms: r.at_ms,
+                        };
+                        running = None;
+                    }
+                    Event::JobCancelled { attempt, .. } => {
+                        let (runner, ran_ms) = match running.take() {
+                            Some((runner, since)) => (Some(runner), r.at_ms.saturating_sub(since)),
+                            None => (None, 0),
+                        };
+                        a.finished = ArchivedResult {
+                            runner,
+                            attempt: *attempt,
+                            outcome: Outcome::Cancelled,
+                            exit_code: None,
+                            duration_ms: ran_ms,
+                            tests: None,
+                            message: "cancelled".into(),
+                            output_bytes: 0,
+                            at_ms: r.at_ms,
+                        };
+                    }
+                    Event::JobRetried { .. } => a.lost = 0,
+                    _ => {}
+                }
+                continue;
+            }
+        };
+        out = Some(ArchivedJob {
+            id: job,
+            commit,
+            branch,
+            repository,
+            attempts: 0,
+            lost: 0,
+            seen_at_ms: r.at_ms,
+            finished: ArchivedResult {
+                runner: None,
+                attempt: 0,
+                outcome: Outcome::Error,
+                exit_code: None,
+                duration_ms: 0,
+                tests: None,
+                message: String::new(),
+                output_bytes: 0,
+                at_ms: r.at_ms,
+            },
+        });
+    }
+    Ok(out)
 }

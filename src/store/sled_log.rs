@@ -7,10 +7,14 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::core::{CommitInfo, JobId, JobRef, Record, State};
+use crate::core::{ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, Record, State};
 
 use super::format;
-use super::{EventLog, Flusher, IoFailure, OutputStore, SnapshotStore, Store, StoreError};
+use super::sled_history::SledHistory;
+use super::{
+    EventLog, Flusher, HistoryPage, HistoryStore, IoFailure, OutputStore, SnapshotStore, Store,
+    StoreError,
+};
 
 /// sled's page cache, in bytes.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -59,6 +63,8 @@ pub struct SledLog {
     by_job: sled::Tree,
     /// `indexed`: the last sequence number `by_job` covers.
     meta: sled::Tree,
+    /// Finished jobs out of the state's memory (`sled_history.rs`).
+    history: SledHistory,
     last_seq: u64,
     dir: PathBuf,
     /// For a read-only copy: the temporary directory that holds it.
@@ -137,7 +143,7 @@ fn io_failure(e: &std::io::Error) -> IoFailure {
 }
 
 /// A sled error met while writing (appending, flushing, storing).
-fn sled_write(dir: &Path, e: sled::Error) -> StoreError {
+pub(super) fn sled_write(dir: &Path, e: sled::Error) -> StoreError {
     match e {
         sled::Error::Io(io) => write_error(dir, io),
         sled::Error::Corruption { .. } => StoreError::Damaged {
@@ -153,7 +159,7 @@ fn sled_write(dir: &Path, e: sled::Error) -> StoreError {
 }
 
 /// A sled error met while reading.
-fn sled_read(dir: &Path, e: sled::Error) -> StoreError {
+pub(super) fn sled_read(dir: &Path, e: sled::Error) -> StoreError {
     match e {
         sled::Error::Corruption { .. } => StoreError::Damaged {
             dir: dir.to_path_buf(),
@@ -287,6 +293,7 @@ impl SledLog {
         let snapshots = tree("snapshots")?;
         let by_job = tree("by-job")?;
         let meta = tree("meta")?;
+        let history = SledHistory::open(&db, dir)?;
         let data_path = db_dir.join("db");
         let cannot_sync = |e: std::io::Error| StoreError::Open {
             dir: data_path.clone(),
@@ -329,6 +336,7 @@ impl SledLog {
             snapshots,
             by_job,
             meta,
+            history,
             last_seq,
             dir: dir.to_path_buf(),
             _copy: copy,
@@ -681,6 +689,38 @@ impl OutputStore for SledLog {
     }
 }
 
+impl HistoryStore for SledLog {
+    fn archive(&self, jobs: &[ArchivedJob], through: u64) -> Result<(), StoreError> {
+        self.history.archive(jobs, through)
+    }
+
+    fn archived_through(&self) -> Result<u64, StoreError> {
+        self.history.through()
+    }
+
+    fn archived_job(&self, job: JobId) -> Result<Option<ArchivedJob>, StoreError> {
+        self.history.job(job)
+    }
+
+    fn archived_commit(&self, commit: &CommitId) -> Result<Option<ArchivedJob>, StoreError> {
+        self.history.commit(commit)
+    }
+
+    fn archived_page(
+        &self,
+        before: JobId,
+        filter: &HistoryFilter,
+        limit: usize,
+        budget: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        self.history.page(before, filter, limit, budget)
+    }
+
+    fn archived_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<CommitId>, StoreError> {
+        self.history.prefix(prefix, limit)
+    }
+}
+
 impl SnapshotStore for SledLog {
     fn save_snapshot(&mut self, state: &State) -> Result<(), StoreError> {
         let value = format::encode_snapshot(state);
@@ -780,7 +820,7 @@ mod tests {
         assert_eq!(recs[0].seq, 2);
         assert_eq!(recs[0].at_ms, 7);
         let state = super::super::load_state(&log, Rebuild::FromSnapshot).unwrap();
-        assert_eq!(state.jobs().len(), 3);
+        assert_eq!(state.jobs_seen() as usize, 3);
     }
 
     #[test]
@@ -928,6 +968,6 @@ mod tests {
         assert_eq!(recs[0].event, evs[3]);
         let state = super::super::load_state(&log, Rebuild::FromScratch).unwrap();
         assert_eq!(state.last_seq(), 7);
-        assert_eq!(state.jobs().len(), 5);
+        assert_eq!(state.jobs_seen() as usize, 5);
     }
 }

@@ -99,6 +99,24 @@ pub fn to_row(rec: &Record) -> Vec<String> {
             attempt.to_string(),
             "queued again".to_string(),
         ),
+        Event::JobRestored { job } => (
+            job.id.to_string(),
+            job.commit.short(),
+            job.branch.clone().unwrap_or_else(dash),
+            job.finished.attempt.to_string(),
+            format!(
+                "{} (attempt {}) back from the history",
+                job.finished.outcome.as_str(),
+                job.finished.attempt
+            ),
+        ),
+        Event::MemoryWindow { jobs } => (
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            format!("{jobs} finished jobs kept in memory from here on"),
+        ),
         Event::DispatcherPaused { gap_ms } => (
             dash(),
             dash(),

@@ -161,11 +161,12 @@ fn verify_log(log: &SledLog) -> anyhow::Result<ExitCode> {
     let mut out = stdout();
     writeln!(
         out,
-        "replayed {} events in {full_ms} ms ({:.0} events/s); {} jobs, {} results",
+        "replayed {} events in {full_ms} ms ({:.0} events/s); {} jobs, {} results, {} in memory",
         full.last_seq(),
         full.last_seq() as f64 / (full_ms.max(1) as f64 / 1000.0),
-        full.jobs().len(),
-        full.results()
+        full.jobs_seen(),
+        full.results(),
+        full.jobs_in_memory()
     )?;
     match newest {
         Some(seq) => writeln!(out, "newest snapshot covers events 1..={seq}")?,
@@ -197,14 +198,16 @@ pub fn state_diff(a: &crate::core::State, b: &crate::core::State) -> Vec<String>
     if a.last_seq() != b.last_seq() {
         out.push(format!("last_seq: {} vs {}", a.last_seq(), b.last_seq()));
     }
-    if a.jobs().len() != b.jobs().len() {
+    if a.jobs_seen() != b.jobs_seen() || a.jobs_in_memory() != b.jobs_in_memory() {
         out.push(format!(
-            "job count: {} vs {}",
-            a.jobs().len(),
-            b.jobs().len()
+            "jobs seen (in memory): {} ({}) vs {} ({})",
+            a.jobs_seen(),
+            a.jobs_in_memory(),
+            b.jobs_seen(),
+            b.jobs_in_memory()
         ));
     }
-    for (x, y) in a.jobs().iter().zip(b.jobs()) {
+    for (x, y) in a.jobs().zip(b.jobs()) {
         if x != y {
             out.push(format!("job {}: {x:?} vs {y:?}", x.id));
         }

@@ -12,18 +12,19 @@
 //! half-used.
 //!
 //! Layout (every integer a varint unless noted):
-//! `last_seq results`, names (`n`, then `len bytes` each), branch tips
+//! `last_seq results window seen archived` and the five outcome counts
+//! (since snapshot version 6, which holds only the jobs in memory), names (`n`, then `len bytes` each), branch tips
 //! (`n`, then `branch commit` each), holders (`n`, then `runner job
-//! attempt` each), queue (`n`, then job numbers), jobs (`n`, then each job
-//! in number order). A string is `len bytes` (UTF-8); a commit is its
+//! attempt` each), queue (`n`, then job numbers), jobs in memory (`n`, then
+//! each job in number order, its number first), the finish order (`n`, then
+//! job numbers). A string is `len bytes` (UTF-8); a commit is its
 //! length byte (20 or 32) and its bytes; an optional value is `0` for none
 //! or the value + 1. A job: `commit branch? attempts lost seen_at_ms` and a
 //! status byte: `0` queued, `1` running (`runner since_ms`), `2` done (`runner?
 //! attempt outcome-byte exit_code? duration_ms tests? message output_bytes
-//! at_ms`), where `exit_code` is zigzag-encoded and `tests` is a presence
-//! byte then five counts. Job numbers are implicit: job `i` is at index
-//! `i - 1`, as in the state; `repository?` (the named repository's
-//! interned name) follows `branch?`. Then (since snapshot version 5) the
+//! at_ms`), where `exit_code` is zigzag-encoded, `tests` is a presence
+//! byte then five counts and `message` a string inline; `repository?` (the
+//! named repository's interned name) follows `branch?`. Then (since snapshot version 5) the
 //! notifications: `notices`, the outbox (`n`, then `n sink at_ms` and the
 //! notice: `kind-byte job commit branch? attempt state-byte runner?
 //! message tests? duration_ms`, strings inline, `state-byte` 0 queued, 1
@@ -32,7 +33,7 @@
 //! tips (`n`, then `repository` and its tips as above) and branch marks
 //! (`n`, then `repository` and its marks as above).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::{BranchMark, Due, Finished, Index, Job, JobStatus, State, Sym};
 use crate::core::event::{Notice, NoticeKind, NoticeState, Outcome, TestCounts};
@@ -40,10 +41,16 @@ use crate::core::ids::{CommitId, JobId, JobRef};
 
 /// Encodes `state` (without its derived indexes), appended to `out`.
 pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
-    out.reserve(64 + state.jobs.len() * 48);
+    out.reserve(64 + state.jobs.len() * 64);
     let mut w = Writer(out);
     w.uint(state.last_seq);
     w.uint(state.results);
+    w.uint(state.window() as u64);
+    w.uint(state.seen);
+    w.uint(state.archived);
+    for n in state.outcomes {
+        w.uint(n);
+    }
     w.uint(state.names.len() as u64);
     for n in &state.names {
         w.str(n);
@@ -60,7 +67,8 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
         w.uint(j.0);
     }
     w.uint(state.jobs.len() as u64);
-    for j in &state.jobs {
+    for j in state.jobs.values() {
+        w.uint(j.id.0);
         w.commit(&j.commit);
         w.opt(j.branch.map(|s| s.0.into()));
         w.opt(j.repository.map(|s| s.0.into()));
@@ -82,11 +90,15 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
                 w.opt(f.exit_code.map(zigzag));
                 w.uint(f.duration_ms);
                 write_tests(&mut w, f.tests);
-                w.uint(f.message.0.into());
+                w.str(state.message(j.id));
                 w.uint(f.output_bytes);
                 w.uint(f.at_ms);
             }
         }
+    }
+    w.uint(state.finished.len() as u64);
+    for j in &state.finished {
+        w.uint(j.0);
     }
     w.uint(state.notices);
     w.uint(state.outbox.len() as u64);
@@ -238,6 +250,21 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
     let mut r = Reader { bytes, pos: 0 };
     let last_seq = r.uint()?;
     let results = r.uint()?;
+    let window = usize::try_from(r.uint()?).map_err(|_| "window too large")?;
+    if window == 0 {
+        return Err("a window of 0 jobs".into());
+    }
+    let seen = r.uint()?;
+    let archived = r.uint()?;
+    let mut outcomes = [0u64; 5];
+    for n in &mut outcomes {
+        *n = r.uint()?;
+    }
+    if outcomes.iter().sum::<u64>() != results || results > seen {
+        return Err(format!(
+            "{results} results of {seen} jobs, by outcome {outcomes:?}"
+        ));
+    }
     let n = r.len(1)?;
     let mut names = Vec::with_capacity(n);
     for _ in 0..n {
@@ -264,8 +291,14 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
         queue.push_back(JobId(r.uint()?));
     }
     let n = r.len(24)?;
-    let mut jobs = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut jobs = BTreeMap::new();
+    let mut messages = HashMap::default();
+    let mut finished_in_memory = 0;
+    for _ in 0..n {
+        let id = JobId(r.uint()?);
+        if id.0 == 0 || id.0 > seen || jobs.last_key_value().is_some_and(|(k, _)| *k >= id) {
+            return Err(format!("job {id} out of order or never seen"));
+        }
         let commit = r.commit()?;
         let branch = r.opt()?.map(|v| sym(v, "a branch")).transpose()?;
         let repository = r.opt()?.map(|v| sym(v, "a repository")).transpose()?;
@@ -288,6 +321,11 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
                 };
                 let duration_ms = r.uint()?;
                 let tests = read_tests(&mut r)?;
+                let message = r.str()?;
+                if !message.is_empty() {
+                    messages.insert(id, Box::<str>::from(message));
+                }
+                finished_in_memory += 1;
                 JobStatus::Done(Finished {
                     runner,
                     attempt,
@@ -295,23 +333,34 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
                     exit_code,
                     duration_ms,
                     tests,
-                    message: sym(r.uint()?, "a result message")?,
                     output_bytes: r.uint()?,
                     at_ms: r.uint()?,
                 })
             }
-            b => return Err(format!("job {} has status byte {b}", i + 1)),
+            b => return Err(format!("job {id} has status byte {b}")),
         };
-        jobs.push(Job {
-            id: JobId(i as u64 + 1),
-            commit,
-            branch,
-            repository,
-            attempts,
-            lost,
-            status,
-            seen_at_ms,
-        });
+        jobs.insert(
+            id,
+            Job {
+                id,
+                commit,
+                branch,
+                repository,
+                attempts,
+                lost,
+                status,
+                seen_at_ms,
+            },
+        );
+    }
+    let n = r.len(1)?;
+    let mut finished = VecDeque::with_capacity(n);
+    for _ in 0..n {
+        let j = JobId(r.uint()?);
+        if j.0 == 0 || j.0 > seen {
+            return Err(format!("the finish order names job {j}, never seen"));
+        }
+        finished.push_back(j);
     }
     let notices = r.uint()?;
     let mut outbox = BTreeMap::new();
@@ -347,12 +396,13 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
     if r.pos != bytes.len() {
         return Err(format!("{} bytes left over", bytes.len() - r.pos));
     }
-    let exists = |j: JobId| j.0 >= 1 && j.0 <= jobs.len() as u64;
-    if let Some(j) = queue.iter().find(|&&j| !exists(j)) {
-        return Err(format!("the queue holds job {j}, which does not exist"));
+    let in_memory = |j: JobId| jobs.contains_key(&j);
+    let exists = |j: JobId| j.0 >= 1 && j.0 <= seen;
+    if let Some(j) = queue.iter().find(|&&j| !in_memory(j)) {
+        return Err(format!("the queue holds job {j}, which is not in memory"));
     }
-    if let Some((r, h)) = holders.iter().find(|(_, h)| !exists(h.job)) {
-        return Err(format!("runner {r} holds {h}, which does not exist"));
+    if let Some((r, h)) = holders.iter().find(|(_, h)| !in_memory(h.job)) {
+        return Err(format!("runner {r} holds {h}, which is not in memory"));
     }
     if let Some((b, m)) = branch_marks
         .iter()
@@ -372,13 +422,21 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
     }
     let mut state = State {
         last_seq,
+        window,
         jobs,
+        seen,
+        finished,
+        finished_in_memory,
+        messages,
+        archived,
+        outgoing: Vec::new(),
+        outcomes,
         queue,
         holders,
         branch_tips,
         results,
         names,
-        by_commit: Index::default(),
+        by_commit: HashMap::default(),
         by_name: Index::default(),
         outbox,
         notices,
@@ -715,16 +773,16 @@ mod tests {
     #[test]
     fn a_state_survives_its_snapshot() {
         let s = varied();
-        assert!(s.jobs.iter().any(|j| j.status == JobStatus::Queued));
+        assert!(s.jobs.values().any(|j| j.status == JobStatus::Queued));
         assert!(
             s.jobs
-                .iter()
+                .values()
                 .any(|j| matches!(j.status, JobStatus::Running { .. }))
         );
         let back = decode(&enc(&s)).unwrap();
         assert_eq!(back, s);
         // The rebuilt indexes answer as the originals do.
-        for j in &s.jobs {
+        for j in s.jobs.values() {
             assert_eq!(back.job_for_commit(&j.commit).map(|b| b.id), Some(j.id));
         }
         assert_eq!(back.sym("feature/ü"), s.sym("feature/ü"));
@@ -752,14 +810,14 @@ mod tests {
         bad.queue.push_back(JobId(99));
         assert!(decode(&enc(&bad)).unwrap_err().contains("job 99"));
         let mut bad = s.clone();
-        bad.jobs[1].branch = Some(Sym(1000));
+        bad.jobs.get_mut(&JobId(2)).unwrap().branch = Some(Sym(1000));
         assert!(
             decode(&enc(&bad))
                 .unwrap_err()
                 .contains("names string 1000")
         );
         let mut bad = s.clone();
-        bad.jobs[1].commit = bad.jobs[0].commit;
+        bad.jobs.get_mut(&JobId(2)).unwrap().commit = bad.jobs[&JobId(1)].commit;
         assert!(decode(&enc(&bad)).unwrap_err().contains("two jobs"));
         let mut bad = s;
         bad.names.push("main".into());
@@ -770,8 +828,14 @@ mod tests {
     fn a_huge_count_does_not_allocate() {
         let mut bytes = Vec::new();
         let mut w = Writer(&mut bytes);
-        w.uint(1);
-        w.uint(0);
+        w.uint(1); // last_seq
+        w.uint(0); // results
+        w.uint(3); // window
+        w.uint(0); // seen
+        w.uint(0); // archived
+        for _ in 0..5 {
+            w.uint(0); // by outcome
+        }
         w.uint(u64::MAX / 2); // names
         assert!(decode(&bytes).unwrap_err().contains("a count of"));
     }

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{DispatcherProc, generate_history, identity, save_snapshot};
 use crate::client::Client;
-use crate::core::{CommitInfo, JobId};
+use crate::core::CommitInfo;
 use crate::proto::{ClientMsg, Role, ServerMsg};
 use crate::store::{OutputStore, SledLog};
 
@@ -104,13 +104,14 @@ pub(super) async fn pages(tmp: &Path, commits: u64, requests: usize) -> anyhow::
             // Three events per commit, and a start now and then.
             let state = generate_history(&dir, commits * 3 + commits / 30_000 + 3, 64)?;
             let mut log = SledLog::open(&dir)?;
-            for j in state.jobs() {
+            for id in 1..=state.jobs_seen() {
+                let j = crate::core::JobId(id);
                 let info = CommitInfo {
-                    author: format!("Author {} <a{}@example.org>", j.id.0 % 97, j.id.0 % 97),
-                    subject: format!("Change number {} of the benchmark history", j.id.0),
-                    time_ms: 1_700_000_000_000 + j.id.0 * 60_000,
+                    author: format!("Author {} <a{}@example.org>", j.0 % 97, j.0 % 97),
+                    subject: format!("Change number {} of the benchmark history", j.0),
+                    time_ms: 1_700_000_000_000 + j.0 * 60_000,
                 };
-                log.put_info(j.id, &info)?;
+                log.put_info(j, &info)?;
             }
             crate::store::EventLog::flush(&mut log)?;
             drop(log);
@@ -119,11 +120,8 @@ pub(super) async fn pages(tmp: &Path, commits: u64, requests: usize) -> anyhow::
         })
         .await??
     };
-    let jobs = state.jobs().len() as u64;
-    let middle = state
-        .job(JobId(jobs / 2))
-        .map(|j| j.commit)
-        .context("no middle commit")?;
+    let jobs = state.jobs_seen();
+    let middle = super::fake_commit(0xbe7c, jobs / 2);
     let d = DispatcherProc::spawn(&dir, &["--http", "127.0.0.1:0"]).await?;
     let http_addr = d.http.clone().context("no http address")?;
     let mut http = Http::connect(&http_addr).await?;
@@ -361,6 +359,7 @@ pub(super) async fn dashboard(
 mod tests {
     use super::super::fake_commit;
     use super::*;
+    use crate::core::JobId;
 
     #[test]
     fn only_whole_stamped_lines_count() {
