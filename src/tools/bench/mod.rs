@@ -873,7 +873,7 @@ async fn idle_cpu(
     window: Duration,
     reps: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let limit = raise_fd_limit();
+    let limit = crate::dispatcher::listener::raise_fd_limit();
     let needed = runners as u64 + BENCH_FD_RESERVE;
     if limit < needed {
         bail!(
@@ -882,8 +882,9 @@ async fn idle_cpu(
     }
     let dir = tmp.join(format!("idle-{runners}"));
     let d = DispatcherProc::spawn(&dir, &[]).await?;
-    // The dispatcher takes as many descriptors; it says (once, in its log)
-    // when its limit is too low, and refuses nobody silently: check.
+    // The dispatcher needs as many descriptors; under a lower limit it
+    // would refuse some runners (and say so in its log): stop here rather
+    // than measure a smaller fleet.
     let cap = d.connection_cap()?;
     if cap < runners {
         bail!(
@@ -932,12 +933,6 @@ async fn idle_cpu(
     d.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
-}
-
-/// Raises this process's soft open-file limit to the hard one; the limit
-/// now in force.
-fn raise_fd_limit() -> u64 {
-    crate::dispatcher::listener::raise_fd_limit()
 }
 
 // ---------------------------------------------------------------- push
