@@ -53,8 +53,10 @@ pub struct Args {
     /// characters. Read once at start. Without it the hook URLs answer 404.
     #[arg(long, value_name = "FILE", requires = "http")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Most connections at once; lowered to fit under the open-file limit
-    /// (whose soft limit is raised to the hard one at start).
+    /// Most connections at once (runners and tools); lowered to fit under
+    /// the open-file limit (whose soft limit is raised to the hard one at
+    /// start, with a warning saying what to raise it to). One more is
+    /// refused as busy.
     #[arg(long, default_value_t = crate::dispatcher::MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(8..), value_name = "N")]
     pub max_connections: u32,
     /// POST a JSON event to this URL for every result and when a branch

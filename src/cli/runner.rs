@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
     /// Seconds between heartbeats.
-    #[arg(long, default_value = "2", value_parser = parse_secs, allow_negative_numbers = true, value_name = "SECS")]
+    #[arg(long, default_value = crate::runner::HEARTBEAT_INTERVAL_SECS, value_parser = parse_secs, allow_negative_numbers = true, value_name = "SECS")]
     pub heartbeat_interval: Duration,
     /// Longest a test run may take before its process group is killed.
     #[arg(long, default_value = "1800", value_parser = parse_secs, allow_negative_numbers = true, value_name = "SECS")]

@@ -210,13 +210,19 @@ pub enum Cmd {
         /// Events per group commit in the generated history.
         #[arg(long, default_value_t = 64, value_name = "N")]
         history_batch: usize,
-        /// Connected idle runners for the CPU figure.
-        #[arg(long, default_value_t = 1000, value_name = "N")]
+        /// Connected idle runners for the CPU figure (each takes a
+        /// descriptor in this process and one in the dispatcher).
+        #[arg(long, default_value_t = 10_000, value_name = "N")]
         idle_runners: usize,
+        /// Seconds between one idle runner's heartbeats [default: ci-runner's
+        /// --heartbeat-interval default].
+        #[arg(long, default_value = crate::runner::HEARTBEAT_INTERVAL_SECS, value_parser = parse_secs, value_name = "SECS")]
+        idle_heartbeat: Duration,
         /// Seconds per CPU measurement window.
         #[arg(long, default_value = "3", value_parser = parse_secs, value_name = "SECS")]
         idle_window: Duration,
-        /// Also measure growth: runners 1..1000, history 10^4..HISTORY.
+        /// Also measure growth: runners 1..1000 (idle runners up to 10,000),
+        /// history 10^4..HISTORY.
         #[arg(long)]
         growth: bool,
         /// Commits of history for the page figure.

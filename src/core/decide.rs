@@ -11,7 +11,7 @@
 //! (heartbeat deadlines, pauses), the wall clock only stamps records for
 //! people. A wall clock stepped forward or back changes no decision.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,9 @@ use super::event::{
 };
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
 use super::state::{JobStatus, State};
+
+mod runners;
+use runners::{Deadlines, IdleQueue};
 
 /// The time of an input, on both clocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,7 +355,10 @@ pub struct Core {
     recalled: Vec<ArchivedJob>,
     sessions: BTreeMap<RunnerName, Session>,
     /// Runners waiting for work, longest-waiting first.
-    idle: VecDeque<RunnerName>,
+    idle: IdleQueue,
+    /// When each runner in good standing must be judged at the latest:
+    /// a tick looks at the ones due, not at every runner.
+    deadlines: Deadlines,
     config: CoreConfig,
     /// Counts of inputs refused as stale, for tracing and tests.
     pub stale_rejections: u64,
@@ -377,7 +383,8 @@ impl Core {
             state,
             recalled: Vec::new(),
             sessions: BTreeMap::new(),
-            idle: VecDeque::new(),
+            idle: IdleQueue::default(),
+            deadlines: Deadlines::default(),
             config,
             stale_rejections: 0,
             last_input_mono_ms: None,
@@ -452,7 +459,7 @@ impl Core {
                 if let Some(s) = self.sessions.get_mut(&runner) {
                     s.link = Link::Disconnected;
                 }
-                self.idle.retain(|r| *r != runner);
+                self.idle.remove(&runner);
             }
             Input::Heartbeat { runner, holding } => {
                 self.on_heartbeat(&mut step, runner, holding, now)
@@ -477,7 +484,7 @@ impl Core {
                 if self.state.holder(&runner) == Some(job) {
                     self.lose(&mut step, &runner, job, LostReason::HandedBack, now);
                 }
-                self.idle.retain(|r| *r != runner);
+                self.idle.remove(&runner);
             }
             Input::Tick => self.on_tick(&mut step, now),
             Input::Stalled { gap_ms } => self.grace_all(&mut step, gap_ms, now),
@@ -529,9 +536,10 @@ impl Core {
         // Old timestamps must not condemn anyone: every runner that holds a
         // job gets a full timeout from now to come back.
         let holders: Vec<RunnerName> = self.state.holders().map(|(r, _)| r.clone()).collect();
+        let due = now.mono_ms + self.config.heartbeat_timeout_ms;
         for r in holders {
-            self.sessions.insert(
-                r,
+            let before = self.sessions.insert(
+                r.clone(),
                 Session {
                     link: Link::Disconnected,
                     last_heard_mono_ms: now.mono_ms,
@@ -539,6 +547,11 @@ impl Core {
                     serves: Serves::Default,
                 },
             );
+            // One deadline per runner in good standing: one judged
+            // already has its entry.
+            if before.is_none_or(|s| s.standing == Standing::Lost) {
+                self.deadlines.arm(due, r);
+            }
         }
         self.emit(step, Event::DispatcherStarted { pid }, now);
         let window = self.config.window.clamp(1, u32::MAX as usize);
@@ -630,7 +643,7 @@ impl Core {
         now: Now,
     ) {
         self.hear(&runner, now, Link::Connected);
-        self.idle.retain(|r| *r != runner);
+        self.idle.remove(&runner);
         let held = self.state.holder(&runner);
         let mut keep = None;
         if let Some(h) = holding {
@@ -644,7 +657,7 @@ impl Core {
             Some(h) if keep.is_none() && left.is_some_and(|l| l.job == h) => {
                 let reason = left.map_or(LostReason::RunnerRestarted, LeftJob::reason);
                 self.lose(step, &runner, h, reason, now);
-                self.idle.push_back(runner.clone());
+                self.idle.push_back(&runner);
             }
             Some(h) if keep.is_none() => {
                 // The assignment was made durable but never reached
@@ -655,7 +668,7 @@ impl Core {
             }
             Some(_) => {}
             // A runner told to abandon says Ready once it stopped.
-            None if holding.is_none() => self.idle.push_back(runner.clone()),
+            None if holding.is_none() => self.idle.push_back(&runner),
             None => {}
         }
         step.reply = Some(Reply::Welcome { keep });
@@ -761,20 +774,31 @@ impl Core {
             return;
         }
         let timeout = self.config.heartbeat_timeout_ms;
-        let expired: Vec<RunnerName> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
-                s.standing == Standing::Heard
-                    && now.mono_ms.saturating_sub(s.last_heard_mono_ms) >= timeout
-            })
-            .map(|(r, _)| r.clone())
-            .collect();
+        let mut expired: Vec<RunnerName> = Vec::new();
+        while let Some(runner) = self.deadlines.pop_due(now.mono_ms) {
+            let Some(s) = self.sessions.get(&runner) else {
+                continue;
+            };
+            if s.standing != Standing::Heard {
+                continue;
+            }
+            let due = s.last_heard_mono_ms.saturating_add(timeout);
+            if due > now.mono_ms {
+                self.deadlines.arm(due, runner);
+            } else {
+                expired.push(runner);
+            }
+        }
+        // In name order, as the sessions are kept: the order of the
+        // records does not depend on when each runner was last heard.
+        expired.sort_unstable();
+        expired.dedup();
+        debug_assert!(self.deadlines.len() <= self.sessions.len());
         for runner in expired {
             if let Some(s) = self.sessions.get_mut(&runner) {
                 s.standing = Standing::Lost;
             }
-            self.idle.retain(|r| *r != runner);
+            self.idle.remove(&runner);
             if let Some(h) = self.state.holder(&runner) {
                 self.lose(step, &runner, h, LostReason::HeartbeatTimeout, now);
             }
@@ -899,22 +923,37 @@ impl Core {
     fn make_idle(&mut self, runner: &RunnerName) {
         if self.sessions.get(runner).is_some_and(Session::usable)
             && self.state.holder(runner).is_none()
-            && !self.idle.contains(runner)
         {
-            self.idle.push_back(runner.clone());
+            self.idle.push_back(runner);
         }
     }
 
+    /// A heartbeat's whole cost when nothing changes: one map lookup and
+    /// two stores (no allocation, no deadline moved; see [`Deadlines`]).
     fn hear(&mut self, runner: &RunnerName, now: Now, link: Link) {
-        let s = self.sessions.entry(runner.clone()).or_insert(Session {
-            link,
-            last_heard_mono_ms: now.mono_ms,
-            standing: Standing::Heard,
-            serves: Serves::Default,
-        });
-        s.last_heard_mono_ms = now.mono_ms;
-        s.standing = Standing::Heard;
-        s.link = link;
+        let timeout = self.config.heartbeat_timeout_ms;
+        match self.sessions.get_mut(runner) {
+            Some(s) => {
+                s.last_heard_mono_ms = now.mono_ms;
+                s.link = link;
+                if s.standing == Standing::Lost {
+                    s.standing = Standing::Heard;
+                    self.deadlines.arm(now.mono_ms + timeout, runner.clone());
+                }
+            }
+            None => {
+                self.sessions.insert(
+                    runner.clone(),
+                    Session {
+                        link,
+                        last_heard_mono_ms: now.mono_ms,
+                        standing: Standing::Heard,
+                        serves: Serves::Default,
+                    },
+                );
+                self.deadlines.arm(now.mono_ms + timeout, runner.clone());
+            }
+        }
     }
 
     /// The runner's hold on `job` ends unfinished: queue it again, or give up
@@ -969,9 +1008,9 @@ impl Core {
     /// that one the oldest queued job (a job queued again after a loss is
     /// at the front). A runner that serves nothing queued keeps its place.
     fn schedule(&mut self, step: &mut Step, now: Now) {
-        let mut passed: Vec<RunnerName> = Vec::new();
+        let mut passed: Vec<(u64, RunnerName)> = Vec::new();
         while self.state.queue_len() > 0 {
-            let Some(runner) = self.idle.pop_front() else {
+            let Some((place, runner)) = self.idle.pop_front() else {
                 break;
             };
             let Some(session) = self.sessions.get(&runner) else {
@@ -981,7 +1020,7 @@ impl Core {
                 continue;
             }
             let Some(job) = self.pick(&session.serves) else {
-                passed.push(runner);
+                passed.push((place, runner));
                 continue;
             };
             let j = self.state.job(job).expect("queued job exists");
@@ -1016,8 +1055,8 @@ impl Core {
                 },
             ));
         }
-        for runner in passed.into_iter().rev() {
-            self.idle.push_front(runner);
+        for (place, runner) in passed {
+            self.idle.restore(place, runner);
         }
     }
 
@@ -1245,7 +1284,7 @@ impl Core {
     }
 
     pub fn is_idle(&self, runner: &str) -> bool {
-        self.idle.iter().any(|r| r == runner)
+        self.idle.contains(runner)
     }
 
     pub fn job_of(&self, id: JobId) -> Option<&super::state::Job> {

@@ -26,8 +26,8 @@ use tracing::{debug, info};
 
 use super::metrics::Metrics;
 use super::shell::{Batch, ConnId, FlushPlan, MAX_BATCH, Shell, ShellInput, Transmit};
-use crate::core::Now;
-use crate::proto::ServerMsg;
+use crate::core::{JobRef, Now};
+use crate::proto::{ClientMsg, ServerMsg};
 use crate::store::{Flusher, Store, StoreError};
 
 /// Most commands waiting for the writer; connection tasks wait when it is
@@ -55,6 +55,57 @@ impl Outbox {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
             self.kill.cancel();
         }
+    }
+}
+
+/// Most unchanged heartbeats waiting on the [`Beats`] board; beyond it a
+/// connection sends its heartbeat as a command (as the board does not
+/// wake the writer, this only fills when the writer is held up).
+pub(crate) const BEATS_WAITING: usize = 65_536;
+
+/// An unchanged heartbeat left for the writer, in its place among its
+/// connection's frames: `after` frames of the connection were sent as
+/// commands before it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Beat {
+    pub conn: ConnId,
+    pub holding: Option<JobRef>,
+    pub after: u64,
+}
+
+/// The board where connection tasks leave the periodic heartbeats that
+/// say nothing new ("still here, same job"), instead of the command
+/// queue. Sending a command wakes the writer; with ten thousand idle
+/// runners that was thousands of thread wake-ups a second, most of the
+/// dispatcher's idle CPU besides reading the sockets. Nothing here wakes
+/// it: the writer takes the board whenever it wakes anyway, and at the
+/// latest at its next tick, before it judges heartbeat deadlines. A beat
+/// so waits at most one tick (a quarter of the heartbeat timeout, at most
+/// 1 s) and is heard when taken, never earlier, so nobody is judged
+/// sooner for it. Anything that can change a decision (a heartbeat with a
+/// different job held, any other frame) still goes through the queue.
+#[derive(Debug, Default)]
+pub(crate) struct Beats {
+    waiting: Mutex<Vec<Beat>>,
+}
+
+impl Beats {
+    /// Leaves `beat` for the writer; false when the board is full (then
+    /// send it as a command).
+    pub fn put(&self, beat: Beat) -> bool {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= BEATS_WAITING {
+            return false;
+        }
+        w.push(beat);
+        true
+    }
+
+    /// Everything on the board, into `into` (emptied first).
+    fn take(&self, into: &mut Vec<Beat>) {
+        into.clear();
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *w, into);
     }
 }
 
@@ -112,20 +163,39 @@ struct FlusherReport {
     failure: Mutex<Option<StoreError>>,
 }
 
+/// An open connection as the writer sees it.
+struct Open {
+    outbox: Outbox,
+    /// Frames of it taken from the command queue, to put each [`Beat`] in
+    /// its place.
+    frames: u64,
+}
+
 pub(crate) struct Driver {
     pub shell: Shell,
     store: Option<Box<dyn Store>>,
-    outboxes: HashMap<ConnId, Outbox>,
+    outboxes: HashMap<ConnId, Open>,
+    beats: Arc<Beats>,
+    /// The board's beats being handled (kept to reuse its allocation).
+    taken: Vec<Beat>,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
 
 impl Driver {
-    pub fn new(shell: Shell, store: Box<dyn Store>, clock: Clock, metrics: Arc<Metrics>) -> Driver {
+    pub fn new(
+        shell: Shell,
+        store: Box<dyn Store>,
+        beats: Arc<Beats>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Driver {
         Driver {
             shell,
             store: Some(store),
             outboxes: HashMap::new(),
+            beats,
+            taken: Vec::new(),
             clock,
             metrics,
         }
@@ -212,7 +282,7 @@ impl Driver {
     fn fail(&mut self, e: &StoreError) {
         for t in self.shell.storage_failed(e) {
             if let Some(o) = self.outboxes.get(&t.conn) {
-                o.deliver(t.msg);
+                o.outbox.deliver(t.msg);
             }
         }
         self.outboxes.clear();
@@ -266,6 +336,7 @@ impl Driver {
                     taken += 1;
                 }
             }
+            self.take_beats(now);
             self.shell.handle_timeout(now);
             if let Some(batch) = self.shell.take_batch(now, idle_wait_ms) {
                 self.carry_out(batch, out)?;
@@ -345,8 +416,36 @@ impl Driver {
     fn address(&self, sends: Vec<Transmit>) -> Vec<(Outbox, ServerMsg)> {
         sends
             .into_iter()
-            .filter_map(|t| self.outboxes.get(&t.conn).map(|o| (o.clone(), t.msg)))
+            .filter_map(|t| {
+                self.outboxes
+                    .get(&t.conn)
+                    .map(|o| (o.outbox.clone(), t.msg))
+            })
             .collect()
+    }
+
+    /// Hands the shell the heartbeats left on the [`Beats`] board, each as
+    /// the frame it was. One is taken only in its place: every frame its
+    /// connection sent before it taken already, none sent after it.
+    /// Otherwise it is old news (a frame sent after it said more) or would
+    /// overtake one, and it is dropped, as a heartbeat lost on the way;
+    /// the connection's next one is at most a quarter timeout away.
+    fn take_beats(&mut self, now: Now) {
+        let mut taken = std::mem::take(&mut self.taken);
+        self.beats.take(&mut taken);
+        let store = self.store.as_deref().expect("held until run ends");
+        for b in taken.drain(..) {
+            if self
+                .outboxes
+                .get(&b.conn)
+                .is_some_and(|o| o.frames == b.after)
+            {
+                let msg = ClientMsg::Heartbeat { holding: b.holding };
+                let input = ShellInput::Frame { conn: b.conn, msg };
+                self.shell.handle(input, now, store);
+            }
+        }
+        self.taken = taken;
     }
 
     /// Handles one command; true means stop after this batch.
@@ -359,13 +458,19 @@ impl Driver {
                 outbox,
                 hello,
             } => {
-                self.outboxes.insert(conn, outbox);
+                self.outboxes.insert(conn, Open { outbox, frames: 0 });
                 let store = self.store.as_deref().expect("held until run ends");
                 self.shell.handle(hello, now, store);
             }
             Cmd::Input(input) => {
                 let closed = match &input {
                     ShellInput::Closed { conn } => Some(*conn),
+                    ShellInput::Frame { conn, .. } => {
+                        if let Some(o) = self.outboxes.get_mut(conn) {
+                            o.frames += 1;
+                        }
+                        None
+                    }
                     _ => None,
                 };
                 let store = self.store.as_deref().expect("held until run ends");

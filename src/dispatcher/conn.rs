@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::actor::{Cmd, OUTBOX, Outbox};
+use super::actor::{Beat, Beats, Cmd, OUTBOX, Outbox};
 use super::listener::Admitted;
 use super::shell::{ConnId, ShellInput};
 use crate::proto::auth::Auth;
@@ -34,17 +34,26 @@ pub(crate) struct Timing {
     pub hello_timeout: Duration,
     /// Heartbeats that only say "still here, same job" are passed to the
     /// log writer at most this often (a quarter of the heartbeat timeout),
-    /// so a thousand chatty runners do not wake it a thousand times a
-    /// second. A change of the job held is always passed on at once.
+    /// and on the [`Beats`] board, which does not wake it: ten thousand
+    /// chatty runners neither fill its queue nor wake it thousands of
+    /// times a second. A change of the job held is always passed on at
+    /// once, through the queue.
     pub heartbeat_forward: Duration,
+}
+
+/// What every connection task shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub cmds: flume::Sender<Cmd>,
+    pub beats: Arc<Beats>,
+    pub auth: Arc<Auth>,
+    pub timing: Timing,
 }
 
 pub(crate) async fn serve(
     stream: TcpStream,
     conn: ConnId,
-    cmds: flume::Sender<Cmd>,
-    auth: Arc<Auth>,
-    timing: Timing,
+    shared: Shared,
     admitted: Admitted,
     shutdown: CancellationToken,
 ) {
@@ -59,7 +68,7 @@ pub(crate) async fn serve(
         let mut reader: Rd = Reader::new(r);
         let mut writer: Wr = Writer::new(w);
         let result = tokio::select! {
-            r = handshake_and_serve(&mut reader, &mut writer, conn, &cmds, &auth, timing, admitted) => r,
+            r = handshake_and_serve(&mut reader, &mut writer, conn, &shared, admitted) => r,
             _ = shutdown.cancelled() => Err(ProtoError::refused(ErrorCode::ShuttingDown, "the dispatcher is stopping")),
         };
         match result {
@@ -80,11 +89,15 @@ async fn handshake_and_serve(
     reader: &mut Rd,
     writer: &mut Wr,
     conn: ConnId,
-    cmds: &flume::Sender<Cmd>,
-    auth: &Auth,
-    timing: Timing,
+    shared: &Shared,
     admitted: Admitted,
 ) -> Result<(), ProtoError> {
+    let Shared {
+        cmds,
+        beats,
+        auth,
+        timing,
+    } = shared;
     let nonce = auth
         .nonce()
         .map_err(|e| ProtoError::refused(e.code(), e.to_string()))?;
@@ -149,7 +162,14 @@ async fn handshake_and_serve(
         }),
         _ => None,
     };
-    let result = pump(reader, writer, conn, cmds, rx, kill, forward).await;
+    let inbound = Inbound {
+        conn,
+        cmds,
+        beats,
+        forward,
+        sent: 0,
+    };
+    let result = pump(reader, writer, inbound, rx, kill).await;
     let _ = send_cmd(cmds, Cmd::Input(ShellInput::Closed { conn })).await;
     result
 }
@@ -192,6 +212,17 @@ async fn read_hello(reader: &mut Rd) -> Result<Hello, ProtoError> {
     Ok(hello)
 }
 
+/// What becomes of a runner's heartbeat ([`Timing::heartbeat_forward`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// Same job, passed on recently: dropped here.
+    Drop,
+    /// Same job, due again: left on the board.
+    Board,
+    /// A different job held: through the queue, now.
+    Queue,
+}
+
 /// The unchanged-heartbeat filter of [`Timing::heartbeat_forward`].
 struct Forward {
     every: Duration,
@@ -199,14 +230,49 @@ struct Forward {
 }
 
 impl Forward {
-    /// Whether this heartbeat is worth waking the writer for.
-    fn pass(&mut self, holding: Option<crate::core::JobRef>) -> bool {
+    fn pass(&mut self, holding: Option<crate::core::JobRef>) -> Pass {
         let now = Instant::now();
-        if holding == self.last.1 && now.duration_since(self.last.0) < self.every {
-            return false;
-        }
+        let pass = match holding == self.last.1 {
+            true if now.duration_since(self.last.0) < self.every => return Pass::Drop,
+            true => Pass::Board,
+            false => Pass::Queue,
+        };
         self.last = (now, holding);
-        true
+        pass
+    }
+}
+
+/// The inbound half of a connection: where its frames go, in order.
+struct Inbound<'a> {
+    conn: ConnId,
+    cmds: &'a flume::Sender<Cmd>,
+    beats: &'a Beats,
+    forward: Option<Forward>,
+    /// Frames sent as commands so far (a [`Beat`]'s place).
+    sent: u64,
+}
+
+impl Inbound<'_> {
+    async fn frame(&mut self, msg: ClientMsg) -> Result<(), ProtoError> {
+        if let (ClientMsg::Heartbeat { holding }, Some(f)) = (&msg, self.forward.as_mut()) {
+            match f.pass(*holding) {
+                Pass::Drop => return Ok(()),
+                Pass::Board => {
+                    let beat = Beat {
+                        conn: self.conn,
+                        holding: *holding,
+                        after: self.sent,
+                    };
+                    if self.beats.put(beat) {
+                        return Ok(());
+                    }
+                }
+                Pass::Queue => {}
+            }
+        }
+        self.sent += 1;
+        let conn = self.conn;
+        send_cmd(self.cmds, Cmd::Input(ShellInput::Frame { conn, msg })).await
     }
 }
 
@@ -214,12 +280,13 @@ impl Forward {
 async fn pump(
     reader: &mut Rd,
     writer: &mut Wr,
-    conn: ConnId,
-    cmds: &flume::Sender<Cmd>,
+    mut inbound: Inbound<'_>,
     mut rx: tokio::sync::mpsc::Receiver<ServerMsg>,
     kill: CancellationToken,
-    mut forward: Option<Forward>,
 ) -> Result<(), ProtoError> {
+    // Registered once, not on every frame.
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
     loop {
         tokio::select! {
             out = rx.recv() => {
@@ -232,14 +299,9 @@ async fn pump(
             }
             msg = reader.recv() => {
                 let Some(msg) = msg? else { return Ok(()) };
-                if let (ClientMsg::Heartbeat { holding }, Some(f)) = (&msg, forward.as_mut())
-                    && !f.pass(*holding)
-                {
-                    continue;
-                }
-                send_cmd(cmds, Cmd::Input(ShellInput::Frame { conn, msg })).await?;
+                inbound.frame(msg).await?;
             }
-            _ = kill.cancelled() => {
+            _ = &mut killed => {
                 return Err(ProtoError::refused(
                     ErrorCode::TooSlow,
                     "this connection did not read what it was sent; closing it",

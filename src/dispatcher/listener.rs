@@ -1,13 +1,16 @@
 //! The accept loop and who gets in: a cap on connections that fits under
 //! the process's descriptor limit, and a cap on connections per source
 //! address that have not yet proved who they are. A stranger may hold at
-//! most a few descriptors, for at most the hello timeout.
+//! most a few descriptors, for at most the hello timeout. A connection
+//! beyond the cap is told so (`Busy`, with the cap) and closed, not left
+//! waiting in the kernel's backlog until its client times out; the
+//! dispatcher says once in its log that it is full and what to raise.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -15,24 +18,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::actor::Cmd;
-use super::conn::{self, Timing};
+use super::conn;
 use super::metrics::Metrics;
-use crate::proto::auth::Auth;
 use crate::proto::conn::Writer;
 use crate::proto::{ErrorCode, ServerMsg};
 
 /// Descriptors kept free for everything but client connections: the log's
-/// files, the listener, the runtime, standard streams, sled's blob files.
+/// files, the listener, the runtime, standard streams, sled's blob files,
+/// and the [`MAX_REFUSING`] connections being told the cap is reached.
 pub const FD_RESERVE: u64 = 64;
 
+/// Most connections beyond the cap being refused at once (each holds a
+/// descriptor for at most a second); past it one is closed without a
+/// word. Taken from [`FD_RESERVE`].
+pub const MAX_REFUSING: usize = 16;
+
+/// How often at most the log says again that the cap is reached.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// Most connections per source address that have not yet said a valid
-/// hello: an eighth of the cap, between 4 and 128. Generous for many
-/// runners behind one address reconnecting at once (each is unproven only
-/// for its handshake); small next to the cap, so one stranger cannot hold
-/// the descriptors everyone needs.
+/// hello: an eighth of the cap, between 4 and 1,024. A fleet behind one
+/// address (runners behind a NAT, a benchmark's ten thousand runners on
+/// 127.0.0.1) reconnects all at once after a dispatcher restart, and each
+/// is unproven only for its handshake: 128 made most of such a burst
+/// wait for `Busy` and a back-off. Still small next to the cap, so one
+/// stranger cannot hold the descriptors everyone needs (1,024 of 16,384,
+/// each for at most the hello timeout).
 pub fn max_unproven_per_addr(cap: usize) -> u32 {
-    (cap / 8).clamp(4, 128) as u32
+    (cap / 8).clamp(4, 1024) as u32
 }
 
 /// Raises the soft limit on open files to the hard limit, and returns the
@@ -68,6 +81,21 @@ pub fn raise_fd_limit() -> u64 {
 pub fn connection_cap(asked: usize, fd_limit: u64) -> usize {
     let room = fd_limit.saturating_sub(FD_RESERVE).max(8);
     asked.min(room as usize)
+}
+
+/// The open-file limit under which the TCP port's cap is `asked`: what
+/// to tell people to raise the limit to (`LimitNOFILE=`, `ulimit -n`).
+pub fn fd_limit_for(asked: usize, web: WebSide) -> u64 {
+    let mut fd_limit = asked as u64 + FD_RESERVE;
+    // The HTTP share grows with the limit, so step up until it fits
+    // (a few steps: the share is at most `web::MAX_CONNECTIONS`).
+    loop {
+        let (tcp, _) = connection_caps(asked, fd_limit, web);
+        if tcp >= asked {
+            return fd_limit;
+        }
+        fd_limit += (asked - tcp) as u64;
+    }
 }
 
 /// Whether the dispatcher serves HTTP too (`--http`).
@@ -138,9 +166,8 @@ impl Drop for Admitted {
 
 pub(crate) struct Listener {
     pub listener: TcpListener,
-    pub cmds: flume::Sender<Cmd>,
-    pub auth: Arc<Auth>,
-    pub timing: Timing,
+    /// What every connection task is given.
+    pub shared: conn::Shared,
     pub cap: usize,
     /// Connection numbers, shared with in-process clients ([`super::local`]).
     pub ids: Arc<AtomicU64>,
@@ -149,8 +176,15 @@ pub(crate) struct Listener {
 
 impl Listener {
     /// Accepts until `stop`; then closes every connection and returns.
+    ///
+    /// Descriptors: at most `cap` connections served or being refused for
+    /// their address, plus at most [`MAX_REFUSING`] beyond the cap being
+    /// told so, plus the one just accepted; the last two come out of
+    /// [`FD_RESERVE`].
     pub async fn run(self, stop: CancellationToken) {
         let limit = Arc::new(Semaphore::new(self.cap));
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+        let mut full_logged: Option<Instant> = None;
         let admission = Arc::new(Admission {
             unproven: Mutex::new(HashMap::new()),
             max_per_addr: max_unproven_per_addr(self.cap),
@@ -159,10 +193,6 @@ impl Listener {
         let conn_stop = CancellationToken::new();
         let mut backoff = Duration::from_millis(5);
         loop {
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = stop.cancelled() => break,
-            };
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
                 _ = stop.cancelled() => break,
@@ -183,19 +213,41 @@ impl Listener {
                     continue;
                 }
             };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                // Full: say so, once a minute in the log and to each
+                // client (within the reserve), rather than let it wait in
+                // the backlog for a greeting that does not come.
+                if full_logged.is_none_or(|at| at.elapsed() >= FULL_LOG_EVERY) {
+                    full_logged = Some(Instant::now());
+                    warn!(
+                        cap = self.cap,
+                        "connection cap reached: {} connections open, refusing new ones until some close; to serve more raise the open-file limit (LimitNOFILE= in the service, ulimit -n) and --max-connections",
+                        self.cap
+                    );
+                }
+                if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                    let cap = self.cap;
+                    conns.spawn(async move {
+                        refuse_full(stream, cap).await;
+                        drop(slot);
+                    });
+                }
+                continue;
+            };
             let Some(admitted) = admission.admit(peer.ip()) else {
-                conns.spawn(refuse_busy(stream, peer.ip()));
+                conns.spawn(async move {
+                    refuse_busy(stream, peer.ip()).await;
+                    drop(permit);
+                });
                 continue;
             };
             let id = self.ids.fetch_add(1, Ordering::Relaxed);
-            let cmds = self.cmds.clone();
-            let auth = self.auth.clone();
-            let timing = self.timing;
+            let shared = self.shared.clone();
             let stop = conn_stop.clone();
             let metrics = self.metrics.clone();
             metrics.connection_opened();
             conns.spawn(async move {
-                conn::serve(stream, id, cmds, auth, timing, admitted, stop).await;
+                conn::serve(stream, id, shared, admitted, stop).await;
                 metrics.connection_closed();
                 drop(permit);
             });
@@ -206,6 +258,20 @@ impl Listener {
         let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
         info!("listener closed");
     }
+}
+
+/// Tells a connection beyond the cap that the dispatcher is full, and
+/// closes it. `Busy` is not permanent: clients back off and come again.
+async fn refuse_full(stream: TcpStream, cap: usize) {
+    let mut w: Writer<TcpStream, ServerMsg> = Writer::new(stream);
+    let msg = ServerMsg::error(
+        ErrorCode::Busy,
+        format!(
+            "the dispatcher serves at most {cap} connections at once (--max-connections, lowered to fit its open-file limit) and is full; try again shortly"
+        ),
+        true,
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.send(&msg)).await;
 }
 
 /// Tells a connection from an address with too many unproven connections
@@ -239,5 +305,27 @@ mod tests {
         }
         // Room to spare: what was asked.
         assert_eq!(connection_caps(100, 1 << 20, WebSide::On).0, 100);
+    }
+
+    #[test]
+    fn the_limit_to_ask_for_gives_the_cap_asked() {
+        for asked in [8usize, 100, 10_000, 16_384, 100_000] {
+            for web in [WebSide::Off, WebSide::On] {
+                let need = fd_limit_for(asked, web);
+                assert_eq!(
+                    connection_caps(asked, need, web).0,
+                    asked,
+                    "{asked} {web:?}"
+                );
+            }
+        }
+        assert_eq!(fd_limit_for(16_384, WebSide::Off), 16_384 + FD_RESERVE);
+    }
+
+    #[test]
+    fn a_fleet_behind_one_address_may_reconnect_at_once() {
+        assert_eq!(max_unproven_per_addr(16_384), 1024);
+        assert_eq!(max_unproven_per_addr(192), 24);
+        assert_eq!(max_unproven_per_addr(8), 4);
     }
 }

@@ -31,7 +31,9 @@ pub use crate::proto::auth::Tokens;
 pub use crate::web::{WebhookSecret, WebhookSecretError};
 
 /// Most connections served at once unless the descriptor limit says
-/// fewer; more wait in the kernel's backlog.
+/// fewer: ten thousand runners with room for tools, the web side's local
+/// connections and a fleet's reconnections overlapping old connections
+/// not yet closed. One more is refused (`Busy`, saying the cap).
 pub const MAX_CONNECTIONS: usize = 16_384;
 
 #[derive(Debug, Clone)]
@@ -230,7 +232,14 @@ pub async fn start(
         },
     );
     let metrics = metrics::Metrics::new();
-    let mut driver = actor::Driver::new(shell, store, actor::Clock::new(), metrics.clone());
+    let beats = Arc::new(actor::Beats::default());
+    let mut driver = actor::Driver::new(
+        shell,
+        store,
+        beats.clone(),
+        actor::Clock::new(),
+        metrics.clone(),
+    );
     driver.start()?;
     let listener =
         TcpListener::bind(&config.listen)
@@ -252,10 +261,13 @@ pub async fn start(
     };
     let (cap, http_cap) = listener::connection_caps(config.max_connections, fd_limit, web_side);
     if cap < config.max_connections {
+        let needed = listener::fd_limit_for(config.max_connections, web_side);
         warn!(
             cap,
             fd_limit,
-            "the open-file limit allows fewer connections than asked; raise it (ulimit -n, LimitNOFILE=) to serve more"
+            asked = config.max_connections,
+            "the open-file limit allows fewer connections than asked: {fd_limit} open files leave room for {cap} connections (runners and tools together), not {}; to serve them all raise the hard limit to {needed} (LimitNOFILE={needed} in the service unit, or ulimit -n {needed} before starting)",
+            config.max_connections
         );
     }
     let restart_ms = started.elapsed().as_millis() as u64;
@@ -294,9 +306,12 @@ pub async fn start(
     let auth = Arc::new(auth);
     let accept = listener::Listener {
         listener,
-        cmds: tx.clone(),
-        auth: auth.clone(),
-        timing,
+        shared: conn::Shared {
+            cmds: tx.clone(),
+            beats,
+            auth: auth.clone(),
+            timing,
+        },
         cap,
         ids,
         metrics: metrics.clone(),

@@ -63,6 +63,8 @@ pub struct BenchOptions {
     pub history_batch: usize,
     /// Connected idle runners for the CPU figure.
     pub idle_runners: usize,
+    /// Time between one idle runner's heartbeats.
+    pub idle_heartbeat: Duration,
     /// Length of one CPU measurement window.
     pub idle_window: Duration,
     /// Repetitions of each figure.
@@ -91,7 +93,9 @@ impl Default for BenchOptions {
             append_batch: 1,
             history: 1_000_000,
             history_batch: 64,
-            idle_runners: 1000,
+            idle_runners: 10_000,
+            idle_heartbeat: crate::util::parse_secs(crate::runner::HEARTBEAT_INTERVAL_SECS)
+                .expect("the runner's default interval parses"),
             idle_window: Duration::from_secs(3),
             reps: 3,
             page_commits: 100_000,
@@ -299,6 +303,28 @@ impl DispatcherProc {
                 .unwrap_or(f64::NAN)
         };
         Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+
+    /// The connection cap the dispatcher (started without `--http`) has
+    /// under its open-file limit, which it raised at start: the same rule
+    /// (`listener::connection_caps`) from its `/proc/PID/limits`.
+    fn connection_cap(&self) -> anyhow::Result<usize> {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid))?;
+        let soft = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .context("no open-file limit in /proc/PID/limits")?;
+        let fd_limit = match soft {
+            "unlimited" => u64::MAX,
+            n => n.parse().context("open-file limit")?,
+        };
+        let (cap, _) = crate::dispatcher::listener::connection_caps(
+            crate::dispatcher::MAX_CONNECTIONS,
+            fd_limit,
+            crate::dispatcher::listener::WebSide::Off,
+        );
+        Ok(cap)
     }
 
     /// CPU time used so far (user + system).
@@ -833,17 +859,38 @@ async fn replay_rate(dir: &Path) -> anyhow::Result<f64> {
 
 // ---------------------------------------------------------------- idle
 
+/// Descriptors this process keeps besides the idle runners' connections
+/// (the runtime, standard streams, the dispatcher's pipes, logs).
+const BENCH_FD_RESERVE: u64 = 64;
+
 /// Dispatcher CPU (% of one core) with `runners` idle runners connected,
-/// each heartbeating once a second; one value per window.
+/// each heartbeating every `heartbeat` (spread evenly over that time); one
+/// value per window.
 async fn idle_cpu(
     tmp: &Path,
     runners: usize,
+    heartbeat: Duration,
     window: Duration,
     reps: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    raise_fd_limit();
+    let limit = crate::dispatcher::listener::raise_fd_limit();
+    let needed = runners as u64 + BENCH_FD_RESERVE;
+    if limit < needed {
+        bail!(
+            "{runners} idle runners need {needed} open files in this process, and the limit is {limit}; raise it (ulimit -n {needed}) or pass a smaller --idle-runners"
+        );
+    }
     let dir = tmp.join(format!("idle-{runners}"));
     let d = DispatcherProc::spawn(&dir, &[]).await?;
+    // The dispatcher needs as many descriptors; under a lower limit it
+    // would refuse some runners (and say so in its log): stop here rather
+    // than measure a smaller fleet.
+    let cap = d.connection_cap()?;
+    if cap < runners {
+        bail!(
+            "the dispatcher serves at most {cap} connections under its open-file limit; {runners} idle runners need more (ulimit -n, LimitNOFILE=)"
+        );
+    }
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     for i in 0..runners {
@@ -855,11 +902,11 @@ async fn idle_cpu(
         )
         .await?;
         let stop = stop.clone();
-        // Spread the heartbeats over the second.
-        let offset = Duration::from_micros((i as u64 * 1_000_000) / runners.max(1) as u64);
+        // Spread the heartbeats over the interval.
+        let offset = heartbeat.mul_f64(i as f64 / runners.max(1) as f64);
         tasks.push(tokio::spawn(async move {
             let mut client = client;
-            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, Duration::from_secs(1));
+            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return anyhow::Ok(()),
@@ -886,19 +933,6 @@ async fn idle_cpu(
     d.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
-}
-
-fn raise_fd_limit() {
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 // ---------------------------------------------------------------- push
@@ -1191,13 +1225,24 @@ impl Measured<'_> {
     async fn idle(&mut self) -> anyhow::Result<()> {
         let (opts, reps) = (self.opts, self.reps);
         note(&format!(
-            "{} idle runners heartbeating: {reps} windows of {:?}",
-            opts.idle_runners, opts.idle_window
+            "{} idle runners heartbeating every {:?}: {reps} windows of {:?}",
+            opts.idle_runners, opts.idle_heartbeat, opts.idle_window
         ));
-        let v = idle_cpu(&self.tmp, opts.idle_runners, opts.idle_window, reps).await?;
+        let v = idle_cpu(
+            &self.tmp,
+            opts.idle_runners,
+            opts.idle_heartbeat,
+            opts.idle_window,
+            reps,
+        )
+        .await?;
         self.figs.push(Figure {
             key: "idle_runners_cpu_pct",
-            what: format!("dispatcher CPU, {} idle runners", opts.idle_runners),
+            what: format!(
+                "dispatcher CPU, {} idle runners, a heartbeat every {} s",
+                opts.idle_runners,
+                opts.idle_heartbeat.as_secs_f64()
+            ),
             unit: "% core",
             stat: Stat::of(&v),
             target: Some((5.0, false)),
@@ -1431,6 +1476,10 @@ fn print_json(
     obj.insert("append_events".into(), json!(opts.append_events));
     obj.insert("append_batch".into(), json!(opts.append_batch));
     obj.insert("idle_runners".into(), json!(opts.idle_runners));
+    obj.insert(
+        "idle_heartbeat_s".into(),
+        json!(opts.idle_heartbeat.as_secs_f64()),
+    );
     obj.insert("page_commits".into(), json!(opts.page_commits));
     obj.insert("dashboards".into(), json!(opts.dashboards));
     obj.insert("reps".into(), json!(reps));
@@ -1506,7 +1555,8 @@ fn print_table(figs: &[Figure], extra: &serde_json::Map<String, Value>, growth: 
     }
 }
 
-/// Each figure at growing sizes: runners 1..1000, history 10^4..`history`.
+/// Each figure at growing sizes: runners 1..1000 (idle runners up to
+/// 10,000), history 10^4..`history`.
 async fn measure_growth(opts: &BenchOptions, tmp: &Path) -> anyhow::Result<Vec<Value>> {
     let reps = opts.reps.max(1);
     let mut out = Vec::new();
@@ -1555,9 +1605,11 @@ async fn measure_growth(opts: &BenchOptions, tmp: &Path) -> anyhow::Result<Vec<V
         }
         row("appends_per_s", c as u64, &v);
     }
-    for &r in &sizes {
+    let mut idle_sizes = vec![1usize, 10, 100, 1000, 10_000];
+    idle_sizes.retain(|&r| r <= opts.idle_runners);
+    for &r in &idle_sizes {
         note(&format!("growth: {r} idle runners"));
-        let v = idle_cpu(tmp, r, opts.idle_window, reps).await?;
+        let v = idle_cpu(tmp, r, opts.idle_heartbeat, opts.idle_window, reps).await?;
         row("idle_runners_cpu_pct", r as u64, &v);
     }
     let mut h = 10_000u64;
