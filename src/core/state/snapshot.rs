@@ -450,14 +450,9 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
     Ok(state)
 }
 
+/// An outcome's byte: its place in the state's counts, one numbering.
 fn outcome_byte(o: Outcome) -> u8 {
-    match o {
-        Outcome::Pass => 0,
-        Outcome::Fail => 1,
-        Outcome::Timeout => 2,
-        Outcome::Error => 3,
-        Outcome::Cancelled => 4,
-    }
+    super::outcome_index(o) as u8
 }
 
 fn byte_outcome(b: u8) -> Result<Outcome, String> {
