@@ -24,6 +24,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.snapshot_every = args.snapshot_every;
     config.keep_in_memory = args.keep_in_memory as usize;
+    config.retention = args.retention();
     config.hello_timeout = args.hello_timeout;
     config.insecure = args.insecure;
     config.max_connections = args.max_connections as usize;

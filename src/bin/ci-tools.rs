@@ -96,6 +96,11 @@ async fn run(
             };
             commits::results(&dispatcher.addr, token()?, query, tools::Format::json(json)).await
         }
+        Cmd::Pruned {
+            dispatcher,
+            limit,
+            json,
+        } => commits::pruned(&dispatcher.addr, token()?, limit, tools::Format::json(json)).await,
         Cmd::Logs {
             dispatcher,
             follow,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::util::parse_secs;
+use crate::util::{parse_keep_bytes, parse_keep_for, parse_secs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,6 +30,16 @@ pub struct Args {
     /// history indexes (memory and restart time stay flat as history grows).
     #[arg(long, default_value_t = crate::core::state::DEFAULT_WINDOW as u32, value_parser = clap::value_parser!(u32).range(1..=10_000_000), value_name = "JOBS")]
     pub keep_in_memory: u32,
+    /// Delete stored test outputs older than this (the jobs and their
+    /// results stay, and `ci-tools pruned` lists what went): a duration
+    /// (`30d`, `12h`, `90days`), plain seconds, or `forever`.
+    #[arg(long, default_value = "90d", value_parser = keep_for, value_name = "DURATION")]
+    pub keep_outputs_for: KeepFor,
+    /// Keep the stored test outputs under this many bytes in all, deleting
+    /// the oldest first: `500M`, `10G` (powers of 1024), plain bytes, or
+    /// `unlimited`.
+    #[arg(long, default_value = "10G", value_parser = keep_bytes, value_name = "SIZE")]
+    pub keep_outputs_bytes: KeepBytes,
     /// The role secrets, one `ROLE: SECRET` line each for runner, observer,
     /// tool and tool-write (see the README's Security section). Without it every client is
     /// trusted and only loopback addresses are allowed.
@@ -109,6 +119,22 @@ pub struct Args {
     pub verbose: u8,
 }
 
+/// `--keep-outputs-for`: `None` is forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepFor(pub Option<Duration>);
+
+/// `--keep-outputs-bytes`: `None` is unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepBytes(pub Option<u64>);
+
+fn keep_for(s: &str) -> Result<KeepFor, String> {
+    parse_keep_for(s).map(KeepFor)
+}
+
+fn keep_bytes(s: &str) -> Result<KeepBytes, String> {
+    parse_keep_bytes(s).map(KeepBytes)
+}
+
 /// Why the notification flags cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyFlagsError {
@@ -145,6 +171,17 @@ fn read_secret(path: &std::path::Path) -> Result<String, NotifyFlagsError> {
 }
 
 impl Args {
+    /// The retention policy the `--keep-outputs-*` flags say.
+    pub fn retention(&self) -> crate::core::RetentionPolicy {
+        crate::core::RetentionPolicy {
+            keep_for_ms: self
+                .keep_outputs_for
+                .0
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            keep_bytes: self.keep_outputs_bytes.0,
+        }
+    }
+
     /// The sinks the flags name, with their secrets read.
     pub fn notify_config(&self) -> Result<crate::notify::NotifyConfig, NotifyFlagsError> {
         use crate::notify::sink::{Sink, StatusTarget, check_url, parse_command};

@@ -81,6 +81,19 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What retention removed: each stored output pruned (job, attempt,
+    /// commit, when it finished, when it was pruned, why, bytes), newest
+    /// first, then the totals.
+    Pruned {
+        #[command(flatten)]
+        dispatcher: DispatcherAddr,
+        /// Only the newest N.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// One JSON object (`pruned`, `totals`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a commit's test output; with --follow, live until its job ends (then exit 0 if it passed, 1 if not).
     Logs {
         #[command(flatten)]

@@ -20,6 +20,7 @@ use super::event::{
     DropReason, Event, JobReport, LostReason, Notice, NoticeKind, NoticeState, Outcome, Record,
 };
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
+use super::retention::{self, RetentionPolicy, StoredOutput};
 use super::state::{JobStatus, State};
 
 mod runners;
@@ -131,6 +132,10 @@ pub struct CoreConfig {
     pub sinks: Vec<SinkSpec>,
     /// How many finished jobs stay in memory (`--keep-in-memory`).
     pub window: usize,
+    /// Which stored outputs to keep (`--keep-outputs-for`,
+    /// `--keep-outputs-bytes`); everything by default here, the
+    /// dispatcher's flags have their own defaults.
+    pub retention: RetentionPolicy,
 }
 
 impl Default for CoreConfig {
@@ -140,6 +145,7 @@ impl Default for CoreConfig {
             max_attempts: 3,
             sinks: Vec::new(),
             window: crate::core::state::DEFAULT_WINDOW,
+            retention: RetentionPolicy::KEEP_ALL,
         }
     }
 }
@@ -235,6 +241,15 @@ pub enum Input {
     Notified {
         n: u64,
         dropped: Option<DropReason>,
+    },
+    /// What the output store holds, for retention: the bytes of every
+    /// stored output, and the oldest outputs in age order (a bounded page,
+    /// read by the shell). The core decides which go
+    /// ([`retention::choose`]) and logs `OutputsPruned`; the shell deletes
+    /// them only once that is durable.
+    Retention {
+        stored_bytes: u64,
+        oldest: Vec<StoredOutput>,
     },
 }
 
@@ -501,6 +516,10 @@ impl Core {
                     self.emit(&mut step, event, now);
                 }
             }
+            Input::Retention {
+                stored_bytes,
+                oldest,
+            } => self.on_retention(&mut step, stored_bytes, &oldest, now),
         }
         self.schedule(&mut step, now);
         step
@@ -570,6 +589,38 @@ impl Core {
         for n in gone {
             let reason = DropReason::SinkRemoved;
             self.emit(step, Event::NotificationDropped { n, reason }, now);
+        }
+    }
+
+    /// Chooses the stored outputs that go and puts the choice on record.
+    /// A job in memory that is not finished (queued or running again
+    /// after a retry) keeps its outputs.
+    fn on_retention(
+        &mut self,
+        step: &mut Step,
+        stored_bytes: u64,
+        oldest: &[StoredOutput],
+        now: Now,
+    ) {
+        let state = &self.state;
+        let protected = |j: JobRef| {
+            state
+                .job(j.job)
+                .is_some_and(|job| !matches!(job.status, JobStatus::Done(_)))
+        };
+        let prunes = retention::choose(
+            &self.config.retention,
+            now.wall_ms,
+            stored_bytes,
+            oldest,
+            protected,
+        );
+        for p in prunes {
+            let event = Event::OutputsPruned {
+                reason: p.reason,
+                outputs: p.outputs,
+            };
+            self.emit(step, event, now);
         }
     }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::archive::ArchivedJob;
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
+use super::retention::{PruneReason, StoredOutput};
 
 /// How a job ended. `pending` and `running` exist only in views, never here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -214,6 +215,15 @@ pub enum Event {
     /// dispatcher was started with another `--keep-in-memory`): on record,
     /// so every replay moves the same jobs out at the same point.
     MemoryWindow { jobs: u32 },
+    /// Retention (`--keep-outputs-for`, `--keep-outputs-bytes`) removes
+    /// these stored outputs, for `reason`. Durable before any of them is
+    /// deleted: a crash in between leaves this on record, and the next
+    /// start finishes the deletion. The jobs and their results stay; only
+    /// the outputs go. At most `retention::PRUNE_PAGE` outputs.
+    OutputsPruned {
+        reason: PruneReason,
+        outputs: Vec<StoredOutput>,
+    },
 }
 
 /// What a notification says.
@@ -333,6 +343,7 @@ impl Event {
             Event::BranchMovedIn { .. } => "branch_moved",
             Event::JobRestored { .. } => "job_restored",
             Event::MemoryWindow { .. } => "memory_window",
+            Event::OutputsPruned { .. } => "outputs_pruned",
         }
     }
 

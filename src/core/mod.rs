@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod event;
 pub mod ids;
+pub mod retention;
 
 pub use archive::{ArchivedJob, ArchivedResult, HistoryFilter};
 pub use event::{
@@ -14,6 +15,7 @@ pub use event::{
     Record, TestCounts,
 };
 pub use ids::{CommitId, JobId, JobRef, RunnerName};
+pub use retention::{PruneReason, PrunedOutput, PrunedTotals, RetentionPolicy, StoredOutput};
 pub mod decide;
 pub mod state;
 

@@ -25,6 +25,7 @@ mod snapshot;
 use super::archive::{ArchivedJob, ArchivedResult};
 use super::event::{Event, JobReport, LostReason, Notice, Outcome, Record, TestCounts};
 use super::ids::{CommitId, JobId, JobRef, RunnerName};
+use super::retention::{PruneReason, PrunedTotals};
 
 /// An interned string (branch, runner name or result message) of a `State`;
 /// resolve it with [`State::name`].
@@ -292,6 +293,9 @@ pub struct State {
     /// How many queued jobs each repository has (derived from `queue`,
     /// rebuilt on load): the scheduler's candidates without a scan.
     queued: BTreeMap<Option<Sym>, usize>,
+    /// What retention removed, by reason (in the order of
+    /// [`PruneReason::ALL`]): counters only, whatever the history.
+    pruned: [PrunedTotals; 2],
 }
 
 /// Two states are equal when the log they fold says the same: what is in
@@ -317,6 +321,7 @@ impl PartialEq for State {
             && self.notices == o.notices
             && self.branch_marks == o.branch_marks
             && self.repo_marks == o.repo_marks
+            && self.pruned == o.pruned
     }
 }
 
@@ -351,7 +356,13 @@ impl State {
 
     /// The state a snapshot holds; an error says what in it is wrong.
     pub fn from_snapshot(bytes: &[u8]) -> Result<State, BadSnapshot> {
-        snapshot::decode(bytes).map_err(|why| BadSnapshot { why })
+        snapshot::decode(bytes, true).map_err(|why| BadSnapshot { why })
+    }
+
+    /// The state a snapshot in the layout before retention (snapshot
+    /// version 6) holds: the same, with no outputs pruned.
+    pub fn from_snapshot_before_retention(bytes: &[u8]) -> Result<State, BadSnapshot> {
+        snapshot::decode(bytes, false).map_err(|why| BadSnapshot { why })
     }
 
     /// Rebuilds the derived indexes; a commit or name found twice means the
@@ -494,6 +505,17 @@ impl State {
     /// How many jobs ever left memory (counting a job again each time).
     pub fn archived_count(&self) -> u64 {
         self.archived
+    }
+
+    /// What retention removed so far, by reason (in the order of
+    /// [`PruneReason::ALL`]).
+    pub fn pruned_totals(&self) -> [PrunedTotals; 2] {
+        self.pruned
+    }
+
+    /// What retention removed for `reason`.
+    pub fn pruned(&self, reason: PruneReason) -> PrunedTotals {
+        self.pruned[reason.index()]
     }
 
     /// Finished jobs by outcome, in the order of [`Outcome::ALL`].
@@ -865,6 +887,14 @@ impl State {
                         at_ms,
                     },
                 );
+            }
+            Event::OutputsPruned { reason, outputs } => {
+                if outputs.is_empty() {
+                    return Err("a pruning of no outputs".into());
+                }
+                let t = &mut self.pruned[reason.index()];
+                t.outputs += outputs.len() as u64;
+                t.bytes += outputs.iter().map(|o| o.bytes).sum::<u64>();
             }
             Event::NotificationDelivered { n } | Event::NotificationDropped { n, .. } => {
                 let Some(d) = self.outbox.remove(n) else {

@@ -180,6 +180,9 @@ pub(crate) struct Driver {
     taken: Vec<Beat>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Batches handed to the flusher with pruned outputs, by batch: their
+    /// outputs are deleted once the flusher reports the batch durable.
+    pruning: std::collections::VecDeque<(u64, Vec<(u64, Vec<crate::core::StoredOutput>)>)>,
 }
 
 impl Driver {
@@ -198,6 +201,7 @@ impl Driver {
             taken: Vec::new(),
             clock,
             metrics,
+            pruning: std::collections::VecDeque::new(),
         }
     }
 
@@ -322,8 +326,9 @@ impl Driver {
                 return Err(e);
             }
             let now = self.clock.now();
-            self.shell
-                .durable(report.durable.load(Ordering::Acquire), now);
+            let durable = report.durable.load(Ordering::Acquire);
+            self.delete_durable_pruned(durable)?;
+            self.shell.durable(durable, now);
             let mut stop = false;
             if let Some(cmd) = first {
                 stop = self.process(cmd, now);
@@ -338,6 +343,10 @@ impl Driver {
             }
             self.take_beats(now);
             self.shell.handle_timeout(now);
+            {
+                let store = self.store.as_deref().expect("held until run ends");
+                self.shell.prune_outputs(now, store);
+            }
             if let Some(batch) = self.shell.take_batch(now, idle_wait_ms) {
                 self.carry_out(batch, out)?;
             }
@@ -361,11 +370,12 @@ impl Driver {
             archived_through,
             sends,
             plan,
+            pruned,
         } = batch;
         let started = Instant::now();
         let store = self.store();
-        for (job, output) in &outputs {
-            store.put_output(*job, output)?;
+        for (stored, output) in &outputs {
+            store.put_output(stored, output)?;
         }
         for (job, info) in &infos {
             store.put_info(*job, info)?;
@@ -388,12 +398,34 @@ impl Driver {
                 self.store().flush()?;
                 self.metrics.flushed(started.elapsed());
                 send_all(sends);
+                self.delete_pruned(pruned)?;
             }
             FlushPlan::Handoff { wrote } => {
+                if !pruned.is_empty() {
+                    self.pruning.push_back((id, pruned));
+                }
                 if out.send(Handoff { id, wrote, sends }).is_err() {
                     return Err(StoreError::FlusherStopped);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes pruned outputs whose `OutputsPruned` records are durable
+    /// (their batch is `durable` or older): never before.
+    fn delete_durable_pruned(&mut self, durable: u64) -> Result<(), StoreError> {
+        while self.pruning.front().is_some_and(|(id, _)| *id <= durable) {
+            let (_, pruned) = self.pruning.pop_front().expect("checked");
+            self.delete_pruned(pruned)?;
+        }
+        Ok(())
+    }
+
+    fn delete_pruned(&mut self, pruned: Vec<(u64, Vec<crate::core::StoredOutput>)>) -> Result<(), StoreError> {
+        for (seq, outputs) in pruned {
+            self.store().delete_outputs(seq, &outputs)?;
+            debug!(seq, outputs = outputs.len(), "pruned outputs deleted");
         }
         Ok(())
     }

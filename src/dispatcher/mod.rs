@@ -59,6 +59,9 @@ pub struct DispatcherConfig {
     pub webhook_secret: Option<WebhookSecret>,
     /// The named repositories (`--repository NAME=URL`), name -> URL.
     pub repositories: std::collections::BTreeMap<String, String>,
+    /// Which stored outputs to keep (`--keep-outputs-for`,
+    /// `--keep-outputs-bytes`).
+    pub retention: crate::core::RetentionPolicy,
 }
 
 impl DispatcherConfig {
@@ -76,6 +79,7 @@ impl DispatcherConfig {
             notify: crate::notify::NotifyConfig::default(),
             webhook_secret: None,
             repositories: std::collections::BTreeMap::new(),
+            retention: crate::core::RetentionPolicy::default(),
         }
     }
 }
@@ -199,8 +203,18 @@ pub async fn start(
         }
     }
     let (store, state) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let mut store = store;
         let t = Instant::now();
         let state = store::load_state(&*store, Rebuild::FromSnapshot)?;
+        // Outputs the log says were pruned go now, if a crash came between
+        // their `OutputsPruned` and their deletion.
+        let deleted = store.finish_pruning()?;
+        if deleted > 0 {
+            info!(
+                outputs = deleted,
+                "deleted outputs pruned before the last stop"
+            );
+        }
         release_free_memory();
         info!(
             load_ms = t.elapsed().as_millis() as u64,
@@ -222,6 +236,7 @@ pub async fn start(
             max_attempts: config.max_attempts,
             sinks: config.notify.sinks.iter().map(|s| s.spec()).collect(),
             window: config.keep_in_memory,
+            retention: config.retention,
         },
     );
     let shell = shell::Shell::new(

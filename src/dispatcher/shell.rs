@@ -31,16 +31,17 @@ use tracing::{debug, info, warn};
 
 use super::live::Live;
 use crate::core::ids::{validate_branch_name, validate_repository_name, validate_runner_name};
+use crate::core::retention::PRUNE_PAGE;
 use crate::core::{
     ArchivedJob, CommitId, CommitInfo, Core, Event, HistoryFilter, Input, Job, JobId, JobRef,
     JobReport, JobStatus, LeftJob, Now, Outcome, Record, Refusal, Reply, RunnerName, Serves, State,
-    Step, ToRunner,
+    Step, StoredOutput, ToRunner,
 };
 use crate::proto::auth::Grant;
 use crate::proto::{
     ClientMsg, ErrorCode, MAX_CHUNK_BYTES, MAX_HISTORY_EVENTS, MAX_MESSAGE_BYTES, MAX_OUTPUT_BYTES,
-    MAX_SERVED, MAX_WATCHED, MIN_PREFIX_HEX, MetricsView, PAGE_BYTES, REPLAY_PAGE, ResultView,
-    Role, ServerMsg, StatusView, bounded,
+    MAX_SERVED, MAX_WATCHED, MIN_PREFIX_HEX, MetricsView, PAGE_BYTES, PRUNED_PAGE, REPLAY_PAGE,
+    ResultView, Role, ServerMsg, StatusView, bounded,
 };
 use crate::store::{OutputStore, Reads, StoreError};
 
@@ -132,7 +133,8 @@ pub enum FlushPlan {
 pub struct Batch {
     pub id: u64,
     pub records: Vec<Record>,
-    pub outputs: Vec<(JobRef, Vec<u8>)>,
+    /// Outputs to store, with whose they are and when they finished.
+    pub outputs: Vec<(StoredOutput, Vec<u8>)>,
     /// Commits' authors and subjects, kept beside the log.
     pub infos: Vec<(JobId, CommitInfo)>,
     /// Finished jobs that left the state's memory, for the history
@@ -141,6 +143,10 @@ pub struct Batch {
     pub archived_through: u64,
     pub sends: Vec<Transmit>,
     pub plan: FlushPlan,
+    /// Outputs this batch's `OutputsPruned` records (by sequence number)
+    /// remove: the driver deletes them (`OutputStore::delete_outputs`)
+    /// only once the batch is durable, never before.
+    pub pruned: Vec<(u64, Vec<StoredOutput>)>,
 }
 
 /// Where the shell stands.
@@ -187,13 +193,21 @@ pub struct Shell {
     live: Live,
     /// The notifier's connection, if it is connected.
     notifier: Option<ConnId>,
+    /// When retention next looks at the stored outputs (monotonic).
+    next_prune_mono_ms: u64,
+    /// Retention should look again at once: a result may have put the
+    /// outputs over the size limit, or the last round took a full page.
+    prune_soon: bool,
+    /// A batch with pruned outputs not yet reported durable: no new round
+    /// until its outputs are deleted (they are still in the store).
+    prune_in_flight: Option<u64>,
 }
 
 /// The batch being decided.
 #[derive(Default)]
 struct Open {
     records: Vec<Record>,
-    outputs: Vec<(JobRef, Vec<u8>)>,
+    outputs: Vec<(StoredOutput, Vec<u8>)>,
     infos: Vec<(JobId, CommitInfo)>,
     /// Jobs that left memory in this batch (readers look here before the
     /// history indexes, which get them when the batch is written).
@@ -224,6 +238,10 @@ impl Shell {
             next_tick_mono_ms: None,
             live: Live::default(),
             notifier: None,
+            next_prune_mono_ms: 0,
+            // A start may find the store over the size limit.
+            prune_soon: true,
+            prune_in_flight: None,
         }
     }
 
@@ -247,6 +265,7 @@ impl Shell {
             archived_through: self.core.state.archived_count(),
             sends: open.sends,
             plan: FlushPlan::Inline,
+            pruned: Vec::new(),
         }
     }
 
@@ -562,8 +581,22 @@ impl Shell {
         if recorded {
             self.rest_to_followers(job, &output);
         }
-        if recorded && !output.is_empty() {
-            self.open.outputs.push((job, output));
+        if !output.is_empty()
+            && let Some(r) = step.records.iter().find(|r| {
+                matches!(&r.event, Event::Result { job: j, attempt, .. } if *j == job.job && *attempt == job.attempt)
+            })
+            && let Event::Result { commit, .. } = &r.event
+        {
+            let stored = StoredOutput {
+                job,
+                commit: *commit,
+                at_ms: r.at_ms,
+                bytes: output.len() as u64,
+            };
+            self.open.outputs.push((stored, output));
+            if self.core.config().retention.keep_bytes.is_some() {
+                self.prune_soon = true;
+            }
         }
         if recorded && let Some(info) = info {
             self.open.infos.push((job.job, bounded_info(info)));
@@ -733,6 +766,7 @@ impl Shell {
             ClientMsg::Output { job } => self.output(job, log),
             ClientMsg::History { commit } => self.history(commit, log),
             ClientMsg::Metrics => ServerMsg::Metrics(MetricsView::of(&self.core)),
+            ClientMsg::Pruned { before, limit } => self.pruned_page(before, limit, log),
             other => ServerMsg::error(
                 ErrorCode::Invalid,
                 format!("{} is not a request", other.kind()),
@@ -1160,11 +1194,13 @@ impl Shell {
         match finished {
             Some(attempt) => {
                 let attempt = JobRef { job, attempt };
-                let output = self
-                    .stored_output(attempt, log)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
+                let output = self.stored_output(attempt, log).ok().flatten();
+                if output.is_none()
+                    && let Ok(Some(p)) = log.pruned_output(attempt)
+                {
+                    self.send(conn, ServerMsg::OutputPruned(p));
+                }
+                let output = output.unwrap_or_default();
                 for (i, piece) in output.chunks(MAX_CHUNK_BYTES).enumerate() {
                     self.send(
                         conn,
@@ -1238,7 +1274,7 @@ impl Shell {
         attempt: JobRef,
         log: &L,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.open.outputs.iter().rev().find(|(j, _)| *j == attempt) {
+        match self.open.outputs.iter().rev().find(|(o, _)| o.job == attempt) {
             Some((_, o)) => Ok(Some(o.clone())),
             None => log.output(attempt),
         }
@@ -1265,10 +1301,18 @@ impl Shell {
             },
         };
         match attempt {
-            Some(attempt) => match self.stored_output(JobRef { job, attempt }, log) {
-                Ok(o) => ServerMsg::Output(Some(o.unwrap_or_default())),
-                Err(e) => read_failed(e),
-            },
+            Some(attempt) => {
+                let attempt = JobRef { job, attempt };
+                match self.stored_output(attempt, log) {
+                    Ok(Some(o)) => ServerMsg::Output(Some(o)),
+                    Ok(None) => match log.pruned_output(attempt) {
+                        Ok(Some(p)) => ServerMsg::OutputPruned(p),
+                        Ok(None) => ServerMsg::Output(Some(Vec::new())),
+                        Err(e) => read_failed(e),
+                    },
+                    Err(e) => read_failed(e),
+                }
+            }
             None => ServerMsg::Output(None),
         }
     }
@@ -1434,6 +1478,17 @@ impl Shell {
             self.handed_off = id;
             self.waiting.push_back((id, now.mono_ms));
         }
+        let pruned: Vec<(u64, Vec<StoredOutput>)> = open
+            .records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::OutputsPruned { outputs, .. } => Some((r.seq, outputs.clone())),
+                _ => None,
+            })
+            .collect();
+        if !pruned.is_empty() && plan != FlushPlan::Inline {
+            self.prune_in_flight = Some(id);
+        }
         Some(Batch {
             id,
             records: open.records,
@@ -1443,6 +1498,7 @@ impl Shell {
             archived_through: self.core.state.archived_count(),
             sends: open.sends,
             plan,
+            pruned,
         })
     }
 
@@ -1451,6 +1507,9 @@ impl Shell {
     /// the dispatcher back: every runner gets a full timeout from now.
     pub fn durable(&mut self, batch: u64, now: Now) {
         self.durable = self.durable.max(batch.min(self.handed_off));
+        if self.prune_in_flight.is_some_and(|id| id <= self.durable) {
+            self.prune_in_flight = None;
+        }
         let mut stalled_ms = 0;
         while let Some(&(id, at)) = self.waiting.front()
             && id <= self.durable
@@ -1481,6 +1540,108 @@ impl Shell {
                 msg: ServerMsg::error(ErrorCode::ShuttingDown, message.clone(), true),
             })
             .collect()
+    }
+
+    /// One round of retention, when it is due: reads the output store's
+    /// total and its oldest outputs (a page at a time, at most a few
+    /// pages), lets the core choose what goes, and leaves the
+    /// `OutputsPruned` records in the open batch, whose
+    /// [`Batch::pruned`] the driver deletes once the batch is durable.
+    /// Bounded: at most [`PRUNE_PAGE`] outputs per reason a round; a
+    /// round that took a full page asks for the next at once. A read
+    /// error skips the round (the next one tries again).
+    pub fn prune_outputs<L: Reads + ?Sized>(&mut self, now: Now, log: &L) {
+        let policy = self.core.config().retention;
+        if self.status != ShellStatus::Serving
+            || self.prune_in_flight.is_some()
+            || (policy.keep_for_ms.is_none() && policy.keep_bytes.is_none())
+        {
+            return;
+        }
+        let usage = log.output_usage();
+        let due = now.mono_ms >= self.next_prune_mono_ms;
+        let soon = std::mem::take(&mut self.prune_soon);
+        if !due && !(soon && policy.over_size(usage.bytes)) {
+            return;
+        }
+        if due {
+            self.next_prune_mono_ms = now.mono_ms + policy.every_ms();
+        }
+        let mut oldest = Vec::new();
+        let mut after = None;
+        // Outputs of jobs running again are skipped by the core; a few
+        // pages let a round see past a run of them.
+        for _ in 0..4 {
+            let page = match log.oldest_outputs(after.as_ref(), PRUNE_PAGE) {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the stored outputs for retention; trying again later");
+                    return;
+                }
+            };
+            let full = page.len() == PRUNE_PAGE;
+            after = page.last().copied();
+            let young = page.last().is_some_and(|o| {
+                policy
+                    .keep_for_ms
+                    .is_none_or(|k| o.at_ms.saturating_add(k) > now.wall_ms)
+            });
+            oldest.extend(page);
+            if !full || (young && !policy.over_size(usage.bytes)) {
+                break;
+            }
+        }
+        let step = self.core.handle(
+            Input::Retention {
+                stored_bytes: usage.bytes,
+                oldest,
+            },
+            now,
+        );
+        let mut pruned = 0;
+        for r in &step.records {
+            if let Event::OutputsPruned { reason, outputs } = &r.event {
+                let bytes: u64 = outputs.iter().map(|o| o.bytes).sum();
+                info!(
+                    reason = reason.as_str(),
+                    outputs = outputs.len(),
+                    bytes,
+                    stored_bytes = usage.bytes,
+                    "retention: pruning stored outputs"
+                );
+                pruned += outputs.len();
+            }
+        }
+        if pruned >= PRUNE_PAGE {
+            self.prune_soon = true;
+        }
+        self.absorb(step);
+    }
+
+    /// The outputs retention removed, newest first, and the totals.
+    fn pruned_page<L: Reads + ?Sized>(
+        &self,
+        before: Option<(u64, u32)>,
+        limit: u32,
+        log: &L,
+    ) -> ServerMsg {
+        let limit = (limit as usize).clamp(1, PRUNED_PAGE);
+        match log.pruned_page(before, limit + 1) {
+            Ok(mut outputs) => {
+                let next = if outputs.len() > limit {
+                    outputs.truncate(limit);
+                    outputs.last().map(|p| p.place())
+                } else {
+                    None
+                };
+                ServerMsg::Pruned {
+                    outputs,
+                    next,
+                    totals: self.core.state.pruned_totals(),
+                }
+            }
+            Err(e) => read_failed(e),
+        }
     }
 
     /// Whether a snapshot is due (every `snapshot_every` events).
@@ -1557,6 +1718,7 @@ fn permitted(role: Role, grant: Grant, msg: &ClientMsg) -> Result<(), (ErrorCode
         | ClientMsg::Follow { .. }
         | ClientMsg::Watch { .. }
         | ClientMsg::History { .. }
+        | ClientMsg::Pruned { .. }
         | ClientMsg::Metrics => true,
         _ => false,
     };
@@ -2024,12 +2186,15 @@ mod tests {
     /// Writes a batch as the driver would, and returns it.
     fn carry(s: &mut Shell, store: &mut MemStore, at: u64) -> Batch {
         let b = s.take_batch(now(at), 0).expect("a batch");
-        for (job, output) in &b.outputs {
-            store.put_output(*job, output).unwrap();
+        for (stored, output) in &b.outputs {
+            store.put_output(stored, output).unwrap();
         }
         store.append(&b.records).unwrap();
         store.flush().unwrap();
         s.durable(b.id, now(at));
+        for (seq, outputs) in &b.pruned {
+            store.delete_outputs(*seq, outputs).unwrap();
+        }
         b
     }
 

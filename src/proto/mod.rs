@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::core::Serves;
 use crate::core::{
-    CommitId, CommitInfo, DropReason, Due, JobId, JobRef, JobReport, LeftJob, Record,
+    CommitId, CommitInfo, DropReason, Due, JobId, JobRef, JobReport, LeftJob, PrunedOutput,
+    PrunedTotals, Record,
 };
 pub use views::{
     MetricsView, RepositoryQueueView, ResultView, RunnerView, RunningView, StatusView,
@@ -25,8 +26,14 @@ pub use views::{
 /// 3: live output, cancel and retry, subscriptions, short ids, commit
 /// information, result filters.
 /// 4: several repositories: `Commits`, `GetTips` and `Results` name one,
-/// `Hello::serves`, `Assign` carries the repository and its URL.
+/// `Hello::serves`, `Assign` carries the repository and its URL. Since
+/// then, added at the end (compatible): `ClientMsg::Pruned`,
+/// `ServerMsg::OutputPruned` and `ServerMsg::Pruned` (retention).
 pub const PROTOCOL_VERSION: u16 = 4;
+
+/// Most pruned outputs one `Pruned` answer lists (each is under 100
+/// bytes encoded, so a page fits in a frame with room to spare).
+pub const PRUNED_PAGE: usize = 10_000;
 
 /// Most repositories a runner's hello may name ([`Serves::Only`]).
 pub const MAX_SERVED: usize = 256;
@@ -299,6 +306,14 @@ pub enum ClientMsg {
         n: u64,
         dropped: Option<DropReason>,
     },
+    // Tools.
+    /// The outputs retention removed, newest first, placed before
+    /// `before` (`PrunedOutput::place`; from the newest when `None`), at
+    /// most `limit` (and [`PRUNED_PAGE`]).
+    Pruned {
+        before: Option<(u64, u32)>,
+        limit: u32,
+    },
 }
 
 impl ClientMsg {
@@ -324,6 +339,7 @@ impl ClientMsg {
             ClientMsg::History { .. } => "history",
             ClientMsg::Metrics => "metrics",
             ClientMsg::Notified { .. } => "notified",
+            ClientMsg::Pruned { .. } => "pruned",
         }
     }
 }
@@ -423,6 +439,17 @@ pub enum ServerMsg {
     Owed {
         dues: Vec<Due>,
     },
+    /// Instead of the stored output (the answer to `Output`, and to a
+    /// `Follow` of a finished job before its `Ended`): retention removed
+    /// it, when and why. Not an empty output: the job printed something.
+    OutputPruned(PrunedOutput),
+    /// A page of pruned outputs, newest first; `next` is the `before` of
+    /// the next page; `totals` what was ever pruned, by reason (age, size).
+    Pruned {
+        outputs: Vec<PrunedOutput>,
+        next: Option<(u64, u32)>,
+        totals: [PrunedTotals; 2],
+    },
 }
 
 impl ServerMsg {
@@ -450,6 +477,8 @@ impl ServerMsg {
             ServerMsg::History { .. } => "history",
             ServerMsg::Metrics(_) => "metrics",
             ServerMsg::Owed { .. } => "owed",
+            ServerMsg::OutputPruned(_) => "output_pruned",
+            ServerMsg::Pruned { .. } => "pruned",
         }
     }
 

@@ -20,11 +20,13 @@ pub const FORMAT_VERSION: u8 = 2;
 /// 1 and 2 were the serde encoding of `State`; 3 is the hand-written layout
 /// of `core::state::snapshot`; 4 adds when a running job was handed out;
 /// 5 adds the notifications owed and each branch's newest outcome; 6
-/// holds only the jobs in memory (the rest are in the history indexes).
+/// holds only the jobs in memory (the rest are in the history indexes); 7
+/// ends with the retention counters (6 is still read: it was written by a
+/// build that never pruned, so its counters are zero).
 /// A snapshot is a cache of the fold: one in another version is not used
 /// (the state is rebuilt from the log) and the next snapshot is written in
 /// this one.
-pub const SNAPSHOT_VERSION: u8 = 6;
+pub const SNAPSHOT_VERSION: u8 = 7;
 
 /// A stored snapshot: the version byte, then the state's own layout.
 pub fn encode_snapshot(state: &crate::core::State) -> Vec<u8> {
@@ -38,10 +40,12 @@ pub fn encode_snapshot(state: &crate::core::State) -> Vec<u8> {
 /// for a damaged one.
 pub fn decode_snapshot(seq: u64, value: &[u8]) -> Result<Option<crate::core::State>, String> {
     let (&version, body) = value.split_first().ok_or("empty")?;
-    if version != SNAPSHOT_VERSION {
-        return Ok(None);
+    let state = match version {
+        SNAPSHOT_VERSION => crate::core::State::from_snapshot(body),
+        6 => crate::core::State::from_snapshot_before_retention(body),
+        _ => return Ok(None),
     }
-    let state = crate::core::State::from_snapshot(body).map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?;
     if state.last_seq() != seq {
         return Err(format!(
             "it is stored as covering event {seq} but holds the state at event {}",

@@ -11,12 +11,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::core::{ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, Record, State};
+use crate::core::{
+    ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, PrunedOutput, Record, State,
+    StoredOutput,
+};
 
 use super::format;
 use super::{
-    EventLog, Flusher, HistoryPage, HistoryStore, IoFailure, OutputStore, SnapshotStore, Store,
-    StoreError,
+    EventLog, Flusher, HistoryPage, HistoryStore, IoFailure, OutputStore, OutputUsage,
+    SnapshotStore, Store, StoreError,
 };
 
 /// A failure the disk will show.
@@ -37,8 +40,13 @@ pub struct MemDisk {
     durable: Vec<Record>,
     /// Appended after the last flush.
     pending: Vec<Record>,
-    durable_outputs: BTreeMap<JobRef, Vec<u8>>,
-    pending_outputs: BTreeMap<JobRef, Vec<u8>>,
+    durable_outputs: BTreeMap<JobRef, (StoredOutput, Vec<u8>)>,
+    /// Written (`Some`) or deleted (`None`) since the last flush.
+    pending_outputs: BTreeMap<JobRef, Option<(StoredOutput, Vec<u8>)>>,
+    /// The last `OutputsPruned` record whose deletions were made: durable,
+    /// and as written since the last flush.
+    durable_pruned_through: u64,
+    pending_pruned_through: Option<u64>,
     durable_infos: BTreeMap<JobId, CommitInfo>,
     pending_infos: BTreeMap<JobId, CommitInfo>,
     /// Encoded snapshots by the event they cover; durable with the flush
@@ -79,7 +87,15 @@ impl MemDisk {
     pub fn make_durable(&mut self, seq: u64) {
         let n = self.pending.iter().take_while(|r| r.seq <= seq).count();
         self.durable.extend(self.pending.drain(..n));
-        self.durable_outputs.append(&mut self.pending_outputs);
+        for (job, o) in std::mem::take(&mut self.pending_outputs) {
+            match o {
+                Some(o) => self.durable_outputs.insert(job, o),
+                None => self.durable_outputs.remove(&job),
+            };
+        }
+        if let Some(p) = self.pending_pruned_through.take() {
+            self.durable_pruned_through = p;
+        }
         self.durable_infos.append(&mut self.pending_infos);
         for (jobs, through) in self.pending_history.drain(..) {
             self.durable_history.write(jobs, through);
@@ -104,6 +120,7 @@ impl MemDisk {
     pub fn crash(&mut self) {
         self.pending.clear();
         self.pending_outputs.clear();
+        self.pending_pruned_through = None;
         self.pending_infos.clear();
         self.pending_snapshots.clear();
         self.pending_history.clear();
@@ -162,7 +179,30 @@ impl MemDisk {
     }
 
     pub fn durable_output(&self, job: JobRef) -> Option<&[u8]> {
-        self.durable_outputs.get(&job).map(Vec::as_slice)
+        self.durable_outputs.get(&job).map(|(_, o)| o.as_slice())
+    }
+
+    /// Every output stored now (durable, then as changed since the last
+    /// flush), by attempt.
+    fn outputs_now(&self) -> BTreeMap<JobRef, &(StoredOutput, Vec<u8>)> {
+        let mut all: BTreeMap<JobRef, &(StoredOutput, Vec<u8>)> =
+            self.durable_outputs.iter().map(|(j, o)| (*j, o)).collect();
+        for (j, o) in &self.pending_outputs {
+            match o {
+                Some(o) => all.insert(*j, o),
+                None => all.remove(j),
+            };
+        }
+        all
+    }
+
+    /// Every output the log (durable and not) says was pruned, in order.
+    fn pruned_now(&self) -> Vec<PrunedOutput> {
+        self.durable
+            .iter()
+            .chain(&self.pending)
+            .flat_map(PrunedOutput::of_record)
+            .collect()
     }
 
     fn check_flush(&mut self) -> Result<(), StoreError> {
@@ -276,22 +316,106 @@ impl Flusher for MemFlusher {
 }
 
 impl OutputStore for MemStore {
-    fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError> {
+    fn put_output(&mut self, stored: &StoredOutput, output: &[u8]) -> Result<(), StoreError> {
         let mut d = self.disk();
         if let Some(MemFault::Append(failure)) = d.fault {
             d.failures += 1;
             return Err(write_error(failure));
         }
-        d.pending_outputs.insert(job, output.to_vec());
+        d.pending_outputs
+            .insert(stored.job, Some((*stored, output.to_vec())));
         Ok(())
     }
 
     fn output(&self, job: JobRef) -> Result<Option<Vec<u8>>, StoreError> {
         let d = self.disk();
-        Ok(d.pending_outputs
-            .get(&job)
-            .or(d.durable_outputs.get(&job))
-            .cloned())
+        Ok(match d.pending_outputs.get(&job) {
+            Some(o) => o.as_ref().map(|(_, o)| o.clone()),
+            None => d.durable_outputs.get(&job).map(|(_, o)| o.clone()),
+        })
+    }
+
+    fn output_usage(&self) -> OutputUsage {
+        let d = self.disk();
+        let all = d.outputs_now();
+        OutputUsage {
+            outputs: all.len() as u64,
+            bytes: all.values().map(|(s, _)| s.bytes).sum(),
+        }
+    }
+
+    fn oldest_outputs(
+        &self,
+        after: Option<&StoredOutput>,
+        limit: usize,
+    ) -> Result<Vec<StoredOutput>, StoreError> {
+        let d = self.disk();
+        let mut all: Vec<StoredOutput> = d.outputs_now().values().map(|(s, _)| *s).collect();
+        all.sort_by_key(StoredOutput::age_key);
+        Ok(all
+            .into_iter()
+            .filter(|o| after.is_none_or(|a| o.age_key() > a.age_key()))
+            .take(limit)
+            .collect())
+    }
+
+    fn delete_outputs(&mut self, seq: u64, outputs: &[StoredOutput]) -> Result<(), StoreError> {
+        let mut d = self.disk();
+        if let Some(MemFault::Append(failure)) = d.fault {
+            d.failures += 1;
+            return Err(write_error(failure));
+        }
+        for o in outputs {
+            d.pending_outputs.insert(o.job, None);
+        }
+        d.pending_pruned_through = Some(seq);
+        Ok(())
+    }
+
+    fn finish_pruning(&mut self) -> Result<u64, StoreError> {
+        let (through, due) = {
+            let d = self.disk();
+            let through = d.pending_pruned_through.unwrap_or(d.durable_pruned_through);
+            let due: Vec<PrunedOutput> = d
+                .pruned_now()
+                .into_iter()
+                .filter(|p| p.seq > through)
+                .collect();
+            (through, due)
+        };
+        let Some(last) = due.last().map(|p| p.seq) else {
+            return Ok(0);
+        };
+        let present = due
+            .iter()
+            .filter(|p| self.output(p.output.job).ok().flatten().is_some())
+            .count() as u64;
+        let outputs: Vec<StoredOutput> = due.iter().map(|p| p.output).collect();
+        self.delete_outputs(last.max(through), &outputs)?;
+        Ok(present)
+    }
+
+    fn pruned_output(&self, job: JobRef) -> Result<Option<PrunedOutput>, StoreError> {
+        Ok(self
+            .disk()
+            .pruned_now()
+            .into_iter()
+            .rfind(|p| p.output.job == job))
+    }
+
+    fn pruned_page(
+        &self,
+        before: Option<(u64, u32)>,
+        limit: usize,
+    ) -> Result<Vec<PrunedOutput>, StoreError> {
+        Ok(self
+            .disk()
+            .pruned_now()
+            .into_iter()
+            .rev()
+            .filter(|p| before.is_none_or(|b| p.place() < b))
+            .take(limit)
+            .collect())
     }
 
     fn put_info(&mut self, job: JobId, info: &CommitInfo) -> Result<(), StoreError> {

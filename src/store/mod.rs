@@ -16,7 +16,10 @@ pub mod sled_log;
 
 use std::path::PathBuf;
 
-use crate::core::{ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, Record, State};
+use crate::core::{
+    ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, PrunedOutput, Record, State,
+    StoredOutput,
+};
 
 pub use sled_log::SledLog;
 
@@ -163,13 +166,55 @@ pub trait Flusher: Send {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// What the output store holds, in total (retention's size limit is on
+/// `bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputUsage {
+    pub outputs: u64,
+    pub bytes: u64,
+}
+
 /// What is kept beside the log, for people, so replay never reads it: the
 /// (bounded) output of each attempt, and who wrote each commit and what
 /// it says.
+///
+/// Outputs are also kept in age order (when their attempt finished), with
+/// a running total, so retention reads the oldest few and the total
+/// without a scan; and the outputs retention removed are indexed from the
+/// `OutputsPruned` records (derived from the log, caught up with it), so
+/// a reader can say "pruned, when and why" instead of "empty".
 pub trait OutputStore: Send {
-    /// Stores one attempt's output; durable with the log's next flush.
-    fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError>;
+    /// Stores one attempt's output (`stored` says whose, when it finished
+    /// and its size); durable with the log's next flush.
+    fn put_output(&mut self, stored: &StoredOutput, output: &[u8]) -> Result<(), StoreError>;
     fn output(&self, job: JobRef) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The number and bytes of the outputs stored now.
+    fn output_usage(&self) -> OutputUsage;
+    /// Up to `limit` stored outputs in age order
+    /// ([`StoredOutput::age_key`]), from the oldest (or the first after
+    /// `after`).
+    fn oldest_outputs(
+        &self,
+        after: Option<&StoredOutput>,
+        limit: usize,
+    ) -> Result<Vec<StoredOutput>, StoreError>;
+    /// Deletes the outputs the durable `OutputsPruned` record `seq` names.
+    /// Idempotent (one already gone is skipped, and counted once); only
+    /// ever called after that record is durable.
+    fn delete_outputs(&mut self, seq: u64, outputs: &[StoredOutput]) -> Result<(), StoreError>;
+    /// Deletes what a crash left of pruned outputs: the outputs of every
+    /// `OutputsPruned` record after the last deletion that finished. Run
+    /// at start, before serving; returns how many outputs it deleted.
+    fn finish_pruning(&mut self) -> Result<u64, StoreError>;
+    /// Whether (and when and why) retention removed the attempt's output.
+    fn pruned_output(&self, job: JobRef) -> Result<Option<PrunedOutput>, StoreError>;
+    /// Up to `limit` pruned outputs, newest first, placed before `before`
+    /// ([`PrunedOutput::place`]; all when `None`).
+    fn pruned_page(
+        &self,
+        before: Option<(u64, u32)>,
+        limit: usize,
+    ) -> Result<Vec<PrunedOutput>, StoreError>;
     /// Stores a commit's author, subject and time; durable with the next
     /// flush.
     fn put_info(&mut self, job: JobId, info: &CommitInfo) -> Result<(), StoreError>;

@@ -1,19 +1,23 @@
 //! The embedded default log on sled: one tree of events, one of outputs, one
 //! of commit details, one of snapshots, and an index of each job's events
-//! (for its page's timeline), in one database under the data directory.
+//! (for its page's timeline), the stored outputs by age and the outputs
+//! retention removed, in one database under the data directory.
 //! The only file that knows sled: its errors become [`StoreError`]s here.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::core::{ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, Record, State};
+use crate::core::{
+    ArchivedJob, CommitId, CommitInfo, HistoryFilter, JobId, JobRef, PrunedOutput, Record, State,
+    StoredOutput,
+};
 
 use super::format;
 use super::sled_history::SledHistory;
 use super::{
-    EventLog, Flusher, HistoryPage, HistoryStore, IoFailure, OutputStore, SnapshotStore, Store,
-    StoreError,
+    EventLog, Flusher, HistoryPage, HistoryStore, IoFailure, OutputStore, OutputUsage,
+    SnapshotStore, Store, StoreError,
 };
 
 /// sled's page cache, in bytes.
@@ -61,8 +65,24 @@ pub struct SledLog {
     /// history without reading the log. Derived from the log, and rebuilt
     /// from it where it falls behind (see [`SledLog::catch_up_index`]).
     by_job: sled::Tree,
-    /// `indexed`: the last sequence number `by_job` covers.
+    /// Every stored output in age order: key `at_ms ++ job ++ attempt`
+    /// (big-endian), value `bytes ++ commit`. What retention reads (the
+    /// oldest few), and what the running total counts.
+    by_age: sled::Tree,
+    /// The outputs retention removed, from the `OutputsPruned` records:
+    /// key `seq ++ index`, value the encoded `PrunedOutput`. Derived from
+    /// the log like `by_job` (written at append, caught up at open).
+    pruned: sled::Tree,
+    /// The same by attempt: key as `outputs`, value `seq ++ index`.
+    pruned_jobs: sled::Tree,
+    /// `indexed`: the last sequence number `by_job` covers; `pruned-through`:
+    /// the last `OutputsPruned` whose deletions were made; `outputs-usage`:
+    /// the total below at a clean stop (removed at open, so a crash is
+    /// told by its absence); `outputs-aged`: `by_age` covers every output.
     meta: sled::Tree,
+    /// The outputs in `by_age`, and their bytes: kept as they change,
+    /// counted again from `by_age` after a crash.
+    usage: OutputUsage,
     /// Finished jobs out of the state's memory (`sled_history.rs`).
     history: SledHistory,
     last_seq: u64,
@@ -223,6 +243,12 @@ impl SledLog {
     pub fn mark_clean_stop(&mut self) -> Result<(), StoreError> {
         if self._copy.is_none() {
             self.mark_indexed(self.last_seq)?;
+            let mut usage = [0u8; 16];
+            usage[..8].copy_from_slice(&self.usage.outputs.to_be_bytes());
+            usage[8..].copy_from_slice(&self.usage.bytes.to_be_bytes());
+            self.meta
+                .insert(USAGE, &usage[..])
+                .map_err(|e| sled_write(&self.dir, e))?;
         }
         self.flush()?;
         if self._copy.is_none() {
@@ -292,6 +318,9 @@ impl SledLog {
         let infos = tree("infos")?;
         let snapshots = tree("snapshots")?;
         let by_job = tree("by-job")?;
+        let by_age = tree("outputs-by-age")?;
+        let pruned = tree("pruned")?;
+        let pruned_jobs = tree("pruned-jobs")?;
         let meta = tree("meta")?;
         let history = SledHistory::open(&db, dir)?;
         let data_path = db_dir.join("db");
@@ -335,14 +364,106 @@ impl SledLog {
             infos,
             snapshots,
             by_job,
+            by_age,
+            pruned,
+            pruned_jobs,
             meta,
+            usage: OutputUsage::default(),
             history,
             last_seq,
             dir: dir.to_path_buf(),
             _copy: copy,
         };
         log.catch_up_index()?;
+        log.age_outputs()?;
         Ok(log)
+    }
+
+    /// Brings the age index and its total up to date at open: outputs
+    /// stored before retention existed are indexed once (when their
+    /// attempt finished, from its `Result` record), and the total is the
+    /// one noted at the last clean stop, or counted again after a crash.
+    fn age_outputs(&mut self) -> Result<(), StoreError> {
+        let read = |e| sled_read(&self.dir, e);
+        let write = |e| sled_write(&self.dir, e);
+        if self.meta.get(AGED).map_err(read)?.is_none() {
+            let mut indexed = 0u64;
+            for item in self.outputs.iter() {
+                let (k, v) = item.map_err(read)?;
+                let Some(job) = job_ref_of(&k) else { continue };
+                let Some((commit, at_ms)) = self.result_of(job)? else {
+                    continue;
+                };
+                let stored = StoredOutput {
+                    job,
+                    commit,
+                    at_ms,
+                    bytes: v.len() as u64,
+                };
+                self.by_age
+                    .insert(age_key(&stored), age_value(&stored))
+                    .map_err(write)?;
+                indexed += 1;
+            }
+            if indexed > 0 {
+                tracing::info!(outputs = indexed, "indexed the stored outputs by age, once (for retention)");
+            }
+            self.meta.insert(AGED, &[1u8][..]).map_err(write)?;
+        }
+        match self.meta.remove(USAGE).map_err(write)? {
+            Some(v) if v.len() == 16 => {
+                self.usage = OutputUsage {
+                    outputs: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                    bytes: u64::from_be_bytes(v[8..].try_into().expect("8 bytes")),
+                };
+            }
+            _ => {
+                let mut usage = OutputUsage::default();
+                for item in self.by_age.iter() {
+                    let (_, v) = item.map_err(read)?;
+                    usage.outputs += 1;
+                    usage.bytes += age_value_bytes(&v);
+                }
+                self.usage = usage;
+            }
+        }
+        Ok(())
+    }
+
+    /// The commit and the `Result` stamp of an attempt, from its job's
+    /// records.
+    fn result_of(&self, job: JobRef) -> Result<Option<(CommitId, u64)>, StoreError> {
+        let records = self.job_events(job.job, usize::MAX)?;
+        Ok(records.iter().rev().find_map(|r| match &r.event {
+            crate::core::Event::Result {
+                commit, attempt, ..
+            } if *attempt == job.attempt => Some((*commit, r.at_ms)),
+            _ => None,
+        }))
+    }
+
+    /// Deletes one pruned output and its age entry; the total counts the
+    /// age entry, so a repeat after a crash counts nothing twice. The age
+    /// entry goes first: a crash between leaves an output outside the
+    /// index, which the start-up catch-up deletes.
+    fn delete_output(&mut self, o: &StoredOutput) -> Result<bool, StoreError> {
+        let write = |e| sled_write(&self.dir, e);
+        if let Some(v) = self.by_age.remove(age_key(o)).map_err(write)? {
+            self.usage.outputs = self.usage.outputs.saturating_sub(1);
+            self.usage.bytes = self.usage.bytes.saturating_sub(age_value_bytes(&v));
+        }
+        Ok(self
+            .outputs
+            .remove(output_key(o.job))
+            .map_err(write)?
+            .is_some())
+    }
+
+    fn mark_pruned_through(&self, seq: u64) -> Result<(), StoreError> {
+        self.meta
+            .insert(PRUNED_THROUGH, &format::key(seq))
+            .map_err(|e| sled_write(&self.dir, e))?;
+        Ok(())
     }
 
     /// Indexes the events the job index does not cover yet: all of them
@@ -398,6 +519,19 @@ impl SledLog {
             if let Some(job) = r.event.job() {
                 self.by_job
                     .insert(&job_event_key(job, r.seq)[..], &[][..])
+                    .map_err(|e| sled_write(&self.dir, e))?;
+            }
+            for p in PrunedOutput::of_record(r) {
+                let value = crate::encoding::encode(&p).map_err(|e| StoreError::Corrupt {
+                    seq: r.seq,
+                    detail: e.to_string(),
+                })?;
+                let place = pruned_key(p.place());
+                self.pruned
+                    .insert(&place[..], value)
+                    .map_err(|e| sled_write(&self.dir, e))?;
+                self.pruned_jobs
+                    .insert(&output_key(p.output.job)[..], &place[..])
                     .map_err(|e| sled_write(&self.dir, e))?;
             }
         }
@@ -486,6 +620,62 @@ fn job_event_key(job: JobId, seq: u64) -> [u8; 16] {
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
+
+/// The age index's key: when the attempt finished, then job and attempt.
+fn age_key(o: &StoredOutput) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..8].copy_from_slice(&o.at_ms.to_be_bytes());
+    k[8..16].copy_from_slice(&o.job.job.0.to_be_bytes());
+    k[16..].copy_from_slice(&o.job.attempt.to_be_bytes());
+    k
+}
+
+fn age_value(o: &StoredOutput) -> Vec<u8> {
+    let mut v = o.bytes.to_be_bytes().to_vec();
+    v.extend_from_slice(o.commit.as_bytes());
+    v
+}
+
+fn age_value_bytes(v: &[u8]) -> u64 {
+    v.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// The output an age index entry stands for (`None`: not one of ours).
+fn age_entry(k: &[u8], v: &[u8]) -> Option<StoredOutput> {
+    if k.len() != 20 || v.len() < 8 {
+        return None;
+    }
+    Some(StoredOutput {
+        at_ms: u64::from_be_bytes(k[..8].try_into().ok()?),
+        job: JobRef {
+            job: JobId(u64::from_be_bytes(k[8..16].try_into().ok()?)),
+            attempt: u32::from_be_bytes(k[16..].try_into().ok()?),
+        },
+        commit: CommitId::from_bytes(&v[8..])?,
+        bytes: age_value_bytes(v),
+    })
+}
+
+fn pruned_key((seq, index): (u64, u32)) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&seq.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn job_ref_of(k: &[u8]) -> Option<JobRef> {
+    Some(JobRef {
+        job: JobId(u64::from_be_bytes(k.get(..8)?.try_into().ok()?)),
+        attempt: u32::from_be_bytes(k.get(8..12)?.try_into().ok()?),
+    })
+}
+
+/// The meta keys of retention (see [`SledLog::meta`]).
+const USAGE: &[u8] = b"outputs-usage";
+const AGED: &[u8] = b"outputs-aged";
+const PRUNED_THROUGH: &[u8] = b"pruned-through";
 
 fn output_key(job: JobRef) -> [u8; 12] {
     let mut k = [0u8; 12];
@@ -649,10 +839,42 @@ impl EventLog for SledLog {
 }
 
 impl OutputStore for SledLog {
-    fn put_output(&mut self, job: JobRef, output: &[u8]) -> Result<(), StoreError> {
-        self.outputs
-            .insert(output_key(job), output)
-            .map_err(|e| sled_write(&self.dir, e))?;
+    fn put_output(&mut self, stored: &StoredOutput, output: &[u8]) -> Result<(), StoreError> {
+        let write = |e| sled_write(&self.dir, e);
+        let old = self
+            .outputs
+            .insert(output_key(stored.job), output)
+            .map_err(write)?;
+        if old.is_some() {
+            // Stored before by a run whose result a crash lost: its age
+            // entry (another finishing time) goes, once.
+            let mut stale = Vec::new();
+            for item in self.by_age.iter() {
+                let (k, v) = item.map_err(|e| sled_read(&self.dir, e))?;
+                if age_entry(&k, &v).is_some_and(|o| o.job == stored.job) {
+                    stale.push(k);
+                }
+            }
+            for k in stale {
+                if let Some(v) = self.by_age.remove(k).map_err(write)? {
+                    self.usage.outputs = self.usage.outputs.saturating_sub(1);
+                    self.usage.bytes = self.usage.bytes.saturating_sub(age_value_bytes(&v));
+                }
+            }
+        }
+        let stored = StoredOutput {
+            bytes: output.len() as u64,
+            ..*stored
+        };
+        if self
+            .by_age
+            .insert(age_key(&stored), age_value(&stored))
+            .map_err(write)?
+            .is_none()
+        {
+            self.usage.outputs += 1;
+            self.usage.bytes += stored.bytes;
+        }
         Ok(())
     }
 
@@ -662,6 +884,101 @@ impl OutputStore for SledLog {
             .get(output_key(job))
             .map_err(|e| sled_read(&self.dir, e))?
             .map(|v| v.to_vec()))
+    }
+
+    fn output_usage(&self) -> OutputUsage {
+        self.usage
+    }
+
+    fn oldest_outputs(
+        &self,
+        after: Option<&StoredOutput>,
+        limit: usize,
+    ) -> Result<Vec<StoredOutput>, StoreError> {
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => self.by_age.range(age_key(a)..),
+            None => self.by_age.range::<&[u8], _>(..),
+        };
+        for item in range {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| sled_read(&self.dir, e))?;
+            if after.is_some_and(|a| k.as_ref() == age_key(a)) {
+                continue;
+            }
+            if let Some(o) = age_entry(&k, &v) {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_outputs(&mut self, seq: u64, outputs: &[StoredOutput]) -> Result<(), StoreError> {
+        for o in outputs {
+            self.delete_output(o)?;
+        }
+        self.mark_pruned_through(seq)
+    }
+
+    fn finish_pruning(&mut self) -> Result<u64, StoreError> {
+        let read = |e| sled_read(&self.dir, e);
+        let through = match self.meta.get(PRUNED_THROUGH).map_err(read)? {
+            Some(v) => format::seq_of(&v).unwrap_or(0),
+            None => 0,
+        };
+        let mut due = Vec::new();
+        for item in self.pruned.range(pruned_key((through + 1, 0))..) {
+            let (_, v) = item.map_err(read)?;
+            let p: PrunedOutput =
+                crate::encoding::decode(&v).map_err(|e| StoreError::Read {
+                    dir: self.dir.clone(),
+                    detail: format!("a damaged entry of the pruned outputs' index: {e}"),
+                })?;
+            due.push(p);
+        }
+        let Some(last) = due.last().map(|p| p.seq) else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        for p in &due {
+            if self.delete_output(&p.output)? {
+                deleted += 1;
+            }
+        }
+        self.mark_pruned_through(last)?;
+        Ok(deleted)
+    }
+
+    fn pruned_output(&self, job: JobRef) -> Result<Option<PrunedOutput>, StoreError> {
+        let read = |e| sled_read(&self.dir, e);
+        let Some(place) = self.pruned_jobs.get(output_key(job)).map_err(read)? else {
+            return Ok(None);
+        };
+        let Some(v) = self.pruned.get(place).map_err(read)? else {
+            return Ok(None);
+        };
+        Ok(crate::encoding::decode(&v).ok())
+    }
+
+    fn pruned_page(
+        &self,
+        before: Option<(u64, u32)>,
+        limit: usize,
+    ) -> Result<Vec<PrunedOutput>, StoreError> {
+        let range = match before {
+            Some(b) => self.pruned.range(..pruned_key(b)),
+            None => self.pruned.range::<&[u8], _>(..),
+        };
+        let mut out = Vec::new();
+        for item in range.rev().take(limit) {
+            let (_, v) = item.map_err(|e| sled_read(&self.dir, e))?;
+            if let Ok(p) = crate::encoding::decode(&v) {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
     fn put_info(&mut self, job: JobId, info: &CommitInfo) -> Result<(), StoreError> {

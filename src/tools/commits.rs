@@ -268,6 +268,105 @@ pub async fn results(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `pruned`: the outputs retention removed, newest first (all of them, or
+/// the newest `limit`), fetched page by page, then what was ever pruned.
+pub async fn pruned(
+    addr: &str,
+    token: Option<Vec<u8>>,
+    limit: Option<usize>,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    use crate::core::PruneReason;
+    let mut client = connect(addr, token).await?;
+    let mut outputs = Vec::new();
+    let mut before = None;
+    let totals = loop {
+        let want = limit.map_or(crate::proto::PRUNED_PAGE, |l| {
+            (l - outputs.len()).min(crate::proto::PRUNED_PAGE)
+        });
+        match client
+            .request(&ClientMsg::Pruned {
+                before,
+                limit: want as u32,
+            })
+            .await
+            .context("fetching pruned outputs")?
+        {
+            ServerMsg::Pruned {
+                outputs: page,
+                next,
+                totals,
+            } => {
+                outputs.extend(page);
+                before = next;
+                if before.is_none() || limit.is_some_and(|l| outputs.len() >= l) {
+                    break totals;
+                }
+            }
+            other => bail!("unexpected answer to pruned: {}", other.kind()),
+        }
+    };
+    let (all_outputs, all_bytes) = totals
+        .iter()
+        .fold((0, 0), |(n, b), t| (n + t.outputs, b + t.bytes));
+    let mut out = stdout();
+    if format == Format::Json {
+        let mut by_reason = serde_json::Map::new();
+        for r in PruneReason::ALL {
+            let t = totals[r.index()];
+            by_reason.insert(
+                r.as_str().into(),
+                serde_json::json!({"outputs": t.outputs, "bytes": t.bytes}),
+            );
+        }
+        let list: Vec<serde_json::Value> =
+            outputs.iter().map(super::events::pruned_json).collect();
+        let doc = serde_json::json!({
+            "pruned": list,
+            "totals": {"outputs": all_outputs, "bytes": all_bytes, "by_reason": by_reason},
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        if outputs.is_empty() {
+            writeln!(out, "no outputs pruned")?;
+        } else {
+            let rows: Vec<Vec<String>> = outputs
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.output.job.job.to_string(),
+                        p.output.job.attempt.to_string(),
+                        p.output.commit.short(),
+                        table::format_ms(p.output.at_ms),
+                        table::format_ms(p.at_ms),
+                        p.reason.as_str().to_string(),
+                        p.output.bytes.to_string(),
+                    ]
+                })
+                .collect();
+            let header = [
+                "JOB",
+                "ATTEMPT",
+                "COMMIT",
+                "FINISHED (UTC)",
+                "PRUNED (UTC)",
+                "WHY",
+                "BYTES",
+            ];
+            write!(out, "{}", table::render(&header, &rows))?;
+        }
+        let age = totals[PruneReason::Age.index()];
+        let size = totals[PruneReason::Size.index()];
+        writeln!(
+            out,
+            "total: {all_outputs} outputs, {all_bytes} bytes pruned (age: {} outputs, {} bytes; size: {} outputs, {} bytes)",
+            age.outputs, age.bytes, size.outputs, size.bytes
+        )?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `cancel` and `retry`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -439,6 +538,13 @@ async fn logs_session(
         match msg {
             ServerMsg::OutputChunk { job, offset, data } => {
                 printed.chunk(&mut out, job, offset, &data).map_err(fatal)?;
+            }
+            ServerMsg::OutputPruned(p) => {
+                crate::cli::stderr_line(format_args!(
+                    "{}: {}",
+                    commit.short(),
+                    super::events::describe_pruned(&p)
+                ));
             }
             ServerMsg::Ended(view) => {
                 out.flush().map_err(fatal)?;
@@ -643,6 +749,11 @@ pub async fn output(addr: &str, token: Option<Vec<u8>>, sha: &str) -> anyhow::Re
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        ServerMsg::OutputPruned(p) => bail!(
+            "commit {}: {}",
+            commit.short(),
+            super::events::describe_pruned(&p)
+        ),
         ServerMsg::Output(None) => bail!(
             "commit {} has no final result yet ({}); `ci-tools logs --follow {}` shows it as it runs",
             commit.short(),

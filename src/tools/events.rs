@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::core::{Event, Record};
+use crate::core::{Event, PruneReason, PrunedOutput, Record};
 
 use super::table::format_ms;
 
@@ -14,6 +14,12 @@ pub fn to_json(rec: &Record) -> Value {
     obj.insert("seq".into(), json!(rec.seq));
     obj.insert("at_ms".into(), json!(rec.at_ms));
     obj.insert("type".into(), json!(rec.event.kind()));
+    if let Event::OutputsPruned { outputs, .. } = &rec.event {
+        obj.insert(
+            "bytes".into(),
+            json!(outputs.iter().map(|o| o.bytes).sum::<u64>()),
+        );
+    }
     if let Ok(Value::Object(outer)) = serde_json::to_value(&rec.event) {
         for (_, inner) in outer {
             if let Value::Object(fields) = inner {
@@ -30,6 +36,38 @@ pub fn to_json(rec: &Record) -> Value {
         }
     }
     Value::Object(obj)
+}
+
+/// What a reader says instead of an output retention removed: when, why
+/// and how big it was, and that the job's result is kept. Never to be
+/// mistaken for an empty output.
+pub fn describe_pruned(p: &PrunedOutput) -> String {
+    let why = match p.reason {
+        PruneReason::Age => "older than --keep-outputs-for",
+        PruneReason::Size => "the stored outputs were over --keep-outputs-bytes",
+    };
+    format!(
+        "the output of job {} (attempt {}, {} bytes) was removed by retention at {} UTC ({}: {why}); the result is kept",
+        p.output.job.job,
+        p.output.job.attempt,
+        p.output.bytes,
+        format_ms(p.at_ms),
+        p.reason.as_str(),
+    )
+}
+
+/// A pruned output as `ci-tools pruned --json` prints it.
+pub fn pruned_json(p: &PrunedOutput) -> Value {
+    json!({
+        "job": p.output.job.job.0,
+        "attempt": p.output.job.attempt,
+        "commit": p.output.commit.to_string(),
+        "finished_at_ms": p.output.at_ms,
+        "pruned_at_ms": p.at_ms,
+        "reason": p.reason.as_str(),
+        "bytes": p.output.bytes,
+        "seq": p.seq,
+    })
 }
 
 pub const HEADER: [&str; 8] = [
@@ -110,6 +148,31 @@ pub fn to_row(rec: &Record) -> Vec<String> {
                 job.finished.attempt
             ),
         ),
+        Event::OutputsPruned { reason, outputs } => {
+            let one = (outputs.len() == 1).then(|| outputs[0]);
+            let bytes: u64 = outputs.iter().map(|o| o.bytes).sum();
+            let mut jobs: Vec<String> = outputs
+                .iter()
+                .take(8)
+                .map(|o| format!("{}#{}", o.job.job, o.job.attempt))
+                .collect();
+            if outputs.len() > 8 {
+                jobs.push(format!("and {} more", outputs.len() - 8));
+            }
+            (
+                one.map_or_else(dash, |o| o.job.job.to_string()),
+                one.map_or_else(dash, |o| o.commit.short()),
+                dash(),
+                one.map_or_else(dash, |o| o.job.attempt.to_string()),
+                format!(
+                    "{} output{} ({bytes} bytes) removed by retention ({}): {}",
+                    outputs.len(),
+                    if outputs.len() == 1 { "" } else { "s" },
+                    reason.as_str(),
+                    jobs.join(", ")
+                ),
+            )
+        }
         Event::MemoryWindow { jobs } => (
             dash(),
             dash(),

@@ -324,6 +324,18 @@ pub struct CommitDetail {
     /// The byte offset after `output` in its attempt's stream.
     #[serde(skip)]
     pub output_end: u64,
+    /// Retention removed the output (when, why, how big): the JSON's
+    /// `output_pruned` (`null` when the output is there, or empty).
+    #[serde(serialize_with = "pruned_json")]
+    pub output_pruned: Option<crate::core::PrunedOutput>,
+}
+
+fn pruned_json<S: serde::Serializer>(
+    p: &Option<crate::core::PrunedOutput>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    p.as_ref().map(events::pruned_json).serialize(s)
 }
 
 /// The command line a runner writes first: `$ ARGV`.
@@ -393,7 +405,7 @@ pub async fn commit_detail(
         }
         _ => None,
     };
-    let (output, output_end) = output_so_far(&mut conn, commit).await?;
+    let (output, output_end, output_pruned) = output_so_far(&mut conn, commit).await?;
     let mut view = view;
     if view.started_at_ms.is_none() && view.is_final() {
         // The view carries the start only while the job runs; a finished
@@ -412,18 +424,21 @@ pub async fn commit_detail(
         records,
         output,
         output_end,
+        output_pruned,
         view,
     })
 }
 
 /// The output of the commit's latest attempt as it is now: all of it when
 /// the job ended, what the dispatcher holds while it runs. Uses `Follow`
-/// and stops at its first `Update` (the job goes on) or `Ended`.
+/// and stops at its first `Update` (the job goes on) or `Ended`. The
+/// third value: retention removed the output (then there is none).
 async fn output_so_far(
     conn: &mut crate::dispatcher::local::LocalConn,
     commit: CommitId,
-) -> Result<(Vec<u8>, u64), WebError> {
+) -> Result<(Vec<u8>, u64, Option<crate::core::PrunedOutput>), WebError> {
     conn.send(ClientMsg::Follow { commit }).await?;
+    let mut pruned = None;
     let mut out: Vec<u8> = Vec::new();
     let mut attempt: Option<JobRef> = None;
     let mut end = 0u64;
@@ -441,6 +456,7 @@ async fn output_so_far(
                     end = offset + data.len() as u64;
                 }
                 Some(ServerMsg::Ended(_)) | Some(ServerMsg::Update(_)) => return Ok(()),
+                Some(ServerMsg::OutputPruned(p)) => pruned = Some(p),
                 Some(ServerMsg::Error { code, message, .. }) => {
                     return Err(WebError::Refused { code, message });
                 }
@@ -453,7 +469,7 @@ async fn output_so_far(
         Ok(r) => r?,
         Err(_) => return Err(WebError::Gone),
     }
-    Ok((out, end))
+    Ok((out, end, pruned))
 }
 
 /// A runner as the runners page shows it: its view, and its running job.

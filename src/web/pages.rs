@@ -414,12 +414,21 @@ async fn commit_inner(
         body.push_str("<p>(more records than a timeline shows)</p>");
     }
     let live = if final_ { "0" } else { "1" };
+    if let Some(p) = &d.output_pruned {
+        let _ = write!(
+            body,
+            "<h2>Output</h2><p id=\"pruned\" class=\"pruned\" data-reason=\"{}\">Output removed by retention: {}.</p>",
+            p.reason.as_str(),
+            escape(&crate::tools::events::describe_pruned(p)),
+        );
+    } else {
     let _ = write!(
         body,
         "<h2>Output</h2><pre id=\"log\" data-live=\"{live}\" data-src=\"/api/v1/commits/{sha}/log?from={from}\">{text}</pre>",
         from = d.output_end,
         text = html::output_text(&d.output),
     );
+    }
     Ok(page(
         app,
         &a,

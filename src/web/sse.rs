@@ -282,6 +282,11 @@ fn encode(enc: &mut Encoder, msg: ServerMsg, out: &mut String) -> Next {
             }
             Next::More
         }
+        ServerMsg::OutputPruned(p) => {
+            let j = crate::tools::events::pruned_json(&p);
+            let _ = write!(out, "event: pruned\ndata: {j}\n\n");
+            Next::More
+        }
         ServerMsg::Ended(view) => {
             let j = serde_json::to_string(&view).unwrap_or_else(|_| "{}".into());
             enc.end(&j, out);

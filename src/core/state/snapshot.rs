@@ -119,6 +119,10 @@ pub(super) fn encode(state: &State, out: &mut Vec<u8>) {
         w.str(repo);
         write_marks(&mut w, marks);
     }
+    for t in &state.pruned {
+        w.uint(t.outputs);
+        w.uint(t.bytes);
+    }
 }
 
 fn write_tips(w: &mut Writer<'_>, tips: &BTreeMap<String, CommitId>) {
@@ -245,8 +249,11 @@ fn read_notice(r: &mut Reader<'_>) -> Result<Notice, String> {
 }
 
 /// Decodes what [`encode`] wrote, checking that every reference inside
-/// (names, job numbers) points at something that exists.
-pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
+/// (names, job numbers) points at something that exists. `with_pruned`:
+/// the layout ends with the retention counters (snapshot version 7); a
+/// version 6 snapshot was written by a build that never pruned, so its
+/// counters are zero.
+pub(super) fn decode(bytes: &[u8], with_pruned: bool) -> Result<State, String> {
     let mut r = Reader { bytes, pos: 0 };
     let last_seq = r.uint()?;
     let results = r.uint()?;
@@ -393,6 +400,13 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
         let repo = r.str()?.to_owned();
         repo_marks.insert(repo, read_marks(&mut r)?);
     }
+    let mut pruned = [crate::core::retention::PrunedTotals::default(); 2];
+    if with_pruned {
+        for t in &mut pruned {
+            t.outputs = r.uint()?;
+            t.bytes = r.uint()?;
+        }
+    }
     if r.pos != bytes.len() {
         return Err(format!("{} bytes left over", bytes.len() - r.pos));
     }
@@ -445,6 +459,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<State, String> {
         repo_tips,
         repo_marks,
         queued: BTreeMap::new(),
+        pruned,
     };
     state.rebuild_indexes()?;
     Ok(state)
@@ -762,7 +777,33 @@ mod tests {
                 tip: commit(6, 20),
             },
         );
+        apply(
+            &mut s,
+            Event::OutputsPruned {
+                reason: crate::core::PruneReason::Size,
+                outputs: vec![crate::core::StoredOutput {
+                    job: JobRef {
+                        job: JobId(2),
+                        attempt: 1,
+                    },
+                    commit: commit(2, 20),
+                    at_ms: 5,
+                    bytes: u64::MAX / 2,
+                }],
+            },
+        );
         s
+    }
+
+    #[test]
+    fn a_layout_6_snapshot_reads_with_nothing_pruned() {
+        // Layout 7 is layout 6 with the four retention counters at the end.
+        let mut s = varied();
+        s.pruned = Default::default();
+        let bytes = enc(&s);
+        let v6 = &bytes[..bytes.len() - 4];
+        assert_eq!(decode(v6, false).unwrap(), s);
+        assert!(decode(v6, true).is_err());
     }
 
     #[test]
@@ -774,14 +815,14 @@ mod tests {
                 .values()
                 .any(|j| matches!(j.status, JobStatus::Running { .. }))
         );
-        let back = decode(&enc(&s)).unwrap();
+        let back = decode(&enc(&s), true).unwrap();
         assert_eq!(back, s);
         // The rebuilt indexes answer as the originals do.
         for j in s.jobs.values() {
             assert_eq!(back.job_for_commit(&j.commit).map(|b| b.id), Some(j.id));
         }
         assert_eq!(back.sym("feature/ü"), s.sym("feature/ü"));
-        assert_eq!(decode(&enc(&State::new())).unwrap(), State::new());
+        assert_eq!(decode(&enc(&State::new()), true).unwrap(), State::new());
     }
 
     #[test]
@@ -789,13 +830,13 @@ mod tests {
         let bytes = enc(&varied());
         for n in 0..bytes.len() {
             assert!(
-                decode(&bytes[..n]).is_err(),
+                decode(&bytes[..n], true).is_err(),
                 "a prefix of {n} bytes decoded"
             );
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode(&longer).unwrap_err().contains("left over"));
+        assert!(decode(&longer, true).unwrap_err().contains("left over"));
     }
 
     #[test]
@@ -803,20 +844,20 @@ mod tests {
         let s = varied();
         let mut bad = s.clone();
         bad.queue.push_back(JobId(99));
-        assert!(decode(&enc(&bad)).unwrap_err().contains("job 99"));
+        assert!(decode(&enc(&bad), true).unwrap_err().contains("job 99"));
         let mut bad = s.clone();
         bad.jobs.get_mut(&JobId(2)).unwrap().branch = Some(Sym(1000));
         assert!(
-            decode(&enc(&bad))
+            decode(&enc(&bad), true)
                 .unwrap_err()
                 .contains("names string 1000")
         );
         let mut bad = s.clone();
         bad.jobs.get_mut(&JobId(2)).unwrap().commit = bad.jobs[&JobId(1)].commit;
-        assert!(decode(&enc(&bad)).unwrap_err().contains("two jobs"));
+        assert!(decode(&enc(&bad), true).unwrap_err().contains("two jobs"));
         let mut bad = s;
         bad.names.push("main".into());
-        assert!(decode(&enc(&bad)).unwrap_err().contains("interned twice"));
+        assert!(decode(&enc(&bad), true).unwrap_err().contains("interned twice"));
     }
 
     #[test]
@@ -832,7 +873,7 @@ mod tests {
             w.uint(0); // by outcome
         }
         w.uint(u64::MAX / 2); // names
-        assert!(decode(&bytes).unwrap_err().contains("a count of"));
+        assert!(decode(&bytes, true).unwrap_err().contains("a count of"));
     }
 
     #[test]
