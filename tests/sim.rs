@@ -65,7 +65,7 @@ use std::time::Instant;
 use ci::core::Serves;
 use ci::core::{
     ArchivedJob, CommitId, Core, CoreConfig, Due, Event, JobId, JobRef, JobReport, JobStatus,
-    LostReason, Now, Outcome, Record, SinkSpec, SinkTakes, State,
+    LostReason, Now, Outcome, Record, RetentionPolicy, SinkSpec, SinkTakes, State, StoredOutput,
 };
 use ci::dispatcher::shell::{
     Batch, ConnId, FlushPlan, Shell, ShellConfig, ShellInput, ShellStatus, Transmit,
@@ -411,6 +411,8 @@ struct Observer {
 struct Following {
     attempt: Option<JobRef>,
     got: Vec<u8>,
+    /// Retention removed the output: the dispatcher said so instead.
+    pruned: bool,
 }
 
 /// A user with the tool: one connection, cancels and retries answered in
@@ -456,6 +458,9 @@ struct Proc {
     durable_reported: u64,
     last_batch_end_ms: u64,
     crash_after_next_append: bool,
+    /// Pruned outputs of batches not yet durable, by batch: deleted once
+    /// they are, as actor.rs does.
+    pruning: VecDeque<(u64, Vec<(u64, Vec<StoredOutput>)>)>,
 }
 
 /// Per-seed knobs (swarm testing: each seed stresses a different mix).
@@ -568,6 +573,10 @@ struct Counts {
     pauses: u64,
     clock_steps: u64,
     restarts: u64,
+    /// `OutputsPruned` records written, and outputs a start deleted after
+    /// a crash came between such a record and its deletion.
+    prunes: u64,
+    pruned_at_start: u64,
 }
 
 /// The named repository beside the default one; which commits are its.
@@ -607,8 +616,16 @@ fn config() -> CoreConfig {
             },
         ],
         window: WINDOW,
+        retention: RETENTION,
     }
 }
+
+/// Retention in the simulation: outputs are a few kilobytes, so a few
+/// dozen fit; the age limit is on the (stepped) wall clock.
+const RETENTION: RetentionPolicy = RetentionPolicy {
+    keep_for_ms: Some(120_000),
+    keep_bytes: Some(96 * 1024),
+};
 
 /// The dispatcher's notifier: in its process, on an in-process
 /// connection (no network between them).
@@ -875,6 +892,12 @@ impl World {
             Ok(s) => s,
             Err(e) => self.fail(format!("the store does not load: {e}")),
         };
+        // Outputs a crash left behind their `OutputsPruned` go first.
+        match self.store.clone().finish_pruning() {
+            Ok(n) => self.counts.pruned_at_start += n,
+            Err(e @ StoreError::Write { .. }) => return self.cannot_start(e),
+            Err(e) => self.fail(format!("cannot finish pruning: {e}")),
+        }
         if state != full {
             self.fail("snapshot + tail differs from replaying the whole log".into());
         }
@@ -929,6 +952,7 @@ impl World {
             durable_reported: 0,
             last_batch_end_ms: self.now_ms,
             crash_after_next_append: false,
+            pruning: VecDeque::new(),
         });
         self.enqueue(ShellInput::NotifierHello { conn });
         self.arm_timer();
@@ -1064,12 +1088,20 @@ impl World {
             return;
         }
         let idle_wait_ms = self.now_ms.saturating_sub(d.last_batch_end_ms);
-        d.shell.durable(d.durable_reported, now);
+        let durable = d.durable_reported;
+        if !self.delete_pruned(Some(durable)) {
+            return;
+        }
+        let Some(d) = self.dispatcher.as_mut() else {
+            return;
+        };
+        d.shell.durable(durable, now);
         let inputs: Vec<ShellInput> = d.inbox.drain(..).collect();
         for input in inputs {
             d.shell.handle(input, now, &store);
         }
         d.shell.handle_timeout(now);
+        d.shell.prune_outputs(now, &store);
         let batch = d.shell.take_batch(now, idle_wait_ms);
         d.last_batch_end_ms = self.now_ms;
         if let Some(batch) = batch {
@@ -1100,11 +1132,17 @@ impl World {
             archived_through,
             sends,
             plan,
+            pruned,
         } = batch;
         self.check_decided(&records);
         let mut store = self.store.clone();
-        for (job, output) in &outputs {
-            if let Err(e) = store.put_output(*job, output) {
+        if !pruned.is_empty() {
+            self.counts.prunes += pruned.len() as u64;
+            let d = self.dispatcher.as_mut().expect("up");
+            d.pruning.push_back((id, pruned));
+        }
+        for (stored, output) in &outputs {
+            if let Err(e) = store.put_output(stored, output) {
                 return self.storage_failed(e);
             }
         }
@@ -1221,11 +1259,40 @@ impl World {
         }
         self.became_durable();
         self.deliver(sends);
+        // Everything appended is durable: every pruning waiting can go.
+        if !self.delete_pruned(None) {
+            return;
+        }
         if let Some(d) = self.dispatcher.as_mut() {
             d.inline_pending = false;
             if !d.batch_scheduled && !d.inbox.is_empty() {
                 d.batch_scheduled = true;
                 self.schedule(0, Ev::Batch { epoch: self.epoch });
+            }
+        }
+    }
+
+    /// Deletes the pruned outputs of batches up to `durable` (all when
+    /// `None`): their records are durable. False when the disk failed.
+    fn delete_pruned(&mut self, durable: Option<u64>) -> bool {
+        let mut store = self.store.clone();
+        loop {
+            let Some(d) = self.dispatcher.as_mut() else {
+                return false;
+            };
+            if !d
+                .pruning
+                .front()
+                .is_some_and(|(id, _)| durable.is_none_or(|u| *id <= u))
+            {
+                return true;
+            }
+            let (_, pruned) = d.pruning.pop_front().expect("checked");
+            for (seq, outputs) in pruned {
+                if let Err(e) = store.delete_outputs(seq, &outputs) {
+                    self.storage_failed(e);
+                    return false;
+                }
             }
         }
     }
@@ -2118,6 +2185,20 @@ impl World {
                 f.got.extend_from_slice(&data);
             }
             ServerMsg::Update(view) => self.check_view(&view),
+            ServerMsg::OutputPruned(p) => {
+                // Only what the log says was pruned is said to be.
+                let pruned = self.store.disk().durable().iter().any(|r| {
+                    matches!(&r.event, Event::OutputsPruned { outputs, .. } if outputs.iter().any(|o| o.job == p.output.job))
+                });
+                if !pruned {
+                    self.fail(format!("{} said pruned, but no durable record says so", p.output.job));
+                }
+                let commit = p.output.commit;
+                let Some(f) = self.user.following.get_mut(&commit) else {
+                    self.fail(format!("pruned output of {commit}, which the user does not follow"));
+                };
+                f.pruned = true;
+            }
             ServerMsg::History {
                 commit, records, ..
             } => {
@@ -2145,7 +2226,7 @@ impl World {
                     self.fail(format!("the end of {}, not followed", view.commit));
                 };
                 let by_runner = view.runner.is_some() && view.outcome != "cancelled";
-                if by_runner && f.got != true_output(&view.commit) {
+                if by_runner && !f.pruned && f.got != true_output(&view.commit) {
                     self.fail(format!(
                         "the log of {} (attempt {:?}) ended with {} bytes of the {} the test wrote",
                         view.commit,
@@ -2697,6 +2778,67 @@ impl World {
             self.fail("jobs for commits nobody reported".into());
         }
         self.check_notifications();
+        self.check_outputs();
+    }
+
+    /// Retention's oracle: an output the durable log says was pruned is
+    /// gone (its deletion is made by now, or was finished by a restart);
+    /// every other result's output is there, byte for byte.
+    fn check_outputs(&self) {
+        let disk = self.store.disk();
+        let mut pruned = std::collections::HashSet::new();
+        for r in disk.durable() {
+            if let Event::OutputsPruned { outputs, .. } = &r.event {
+                for o in outputs {
+                    if !pruned.insert(o.job) {
+                        self.fail(format!("the output of {} was pruned twice", o.job));
+                    }
+                }
+            }
+        }
+        drop(disk);
+        let mut kept = 0;
+        let durable = self.store.disk().durable().to_vec();
+        for r in durable {
+            let Event::Result {
+                job,
+                commit,
+                attempt,
+                output_bytes,
+                ..
+            } = &r.event
+            else {
+                continue;
+            };
+            let at = JobRef {
+                job: *job,
+                attempt: *attempt,
+            };
+            let stored = self.store.output(at).expect("reads");
+            if pruned.contains(&at) {
+                if stored.is_some() {
+                    self.fail(format!("the output of {at} is pruned on record but still stored"));
+                }
+            } else if *output_bytes > 0 {
+                match stored {
+                    Some(o) if o == true_output(commit)[true_output(commit).len() - o.len()..] => {
+                        kept += 1
+                    }
+                    other => self.fail(format!(
+                        "the output of {at} is not pruned but stored as {:?} bytes",
+                        other.map(|o| o.len())
+                    )),
+                }
+            }
+        }
+        let usage = self.store.output_usage();
+        self.say(|| {
+            format!(
+                "outputs: {kept} kept ({} bytes), {} pruned",
+                usage.bytes,
+                pruned.len()
+            )
+        });
     }
 
     /// The disk is still failing: the operator looks again later.
@@ -2803,6 +2945,8 @@ fn simulate_seeds() {
         total.pauses += ran.counts.pauses;
         total.clock_steps += ran.counts.clock_steps;
         total.restarts += ran.counts.restarts;
+        total.prunes += ran.counts.prunes;
+        total.pruned_at_start += ran.counts.pruned_at_start;
     }
     println!(
         "sim: {seeds_run} seeds of {seeds:?} passed, {steps_run} steps, {commits} commits, {total:?}, {:.2} s",
@@ -2811,6 +2955,8 @@ fn simulate_seeds() {
     // The faults the simulator exists for did happen.
     if seeds_run >= 50 {
         assert!(total.storage_failures > 0 && total.pauses > 0 && total.clock_steps > 0);
+        // Retention ran (its limits are small for the simulated outputs).
+        assert!(total.prunes > 0);
     }
 }
 

@@ -594,9 +594,6 @@ impl Shell {
                 bytes: output.len() as u64,
             };
             self.open.outputs.push((stored, output));
-            if self.core.config().retention.keep_bytes.is_some() {
-                self.prune_soon = true;
-            }
         }
         if recorded && let Some(info) = info {
             self.open.infos.push((job.job, bounded_info(info)));
@@ -1488,6 +1485,11 @@ impl Shell {
             .collect();
         if !pruned.is_empty() && plan != FlushPlan::Inline {
             self.prune_in_flight = Some(id);
+        }
+        if !open.outputs.is_empty() && self.core.config().retention.keep_bytes.is_some() {
+            // Stored by the driver with this batch: the next round sees
+            // them and checks the size limit at once.
+            self.prune_soon = true;
         }
         Some(Batch {
             id,
