@@ -1140,6 +1140,128 @@ mod tests {
         assert_eq!(state.jobs_seen() as usize, 3);
     }
 
+    /// Two finished jobs with outputs (3 and 5 bytes), then a pruning of
+    /// job 1's output made durable (a flush) but not carried out: a kill -9
+    /// between the `OutputsPruned` record and the deletion.
+    fn pruned_but_not_deleted(dir: &Path) -> crate::core::StoredOutput {
+        use crate::core::{JobReport, Outcome, PruneReason, StoredOutput};
+        let mut log = SledLog::open(dir).unwrap();
+        let mut evs = Vec::new();
+        let mut stored = Vec::new();
+        for j in 1..=2u64 {
+            let job = JobRef {
+                job: JobId(j),
+                attempt: 1,
+            };
+            evs.push(Event::CommitSeen {
+                job: JobId(j),
+                commit: commit(j as u8),
+                branch: None,
+            });
+            evs.push(Event::JobAssigned {
+                job: JobId(j),
+                commit: commit(j as u8),
+                runner: "r".into(),
+                attempt: 1,
+            });
+            evs.push(Event::Result {
+                job: JobId(j),
+                commit: commit(j as u8),
+                runner: Some("r".into()),
+                attempt: 1,
+                report: JobReport {
+                    outcome: Outcome::Pass,
+                    exit_code: Some(0),
+                    duration_ms: 1,
+                    tests: None,
+                    message: String::new(),
+                },
+                output_bytes: 1 + 2 * j,
+            });
+            let s = StoredOutput {
+                job,
+                commit: commit(j as u8),
+                at_ms: 100,
+                bytes: 1 + 2 * j,
+            };
+            log.put_output(&s, &b"hello"[..(1 + 2 * j) as usize]).unwrap();
+            stored.push(s);
+        }
+        log.append(&Record::run(1, 100, &evs)).unwrap();
+        assert_eq!(
+            log.output_usage(),
+            OutputUsage {
+                outputs: 2,
+                bytes: 8
+            }
+        );
+        assert_eq!(log.oldest_outputs(None, 10).unwrap(), stored);
+        assert_eq!(log.oldest_outputs(Some(&stored[0]), 10).unwrap(), &stored[1..]);
+        let prune = Event::OutputsPruned {
+            reason: PruneReason::Age,
+            outputs: vec![stored[0]],
+        };
+        log.append(&Record::run(7, 200, &[prune])).unwrap();
+        log.flush().unwrap();
+        stored[0]
+    }
+
+    #[test]
+    fn a_pruning_on_record_but_not_carried_out_is_finished_at_start_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = pruned_but_not_deleted(dir.path());
+        let mut log = SledLog::open(dir.path()).unwrap();
+        // The output is still there, the log says it was pruned.
+        assert!(log.output(gone.job).unwrap().is_some());
+        let p = log.pruned_output(gone.job).unwrap().expect("indexed");
+        assert_eq!((p.seq, p.at_ms, p.output), (7, 200, gone));
+        // Counted again after the crash: both outputs.
+        assert_eq!(log.output_usage().bytes, 8);
+        assert_eq!(log.finish_pruning().unwrap(), 1);
+        assert_eq!(log.output(gone.job).unwrap(), None);
+        let kept = JobRef {
+            job: JobId(2),
+            attempt: 1,
+        };
+        assert_eq!(log.output(kept).unwrap().as_deref(), Some(&b"hello"[..]));
+        let after = OutputUsage {
+            outputs: 1,
+            bytes: 5,
+        };
+        assert_eq!(log.output_usage(), after);
+        // Nothing twice: again, and after a clean stop and an open.
+        assert_eq!(log.finish_pruning().unwrap(), 0);
+        assert_eq!(log.output_usage(), after);
+        log.mark_clean_stop().unwrap();
+        drop(log);
+        let mut log = SledLog::open(dir.path()).unwrap();
+        assert_eq!(log.output_usage(), after);
+        assert_eq!(log.finish_pruning().unwrap(), 0);
+        let page = log.pruned_page(None, 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(log.pruned_page(Some(page[0].place()), 10).unwrap(), vec![]);
+        assert_eq!(log.oldest_outputs(None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn outputs_stored_before_retention_are_indexed_by_age_once() {
+        let dir = tempfile::tempdir().unwrap();
+        pruned_but_not_deleted(dir.path());
+        {
+            // As a store written before retention: no age index, no marks.
+            let mut log = SledLog::open(dir.path()).unwrap();
+            log.by_age.clear().unwrap();
+            log.meta.remove(AGED).unwrap();
+            log.meta.remove(USAGE).unwrap();
+            log.flush().unwrap();
+        }
+        let log = SledLog::open(dir.path()).unwrap();
+        let oldest = log.oldest_outputs(None, 10).unwrap();
+        assert_eq!(oldest.len(), 2);
+        assert!(oldest.iter().all(|o| o.at_ms == 100));
+        assert_eq!(log.output_usage().bytes, 8);
+    }
+
     #[test]
     fn a_jobs_events_come_from_the_index_which_a_reopen_rebuilds() {
         let dir = tempfile::tempdir().unwrap();
