@@ -44,7 +44,11 @@ pub fn parse_keep_for(s: &str) -> Result<Option<Duration>, String> {
         Ok(v) if v.is_finite() && v >= 0.0 && v <= u64::MAX as f64 / 1000.0 => {
             Duration::from_secs_f64(v)
         }
-        Ok(_) => return Err(format!("{s:?} is not a usable number of seconds; e.g. 30d, 12h, 3600 or forever")),
+        Ok(_) => {
+            return Err(format!(
+                "{s:?} is not a usable number of seconds; e.g. 30d, 12h, 3600 or forever"
+            ));
+        }
         Err(_) => humantime::parse_duration(t).map_err(|e| {
             format!("{s:?} is not a duration ({e}); e.g. 30d, 12h, 3600 (seconds) or forever")
         })?,
@@ -98,9 +102,7 @@ pub fn parse_keep_bytes(s: &str) -> Result<Option<u64>, String> {
     }
     let bytes = bytes as u64;
     if bytes == 0 {
-        return Err(format!(
-            "{s:?} would prune every output at once; {example}"
-        ));
+        return Err(format!("{s:?} would prune every output at once; {example}"));
     }
     Ok(Some(bytes))
 }
@@ -166,7 +168,11 @@ mod tests {
         assert_eq!(parse_keep_bytes("10G"), Ok(Some(10 << 30)));
         assert_eq!(parse_keep_bytes("10GiB"), Ok(Some(10 << 30)));
         assert_eq!(parse_keep_bytes("1.5k"), Ok(Some(1536)));
-        assert!(parse_keep_bytes("10GB").unwrap_err().contains("10G or 10GiB"));
+        assert!(
+            parse_keep_bytes("10GB")
+                .unwrap_err()
+                .contains("10G or 10GiB")
+        );
         for bad in ["0", "0M", "-5", "lots", "5X", "", "M"] {
             let e = parse_keep_bytes(bad).unwrap_err();
             assert!(!e.is_empty(), "{bad}");

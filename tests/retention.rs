@@ -68,29 +68,39 @@ fn a_size_limit_keeps_stored_outputs_under_it_and_says_what_went() {
             .expect("bytes")
     };
     let total: u64 = shas.iter().map(|s| bytes_of(s)).sum();
-    assert!(total > limit, "outputs of {total} bytes do not test the limit");
+    assert!(
+        total > limit,
+        "outputs of {total} bytes do not test the limit"
+    );
 
     // Retention runs after results: what is kept fits under the limit,
     // oldest dropped first.
-    let doc = wait_for("the outputs to fit the limit", Duration::from_secs(20), || {
-        let doc = pruned(d.addr());
-        let gone = pruned_jobs(&doc);
-        let kept: u64 = shas
-            .iter()
-            .filter(|s| !gone.contains(&job_of(s)))
-            .map(|s| bytes_of(s))
-            .sum();
-        if kept <= limit {
-            Ok(doc)
-        } else {
-            Err(doc.to_string())
-        }
-    });
+    let doc = wait_for(
+        "the outputs to fit the limit",
+        Duration::from_secs(20),
+        || {
+            let doc = pruned(d.addr());
+            let gone = pruned_jobs(&doc);
+            let kept: u64 = shas
+                .iter()
+                .filter(|s| !gone.contains(&job_of(s)))
+                .map(|s| bytes_of(s))
+                .sum();
+            if kept <= limit {
+                Ok(doc)
+            } else {
+                Err(doc.to_string())
+            }
+        },
+    );
     let gone = pruned_jobs(&doc);
     assert!(!gone.is_empty());
     // Oldest first: the pruned ones are a prefix of the jobs.
     let order: Vec<u64> = shas.iter().map(|s| job_of(s)).collect();
-    assert!(order[..gone.len()].iter().all(|j| gone.contains(j)), "{doc}");
+    assert!(
+        order[..gone.len()].iter().all(|j| gone.contains(j)),
+        "{doc}"
+    );
     assert!(!gone.contains(order.last().unwrap()));
     for p in doc["pruned"].as_array().unwrap() {
         assert_eq!(p["reason"], "size");
@@ -133,7 +143,10 @@ fn a_size_limit_keeps_stored_outputs_under_it_and_says_what_went() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains(&oldest[..12]), "{table}");
     assert!(
-        table.contains(&format!("total: {} outputs, {gone_bytes} bytes", gone.len())),
+        table.contains(&format!(
+            "total: {} outputs, {gone_bytes} bytes",
+            gone.len()
+        )),
         "{table}"
     );
 

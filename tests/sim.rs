@@ -65,10 +65,10 @@ use std::time::Instant;
 use ci::core::Serves;
 use ci::core::{
     ArchivedJob, CommitId, Core, CoreConfig, Due, Event, JobId, JobRef, JobReport, JobStatus,
-    LostReason, Now, Outcome, Record, RetentionPolicy, SinkSpec, SinkTakes, State, StoredOutput,
+    LostReason, Now, Outcome, Record, RetentionPolicy, SinkSpec, SinkTakes, State,
 };
 use ci::dispatcher::shell::{
-    Batch, ConnId, FlushPlan, Shell, ShellConfig, ShellInput, ShellStatus, Transmit,
+    Batch, ConnId, FlushPlan, Pruned, Shell, ShellConfig, ShellInput, ShellStatus, Transmit,
 };
 use ci::notify::machine::{Action as NotifyAction, Delivery, Notifier};
 use ci::proto::auth::Grant;
@@ -460,7 +460,7 @@ struct Proc {
     crash_after_next_append: bool,
     /// Pruned outputs of batches not yet durable, by batch: deleted once
     /// they are, as actor.rs does.
-    pruning: VecDeque<(u64, Vec<(u64, Vec<StoredOutput>)>)>,
+    pruning: VecDeque<(u64, Pruned)>,
 }
 
 /// Per-seed knobs (swarm testing: each seed stresses a different mix).
@@ -1280,11 +1280,11 @@ impl World {
             let Some(d) = self.dispatcher.as_mut() else {
                 return false;
             };
-            if !d
+            let due = d
                 .pruning
                 .front()
-                .is_some_and(|(id, _)| durable.is_none_or(|u| *id <= u))
-            {
+                .is_some_and(|(id, _)| durable.is_none_or(|u| *id <= u));
+            if !due {
                 return true;
             }
             let (_, pruned) = d.pruning.pop_front().expect("checked");
@@ -2191,11 +2191,16 @@ impl World {
                     matches!(&r.event, Event::OutputsPruned { outputs, .. } if outputs.iter().any(|o| o.job == p.output.job))
                 });
                 if !pruned {
-                    self.fail(format!("{} said pruned, but no durable record says so", p.output.job));
+                    self.fail(format!(
+                        "{} said pruned, but no durable record says so",
+                        p.output.job
+                    ));
                 }
                 let commit = p.output.commit;
                 let Some(f) = self.user.following.get_mut(&commit) else {
-                    self.fail(format!("pruned output of {commit}, which the user does not follow"));
+                    self.fail(format!(
+                        "pruned output of {commit}, which the user does not follow"
+                    ));
                 };
                 f.pruned = true;
             }
@@ -2817,7 +2822,9 @@ impl World {
             let stored = self.store.output(at).expect("reads");
             if pruned.contains(&at) {
                 if stored.is_some() {
-                    self.fail(format!("the output of {at} is pruned on record but still stored"));
+                    self.fail(format!(
+                        "the output of {at} is pruned on record but still stored"
+                    ));
                 }
             } else if *output_bytes > 0 {
                 match stored {

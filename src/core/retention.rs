@@ -259,7 +259,16 @@ mod tests {
         let oldest = [out(1, 1, 500, 10), out(2, 1, 600, 10)];
         assert!(choose(&policy, 1400, 20, &oldest, NONE).is_empty());
         assert!(choose(&policy, 0, 0, &[], NONE).is_empty());
-        assert!(choose(&RetentionPolicy::KEEP_ALL, u64::MAX, u64::MAX, &oldest, NONE).is_empty());
+        assert!(
+            choose(
+                &RetentionPolicy::KEEP_ALL,
+                u64::MAX,
+                u64::MAX,
+                &oldest,
+                NONE
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -268,11 +277,7 @@ mod tests {
             keep_for_ms: Some(1000),
             keep_bytes: None,
         };
-        let oldest = [
-            out(1, 1, 100, 10),
-            out(2, 1, 200, 10),
-            out(3, 1, 300, 10),
-        ];
+        let oldest = [out(1, 1, 100, 10), out(2, 1, 200, 10), out(3, 1, 300, 10)];
         // Exactly the limit old counts as expired.
         let p = choose(&policy, 1200, 30, &oldest, NONE);
         assert_eq!(p.len(), 1);

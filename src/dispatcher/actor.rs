@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::metrics::Metrics;
-use super::shell::{Batch, ConnId, FlushPlan, MAX_BATCH, Shell, ShellInput, Transmit};
+use super::shell::{Batch, ConnId, FlushPlan, MAX_BATCH, Pruned, Shell, ShellInput, Transmit};
 use crate::core::{JobRef, Now};
 use crate::proto::{ClientMsg, ServerMsg};
 use crate::store::{Flusher, Store, StoreError};
@@ -182,7 +182,7 @@ pub(crate) struct Driver {
     metrics: Arc<Metrics>,
     /// Batches handed to the flusher with pruned outputs, by batch: their
     /// outputs are deleted once the flusher reports the batch durable.
-    pruning: std::collections::VecDeque<(u64, Vec<(u64, Vec<crate::core::StoredOutput>)>)>,
+    pruning: std::collections::VecDeque<(u64, Pruned)>,
 }
 
 impl Driver {
@@ -422,7 +422,7 @@ impl Driver {
         Ok(())
     }
 
-    fn delete_pruned(&mut self, pruned: Vec<(u64, Vec<crate::core::StoredOutput>)>) -> Result<(), StoreError> {
+    fn delete_pruned(&mut self, pruned: Pruned) -> Result<(), StoreError> {
         for (seq, outputs) in pruned {
             self.store().delete_outputs(seq, &outputs)?;
             debug!(seq, outputs = outputs.len(), "pruned outputs deleted");

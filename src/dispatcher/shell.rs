@@ -146,8 +146,12 @@ pub struct Batch {
     /// Outputs this batch's `OutputsPruned` records (by sequence number)
     /// remove: the driver deletes them (`OutputStore::delete_outputs`)
     /// only once the batch is durable, never before.
-    pub pruned: Vec<(u64, Vec<StoredOutput>)>,
+    pub pruned: Pruned,
 }
+
+/// Outputs to delete, by the sequence number of the `OutputsPruned`
+/// record that names them.
+pub type Pruned = Vec<(u64, Vec<StoredOutput>)>;
 
 /// Where the shell stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1271,7 +1275,13 @@ impl Shell {
         attempt: JobRef,
         log: &L,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.open.outputs.iter().rev().find(|(o, _)| o.job == attempt) {
+        match self
+            .open
+            .outputs
+            .iter()
+            .rev()
+            .find(|(o, _)| o.job == attempt)
+        {
             Some((_, o)) => Ok(Some(o.clone())),
             None => log.output(attempt),
         }
@@ -1475,7 +1485,7 @@ impl Shell {
             self.handed_off = id;
             self.waiting.push_back((id, now.mono_ms));
         }
-        let pruned: Vec<(u64, Vec<StoredOutput>)> = open
+        let pruned: Pruned = open
             .records
             .iter()
             .filter_map(|r| match &r.event {
@@ -1563,7 +1573,8 @@ impl Shell {
         let usage = log.output_usage();
         let due = now.mono_ms >= self.next_prune_mono_ms;
         let soon = std::mem::take(&mut self.prune_soon);
-        if !due && !(soon && policy.over_size(usage.bytes)) {
+        let over = soon && policy.over_size(usage.bytes);
+        if !(due || over) {
             return;
         }
         if due {

@@ -406,7 +406,10 @@ impl SledLog {
                 indexed += 1;
             }
             if indexed > 0 {
-                tracing::info!(outputs = indexed, "indexed the stored outputs by age, once (for retention)");
+                tracing::info!(
+                    outputs = indexed,
+                    "indexed the stored outputs by age, once (for retention)"
+                );
             }
             self.meta.insert(AGED, &[1u8][..]).map_err(write)?;
         }
@@ -931,11 +934,10 @@ impl OutputStore for SledLog {
         let mut due = Vec::new();
         for item in self.pruned.range(pruned_key((through + 1, 0))..) {
             let (_, v) = item.map_err(read)?;
-            let p: PrunedOutput =
-                crate::encoding::decode(&v).map_err(|e| StoreError::Read {
-                    dir: self.dir.clone(),
-                    detail: format!("a damaged entry of the pruned outputs' index: {e}"),
-                })?;
+            let p: PrunedOutput = crate::encoding::decode(&v).map_err(|e| StoreError::Read {
+                dir: self.dir.clone(),
+                detail: format!("a damaged entry of the pruned outputs' index: {e}"),
+            })?;
             due.push(p);
         }
         let Some(last) = due.last().map(|p| p.seq) else {
@@ -1184,7 +1186,8 @@ mod tests {
                 at_ms: 100,
                 bytes: 1 + 2 * j,
             };
-            log.put_output(&s, &b"hello"[..(1 + 2 * j) as usize]).unwrap();
+            log.put_output(&s, &b"hello"[..(1 + 2 * j) as usize])
+                .unwrap();
             stored.push(s);
         }
         log.append(&Record::run(1, 100, &evs)).unwrap();
@@ -1196,7 +1199,10 @@ mod tests {
             }
         );
         assert_eq!(log.oldest_outputs(None, 10).unwrap(), stored);
-        assert_eq!(log.oldest_outputs(Some(&stored[0]), 10).unwrap(), &stored[1..]);
+        assert_eq!(
+            log.oldest_outputs(Some(&stored[0]), 10).unwrap(),
+            &stored[1..]
+        );
         let prune = Event::OutputsPruned {
             reason: PruneReason::Age,
             outputs: vec![stored[0]],

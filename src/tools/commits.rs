@@ -319,8 +319,7 @@ pub async fn pruned(
                 serde_json::json!({"outputs": t.outputs, "bytes": t.bytes}),
             );
         }
-        let list: Vec<serde_json::Value> =
-            outputs.iter().map(super::events::pruned_json).collect();
+        let list: Vec<serde_json::Value> = outputs.iter().map(super::events::pruned_json).collect();
         let doc = serde_json::json!({
             "pruned": list,
             "totals": {"outputs": all_outputs, "bytes": all_bytes, "by_reason": by_reason},

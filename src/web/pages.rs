@@ -422,12 +422,12 @@ async fn commit_inner(
             escape(&crate::tools::events::describe_pruned(p)),
         );
     } else {
-    let _ = write!(
-        body,
-        "<h2>Output</h2><pre id=\"log\" data-live=\"{live}\" data-src=\"/api/v1/commits/{sha}/log?from={from}\">{text}</pre>",
-        from = d.output_end,
-        text = html::output_text(&d.output),
-    );
+        let _ = write!(
+            body,
+            "<h2>Output</h2><pre id=\"log\" data-live=\"{live}\" data-src=\"/api/v1/commits/{sha}/log?from={from}\">{text}</pre>",
+            from = d.output_end,
+            text = html::output_text(&d.output),
+        );
     }
     Ok(page(
         app,

@@ -857,7 +857,11 @@ mod tests {
         assert!(decode(&enc(&bad), true).unwrap_err().contains("two jobs"));
         let mut bad = s;
         bad.names.push("main".into());
-        assert!(decode(&enc(&bad), true).unwrap_err().contains("interned twice"));
+        assert!(
+            decode(&enc(&bad), true)
+                .unwrap_err()
+                .contains("interned twice")
+        );
     }
 
     #[test]
