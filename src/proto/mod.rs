@@ -26,10 +26,12 @@ pub use views::{
 /// 3: live output, cancel and retry, subscriptions, short ids, commit
 /// information, result filters.
 /// 4: several repositories: `Commits`, `GetTips` and `Results` name one,
-/// `Hello::serves`, `Assign` carries the repository and its URL. Since
-/// then, added at the end (compatible): `ClientMsg::Pruned`,
-/// `ServerMsg::OutputPruned` and `ServerMsg::Pruned` (retention).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// `Hello::serves`, `Assign` carries the repository and its URL.
+/// 5: `Welcome::idle_heartbeat_ms`, the pace of an idle runner's
+/// heartbeats, set by the dispatcher; retention: `ClientMsg::Pruned`,
+/// `ServerMsg::OutputPruned` (instead of an output retention removed) and
+/// `ServerMsg::Pruned`.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Most pruned outputs one `Pruned` answer lists (each is under 100
 /// bytes encoded, so a page fits in a frame with room to spare).
@@ -348,9 +350,13 @@ impl ClientMsg {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
     Greeting(Greeting),
-    /// The hello was accepted. Runners: `keep` is the job they may go on running.
+    /// The hello was accepted. Runners: `keep` is the job they may go on
+    /// running, and `idle_heartbeat_ms` how often to beat while holding
+    /// no job (the dispatcher sets it, as Buildkite's agent registration
+    /// does, so a large idle fleet costs what the dispatcher can afford).
     Welcome {
         keep: Option<JobRef>,
+        idle_heartbeat_ms: u64,
     },
     /// A refusal; the connection closes after it when `fatal`.
     Error {
