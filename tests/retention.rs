@@ -53,7 +53,11 @@ fn a_size_limit_keeps_stored_outputs_under_it_and_says_what_went() {
     // A passing run prints a few hundred bytes: a limit of 600 keeps the
     // newest one or two.
     let limit = 600u64;
-    let mut d = Dispatcher::start(&data, &["--keep-outputs-bytes", "600"]);
+    let mut d = Dispatcher::start(
+        &data,
+        &["--keep-outputs-bytes", "600", "--http", "127.0.0.1:0"],
+    );
+    let http = printed_http_addr(&d.proc);
     let _runner = runner(d.addr(), &repo, "r1");
     let shas = repo.commit_passing(5);
     let results = run_jobs(d.addr(), &shas);
@@ -126,6 +130,7 @@ fn a_size_limit_keeps_stored_outputs_under_it_and_says_what_went() {
 
     // Readers say "pruned", never an empty output; a kept one reads.
     let oldest = &shas[0];
+    let newest = shas.last().unwrap();
     let out = tools_expect(&["logs", "--dispatcher", d.addr(), oldest], 0);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("removed by retention"), "{err}");
@@ -134,9 +139,24 @@ fn a_size_limit_keeps_stored_outputs_under_it_and_says_what_went() {
     let out = tools(&["output", "--dispatcher", d.addr(), oldest]);
     assert_eq!(exit_code(&out.status), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("removed by retention"));
-    let newest = shas.last().unwrap();
     let out = tools_expect(&["logs", "--dispatcher", d.addr(), newest], 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+
+    // The API, the commit page and the live log say it too.
+    let (code, body) = http_get(&http, &format!("/api/v1/commits/{oldest}"), None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(api["output_pruned"]["reason"], "size", "{body}");
+    assert_eq!(api["outcome"], "pass");
+    let (_, body) = http_get(&http, &format!("/api/v1/commits/{newest}"), None).unwrap();
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert!(api["output_pruned"].is_null(), "{body}");
+    let (code, page) = http_get(&http, &format!("/commits/{oldest}"), None).unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"pruned\"") && page.contains("removed by retention"));
+    let (code, sse) = http_get(&http, &format!("/api/v1/commits/{oldest}/log"), None).unwrap();
+    assert_eq!(code, 200);
+    assert!(sse.contains("event: pruned"), "{sse}");
 
     // The table says the same, with a totals line.
     let out = tools_expect(&["pruned", "--dispatcher", d.addr()], 0);
