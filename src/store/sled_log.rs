@@ -537,7 +537,7 @@ impl EventLog for SledLog {
         // One key per run of records stamped alike (format 2: a batch
         // shares its `at_ms`), at most MAX_BATCH_EVENTS each, applied
         // atomically.
-        let mut batch = sled::Batch::default();
+        let mut runs: Vec<(sled::IVec, Vec<u8>)> = Vec::with_capacity(1);
         let mut seq = self.last_seq;
         let mut events = Vec::new();
         let mut i = 0;
@@ -564,11 +564,32 @@ impl EventLog for SledLog {
                 seq: start,
                 detail: e.to_string(),
             })?;
-            batch.insert(&format::key(start), value);
+            runs.push((format::key(start)[..].into(), value));
         }
-        self.events
-            .apply_batch(batch)
-            .map_err(|e| sled_write(&self.dir, e))?;
+        // Almost every append is one run (the shell stamps a batch with
+        // one clock reading), and one key is one `insert`, atomic on its
+        // own. A sled `Batch` is kept for several keys only, because
+        // `apply_batch` takes sled's global concurrency lock exclusively:
+        // it waits for the flusher's `flush`, which holds that lock shared
+        // for as long as the write and its sync take, so every append
+        // stalled behind the previous group commit's disk write (and,
+        // once taken, the lock makes every later sled call take it too).
+        // A plain `insert` takes it shared, like `flush`: the writer
+        // appends the next batch while the flusher syncs this one.
+        if runs.len() == 1 {
+            let (key, value) = runs.pop().expect("one run");
+            self.events
+                .insert(key, value)
+                .map_err(|e| sled_write(&self.dir, e))?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (key, value) in runs {
+                batch.insert(key, value);
+            }
+            self.events
+                .apply_batch(batch)
+                .map_err(|e| sled_write(&self.dir, e))?;
+        }
         self.last_seq = seq;
         self.index(records)
     }
