@@ -156,6 +156,8 @@ pub struct Client {
     pub reader: Reader<OwnedReadHalf, ServerMsg>,
     pub writer: Writer<OwnedWriteHalf, ClientMsg>,
     pub welcome_keep: Option<JobRef>,
+    /// How often the dispatcher wants this runner to beat while idle.
+    pub idle_heartbeat_ms: u64,
 }
 
 impl Client {
@@ -239,10 +241,14 @@ impl Client {
             }))
             .await?;
         match reader.expect().await? {
-            ServerMsg::Welcome { keep } => Ok(Client {
+            ServerMsg::Welcome {
+                keep,
+                idle_heartbeat_ms,
+            } => Ok(Client {
                 reader,
                 writer,
                 welcome_keep: keep,
+                idle_heartbeat_ms,
             }),
             ServerMsg::Error { code, message, .. } => Err(ClientError::refused(code, message)),
             other => Err(ClientError::refused(

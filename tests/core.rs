@@ -5,8 +5,8 @@
 
 use ci::core::{
     CommitId, Core, CoreConfig, Event, Input, JobId, JobRef, JobReport, JobStatus, LeftHow,
-    LeftJob, LostReason, Now, Outcome, Record, Refusal, Reply, Serves, SinkSpec, SinkTakes, State,
-    Step, ToRunner,
+    LeftJob, LostReason, Now, Outcome, Record, Refusal, Reply, RunnerState, Serves, SinkSpec,
+    SinkTakes, State, Step, ToRunner,
 };
 
 const TIMEOUT_MS: u64 = 10_000;
@@ -1112,4 +1112,82 @@ fn a_late_result_for_a_job_out_of_memory_is_refused_as_stale() {
         }) => assert!(reason.contains("finished long ago"), "{reason}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The idle pace of these tests: an idle runner may be silent for
+/// `IDLE_MS + TIMEOUT_MS`.
+const IDLE_MS: u64 = 15_000;
+
+fn idle_paced() -> Sim {
+    Sim::with(CoreConfig {
+        heartbeat_timeout_ms: TIMEOUT_MS,
+        idle_heartbeat_ms: IDLE_MS,
+        ..CoreConfig::default()
+    })
+}
+
+/// An idle runner beats at the dispatcher's idle pace: silent past the
+/// busy timeout it is still idle, and it is judged lost only after one
+/// idle interval more.
+#[test]
+fn an_idle_runner_is_judged_at_the_idle_pace() {
+    let mut sim = idle_paced();
+    sim.connect("a");
+    sim.advance(TIMEOUT_MS + 1);
+    sim.tick();
+    assert_eq!(sim.core.runner_state("a"), RunnerState::Idle);
+    sim.advance(IDLE_MS - 2);
+    sim.tick();
+    assert_eq!(sim.core.runner_state("a"), RunnerState::Idle, "not yet");
+    sim.advance(1);
+    sim.tick();
+    assert_eq!(sim.core.runner_state("a"), RunnerState::Lost);
+    // A lost idle runner is given no work; heard again, it is.
+    let step = sim.commits(&[commit(1)]);
+    assert!(assigns(&step).is_empty());
+    let step = sim.heartbeat("a", None);
+    assert_eq!(assigns(&step), [("a".to_string(), jr(1, 1))]);
+}
+
+/// A job given to a runner that was quiet at the idle pace gets a full
+/// timeout from the assignment (not from the runner's last idle beat),
+/// and no more: silent after it, the job is lost a timeout later, ahead
+/// of the idle deadline armed before.
+#[test]
+fn an_assignment_starts_a_full_busy_timeout() {
+    let mut sim = idle_paced();
+    sim.connect("a");
+    sim.advance(TIMEOUT_MS + 2_000);
+    let step = sim.commits(&[commit(1)]);
+    assert_eq!(assigns(&step), [("a".to_string(), jr(1, 1))]);
+    sim.advance(TIMEOUT_MS - 1);
+    assert!(
+        sim.tick().records.is_empty(),
+        "a full timeout from the assignment"
+    );
+    sim.advance(1);
+    assert_eq!(kinds(&sim.tick()), ["heartbeat_lost"]);
+}
+
+/// A busy runner beating at the busy pace keeps its job past the idle
+/// deadline it had before the assignment; once its job is done it is
+/// judged at the idle pace again.
+#[test]
+fn a_runner_is_judged_by_whether_it_holds_a_job() {
+    let mut sim = idle_paced();
+    sim.connect("a");
+    sim.advance(TIMEOUT_MS + 2_000);
+    sim.commits(&[commit(1)]);
+    for _ in 0..10 {
+        sim.advance(TIMEOUT_MS / 2);
+        sim.heartbeat("a", Some(jr(1, 1)));
+        assert!(sim.tick().records.is_empty());
+    }
+    sim.result("a", jr(1, 1), Outcome::Pass);
+    sim.advance(TIMEOUT_MS + 1);
+    sim.tick();
+    assert_eq!(sim.core.runner_state("a"), RunnerState::Idle);
+    sim.advance(IDLE_MS);
+    sim.tick();
+    assert_eq!(sim.core.runner_state("a"), RunnerState::Lost);
 }

@@ -479,7 +479,10 @@ fn refusing_server(greet: bool) -> (String, Arc<AtomicUsize>) {
                         Ok(ClientMsg::Hello(_))
                     )
                 {
-                    let _ = s.write_all(&frame(&ServerMsg::Welcome { keep: None }));
+                    let _ = s.write_all(&frame(&ServerMsg::Welcome {
+                        keep: None,
+                        idle_heartbeat_ms: 0,
+                    }));
                     let _ = std::io::Read::read_exact(&mut s, &mut len);
                 }
             }

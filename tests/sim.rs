@@ -83,6 +83,10 @@ use ci::store::{
 
 const HEARTBEAT_TIMEOUT_MS: u64 = 5_000;
 const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// The pace the simulated dispatcher asks of idle runners: slower than a
+/// busy runner's, so assignments land on runners whose last heartbeat is
+/// older than the timeout.
+const IDLE_HEARTBEAT_MS: u64 = 4_000;
 const MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_SEEDS: std::ops::Range<u64> = 0..200;
 const DEFAULT_STEPS: u64 = 2_000;
@@ -553,6 +557,10 @@ struct World {
     storage_error_at: Option<(u64, u64)>,
     /// When a frame of each runner last reached the dispatcher's host.
     heard_at_host: HashMap<String, u64>,
+    /// When the dispatcher's state was first seen giving each runner its
+    /// job: the runner's clock runs from then (idle, it beats at the
+    /// slower idle pace).
+    held_since: HashMap<(String, JobRef), u64>,
     /// Since when the dispatcher ran undisturbed (no restart, pause or
     /// slow disk): the heartbeat deadlines hold from then on.
     undisturbed_since: u64,
@@ -595,6 +603,7 @@ const SINK_STATUSES: &str = "status:sim";
 fn config() -> CoreConfig {
     CoreConfig {
         heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS,
+        idle_heartbeat_ms: IDLE_HEARTBEAT_MS,
         max_attempts: MAX_ATTEMPTS,
         sinks: vec![
             SinkSpec {
@@ -696,6 +705,7 @@ impl World {
             stopped_running: HashSet::new(),
             storage_error_at: None,
             heard_at_host: HashMap::new(),
+            held_since: HashMap::new(),
             undisturbed_since: 0,
             counts: Counts::default(),
             notifier: None,
@@ -1552,7 +1562,13 @@ impl World {
                     serves: h.serves,
                 },
                 Owner::Observer => {
-                    self.send_down(conn, ServerMsg::Welcome { keep: None });
+                    self.send_down(
+                        conn,
+                        ServerMsg::Welcome {
+                            keep: None,
+                            idle_heartbeat_ms: 0,
+                        },
+                    );
                     ShellInput::ClientHello {
                         conn,
                         role: Role::Observer,
@@ -1560,7 +1576,13 @@ impl World {
                     }
                 }
                 Owner::User => {
-                    self.send_down(conn, ServerMsg::Welcome { keep: None });
+                    self.send_down(
+                        conn,
+                        ServerMsg::Welcome {
+                            keep: None,
+                            idle_heartbeat_ms: 0,
+                        },
+                    );
                     ShellInput::ClientHello {
                         conn,
                         role: Role::Tool,
@@ -1729,7 +1751,9 @@ impl World {
                 self.say(|| format!("{} receives {msg:?}", self.runners[i].name));
                 let m = self.runners[i].machine.as_mut().expect("up");
                 match msg {
-                    ServerMsg::Welcome { .. } if m.is_connecting() => m.connected(now),
+                    ServerMsg::Welcome {
+                        idle_heartbeat_ms, ..
+                    } if m.is_connecting() => m.connected(now, idle_heartbeat_ms),
                     ServerMsg::Error { code, message, .. } if m.is_connecting() => {
                         m.connect_failed(Some(code), &message, now)
                     }
@@ -2285,6 +2309,7 @@ impl World {
         }
         if let Some(i) = s.ev.runner(&self.conns) {
             self.runner_event(i, s.ev);
+            self.note_holders();
             self.check();
             return true;
         }
@@ -2382,8 +2407,23 @@ impl World {
                 unreachable!("routed to the runner")
             }
         }
+        self.note_holders();
         self.check();
         true
+    }
+
+    /// Notes when each runner was first seen holding its job.
+    fn note_holders(&mut self) {
+        let Some(d) = &self.dispatcher else { return };
+        let state = d.shell.state();
+        let held: Vec<(String, JobRef)> = state
+            .holders()
+            .map(|(r, jr)| (r.clone(), *jr))
+            .filter(|k| !self.held_since.contains_key(k))
+            .collect();
+        for k in held {
+            self.held_since.insert(k, self.now_ms);
+        }
     }
 
     /// The invariants that must hold after every step.
@@ -2408,7 +2448,12 @@ impl World {
             if !d.paused {
                 for (runner, jr) in state.holders() {
                     let heard = self.heard_at_host.get(runner).copied().unwrap_or(0);
-                    let since = heard.max(self.undisturbed_since);
+                    let assigned = self
+                        .held_since
+                        .get(&(runner.clone(), *jr))
+                        .copied()
+                        .unwrap_or(self.now_ms);
+                    let since = heard.max(assigned).max(self.undisturbed_since);
                     let limit = HEARTBEAT_TIMEOUT_MS + tick + 1_000;
                     if self.now_ms > since + limit {
                         self.fail(format!(

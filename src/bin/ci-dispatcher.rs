@@ -22,6 +22,7 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = DispatcherConfig::new(args.listen.clone());
     config.heartbeat_timeout = args.heartbeat_timeout;
+    config.idle_heartbeat = args.idle_heartbeat_interval;
     config.snapshot_every = args.snapshot_every;
     config.keep_in_memory = args.keep_in_memory as usize;
     config.hello_timeout = args.hello_timeout;

@@ -23,6 +23,12 @@ pub struct Args {
     /// Seconds without a heartbeat before a runner's job is re-queued.
     #[arg(long, default_value = "10", value_parser = parse_secs, allow_negative_numbers = true, value_name = "SECS")]
     pub heartbeat_timeout: Duration,
+    /// Seconds between the heartbeats of a runner that holds no job (told
+    /// to each runner in its welcome). An idle runner is judged lost after
+    /// this plus --heartbeat-timeout; a runner with a job beats at its own
+    /// --heartbeat-interval.
+    #[arg(long, default_value = crate::dispatcher::IDLE_HEARTBEAT_INTERVAL_SECS, value_parser = parse_secs, value_name = "SECS")]
+    pub idle_heartbeat_interval: Duration,
     /// Store a state snapshot every this many events (restart replays only the tail).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
     pub snapshot_every: u64,

@@ -120,11 +120,22 @@ pub struct SinkSpec {
 /// (on record) so a sink that never comes back cannot fill the memory.
 pub const MAX_OWED_PER_SINK: usize = 100_000;
 
+/// `ci-dispatcher --idle-heartbeat-interval`'s default: Buildkite's agents
+/// ping every 10 s, Jenkins' every 4 min; at 15 s, 10,000 idle runners
+/// send 667 heartbeats a second.
+pub const DEFAULT_IDLE_HEARTBEAT_MS: u64 = 15_000;
+
 /// Tunables of the decisions.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
     /// A runner not heard from for this long loses its job.
     pub heartbeat_timeout_ms: u64,
+    /// How often a runner holding no job beats (told in its welcome). An
+    /// idle runner is judged lost after this plus the timeout: ten
+    /// thousand idle runners beating every 2 s cost the dispatcher more
+    /// than a tenth of a core, and an idle runner's silence endangers no
+    /// job.
+    pub idle_heartbeat_ms: u64,
     /// A job whose runner is lost this many times ends as `error`.
     pub max_attempts: u32,
     /// Where notifications go; none by default.
@@ -137,6 +148,7 @@ impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             heartbeat_timeout_ms: 10_000,
+            idle_heartbeat_ms: DEFAULT_IDLE_HEARTBEAT_MS,
             max_attempts: 3,
             sinks: Vec::new(),
             window: crate::core::state::DEFAULT_WINDOW,
@@ -158,6 +170,13 @@ impl CoreConfig {
     /// so an ordinary late tick is no pause.
     pub fn pause_gap_ms(&self) -> u64 {
         self.heartbeat_timeout_ms / 2
+    }
+
+    /// How long a runner that holds nothing may stay silent: one idle
+    /// heartbeat interval plus the timeout.
+    pub fn idle_timeout_ms(&self) -> u64 {
+        self.idle_heartbeat_ms
+            .saturating_add(self.heartbeat_timeout_ms)
     }
 }
 
@@ -328,6 +347,9 @@ pub struct Session {
     pub standing: Standing,
     /// The repositories it serves (from its last hello).
     pub serves: Serves,
+    /// When its one live entry in the deadline heap comes due (while in
+    /// good standing); an entry due at another time is stale.
+    pub armed_ms: u64,
 }
 
 impl Session {
@@ -545,12 +567,18 @@ impl Core {
                     last_heard_mono_ms: now.mono_ms,
                     standing: Standing::Heard,
                     serves: Serves::Default,
+                    armed_ms: due,
                 },
             );
-            // One deadline per runner in good standing: one judged
-            // already has its entry.
-            if before.is_none_or(|s| s.standing == Standing::Lost) {
-                self.deadlines.arm(due, r);
+            // One live deadline per runner in good standing: one judged
+            // already has its entry, due no later than this one.
+            match before {
+                Some(b) if b.standing == Standing::Heard => {
+                    if let Some(s) = self.sessions.get_mut(&r) {
+                        s.armed_ms = b.armed_ms;
+                    }
+                }
+                _ => self.deadlines.arm(due, r),
             }
         }
         self.emit(step, Event::DispatcherStarted { pid }, now);
@@ -773,18 +801,21 @@ impl Core {
         if now.mono_ms < self.hold_expiry_until_ms {
             return;
         }
-        let timeout = self.config.heartbeat_timeout_ms;
         let mut expired: Vec<RunnerName> = Vec::new();
-        while let Some(runner) = self.deadlines.pop_due(now.mono_ms) {
+        while let Some((armed, runner)) = self.deadlines.pop_due(now.mono_ms) {
             let Some(s) = self.sessions.get(&runner) else {
                 continue;
             };
-            if s.standing != Standing::Heard {
+            if s.standing != Standing::Heard || s.armed_ms != armed {
                 continue;
             }
+            let timeout = match self.state.holder(&runner) {
+                Some(_) => self.config.heartbeat_timeout_ms,
+                None => self.config.idle_timeout_ms(),
+            };
             let due = s.last_heard_mono_ms.saturating_add(timeout);
             if due > now.mono_ms {
-                self.deadlines.arm(due, runner);
+                self.arm(due, runner);
             } else {
                 expired.push(runner);
             }
@@ -793,7 +824,6 @@ impl Core {
         // records does not depend on when each runner was last heard.
         expired.sort_unstable();
         expired.dedup();
-        debug_assert!(self.deadlines.len() <= self.sessions.len());
         for runner in expired {
             if let Some(s) = self.sessions.get_mut(&runner) {
                 s.standing = Standing::Lost;
@@ -931,14 +961,14 @@ impl Core {
     /// A heartbeat's whole cost when nothing changes: one map lookup and
     /// two stores (no allocation, no deadline moved; see [`Deadlines`]).
     fn hear(&mut self, runner: &RunnerName, now: Now, link: Link) {
-        let timeout = self.config.heartbeat_timeout_ms;
+        let due = now.mono_ms + self.config.heartbeat_timeout_ms;
         match self.sessions.get_mut(runner) {
             Some(s) => {
                 s.last_heard_mono_ms = now.mono_ms;
                 s.link = link;
                 if s.standing == Standing::Lost {
                     s.standing = Standing::Heard;
-                    self.deadlines.arm(now.mono_ms + timeout, runner.clone());
+                    self.arm(due, runner.clone());
                 }
             }
             None => {
@@ -949,10 +979,35 @@ impl Core {
                         last_heard_mono_ms: now.mono_ms,
                         standing: Standing::Heard,
                         serves: Serves::Default,
+                        armed_ms: due,
                     },
                 );
-                self.deadlines.arm(now.mono_ms + timeout, runner.clone());
+                self.deadlines.arm(due, runner.clone());
             }
+        }
+    }
+
+    /// Makes `due_ms` the runner's one live deadline (an entry already in
+    /// the heap becomes stale and is dropped when it comes due).
+    fn arm(&mut self, due_ms: u64, runner: RunnerName) {
+        if let Some(s) = self.sessions.get_mut(&runner) {
+            s.armed_ms = due_ms;
+            self.deadlines.arm(due_ms, runner);
+        }
+    }
+
+    /// An assignment starts the runner's clock: an idle runner may have
+    /// been silent for longer than the timeout (it beats at the idle
+    /// pace), so from now it gets a full timeout to beat with its job, and
+    /// its deadline moves earlier when it was armed at the idle pace.
+    fn clock_from_assignment(&mut self, runner: &RunnerName, now: Now) {
+        let due = now.mono_ms + self.config.heartbeat_timeout_ms;
+        let Some(s) = self.sessions.get_mut(runner) else {
+            return;
+        };
+        s.last_heard_mono_ms = s.last_heard_mono_ms.max(now.mono_ms);
+        if due < s.armed_ms {
+            self.arm(due, runner.clone());
         }
     }
 
@@ -1045,6 +1100,7 @@ impl Core {
                 },
                 now,
             );
+            self.clock_from_assignment(&runner, now);
             step.sends.push((
                 runner,
                 ToRunner::Assign {

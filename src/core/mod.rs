@@ -18,7 +18,8 @@ pub mod decide;
 pub mod state;
 
 pub use decide::{
-    Core, CoreConfig, Input, LeftHow, LeftJob, Link, MAX_OWED_PER_SINK, Now, Refusal, Reply,
-    RunnerState, Serves, Session, SinkSpec, SinkTakes, Standing, Step, ToRunner,
+    Core, CoreConfig, DEFAULT_IDLE_HEARTBEAT_MS, Input, LeftHow, LeftJob, Link, MAX_OWED_PER_SINK,
+    Now, Refusal, Reply, RunnerState, Serves, Session, SinkSpec, SinkTakes, Standing, Step,
+    ToRunner,
 };
 pub use state::{BranchMark, Due, Finished, Job, JobStatus, State, Sym};

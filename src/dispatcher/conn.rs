@@ -138,7 +138,12 @@ async fn handshake_and_serve(
             }
         }
         Role::Observer | Role::Tool => {
-            writer.send(&ServerMsg::Welcome { keep: None }).await?;
+            writer
+                .send(&ServerMsg::Welcome {
+                    keep: None,
+                    idle_heartbeat_ms: 0,
+                })
+                .await?;
             ShellInput::ClientHello {
                 conn,
                 role: hello.role,

@@ -36,10 +36,16 @@ pub use crate::web::{WebhookSecret, WebhookSecretError};
 /// not yet closed. One more is refused (`Busy`, saying the cap).
 pub const MAX_CONNECTIONS: usize = 16_384;
 
+/// `--idle-heartbeat-interval`'s default, in seconds
+/// ([`crate::core::DEFAULT_IDLE_HEARTBEAT_MS`]; a test keeps them equal).
+pub const IDLE_HEARTBEAT_INTERVAL_SECS: &str = "15";
+
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
     pub listen: String,
     pub heartbeat_timeout: Duration,
+    /// How often a runner that holds no job beats (told in its welcome).
+    pub idle_heartbeat: Duration,
     /// Store a snapshot of the state every this many events.
     pub snapshot_every: u64,
     /// Finished jobs kept in memory (the rest are in the history indexes).
@@ -66,6 +72,7 @@ impl DispatcherConfig {
         DispatcherConfig {
             listen: listen.into(),
             heartbeat_timeout: Duration::from_secs(10),
+            idle_heartbeat: Duration::from_millis(crate::core::DEFAULT_IDLE_HEARTBEAT_MS),
             snapshot_every: 100_000,
             keep_in_memory: crate::core::state::DEFAULT_WINDOW,
             max_attempts: 3,
@@ -219,6 +226,7 @@ pub async fn start(
         state,
         CoreConfig {
             heartbeat_timeout_ms: config.heartbeat_timeout.as_millis() as u64,
+            idle_heartbeat_ms: (config.idle_heartbeat.as_millis() as u64).max(1),
             max_attempts: config.max_attempts,
             sinks: config.notify.sinks.iter().map(|s| s.spec()).collect(),
             window: config.keep_in_memory,
@@ -378,4 +386,16 @@ pub async fn start(
         local,
         metrics,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_idle_pace_flag_default_is_the_cores() {
+        let flag = crate::util::parse_secs(super::IDLE_HEARTBEAT_INTERVAL_SECS).expect("parses");
+        assert_eq!(
+            flag.as_millis() as u64,
+            crate::core::DEFAULT_IDLE_HEARTBEAT_MS
+        );
+    }
 }

@@ -392,7 +392,14 @@ impl Shell {
             now,
         );
         if let Some(Reply::Welcome { keep }) = step.reply.take() {
-            self.send(conn, ServerMsg::Welcome { keep });
+            let idle_heartbeat_ms = self.core.config().idle_heartbeat_ms;
+            self.send(
+                conn,
+                ServerMsg::Welcome {
+                    keep,
+                    idle_heartbeat_ms,
+                },
+            );
             if let Some(job) = keep {
                 // Where its live output goes on from, so a reconnection
                 // leaves neither a gap nor a repeat.

@@ -26,7 +26,9 @@ pub use views::{
 /// information, result filters.
 /// 4: several repositories: `Commits`, `GetTips` and `Results` name one,
 /// `Hello::serves`, `Assign` carries the repository and its URL.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: `Welcome::idle_heartbeat_ms`, the pace of an idle runner's
+/// heartbeats, set by the dispatcher.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Most repositories a runner's hello may name ([`Serves::Only`]).
 pub const MAX_SERVED: usize = 256;
@@ -332,9 +334,13 @@ impl ClientMsg {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
     Greeting(Greeting),
-    /// The hello was accepted. Runners: `keep` is the job they may go on running.
+    /// The hello was accepted. Runners: `keep` is the job they may go on
+    /// running, and `idle_heartbeat_ms` how often to beat while holding
+    /// no job (the dispatcher sets it, as Buildkite's agent registration
+    /// does, so a large idle fleet costs what the dispatcher can afford).
     Welcome {
         keep: Option<JobRef>,
+        idle_heartbeat_ms: u64,
     },
     /// A refusal; the connection closes after it when `fatal`.
     Error {

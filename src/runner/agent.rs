@@ -435,8 +435,9 @@ impl Runner {
                         info!(dispatcher = %self.cfg.dispatcher, "connected");
                     }
                     unreachable_warned = false;
+                    let idle_heartbeat_ms = c.idle_heartbeat_ms;
                     client = Some(c);
-                    machine.connected(now);
+                    machine.connected(now, idle_heartbeat_ms);
                 }
                 Happened::Connected(Err(e)) => {
                     if e.is_fatal() {

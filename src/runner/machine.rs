@@ -120,6 +120,8 @@ enum Link {
 #[derive(Debug)]
 pub struct Machine {
     heartbeat_ms: u64,
+    /// The pace while holding no job, as the dispatcher's welcome said.
+    idle_heartbeat_ms: u64,
     link: Link,
     backoff: Backoff,
     running: Option<JobRef>,
@@ -160,6 +162,7 @@ impl Machine {
         }
         let mut m = Machine {
             heartbeat_ms: heartbeat_ms.max(1),
+            idle_heartbeat_ms: heartbeat_ms.max(1),
             link: Link::Down {
                 retry_at_ms: now_ms,
             },
@@ -244,7 +247,7 @@ impl Machine {
             } if now_ms >= beat_at_ms => {
                 self.link = Link::Up {
                     since_ms,
-                    beat_at_ms: now_ms + self.heartbeat_ms,
+                    beat_at_ms: now_ms + self.beat_every_ms(),
                 };
                 self.send(ClientMsg::Heartbeat {
                     holding: self.holding(),
@@ -254,11 +257,25 @@ impl Machine {
         }
     }
 
-    /// The connection is up and the dispatcher welcomed the hello.
-    pub fn connected(&mut self, now_ms: u64) {
+    /// How long until the next heartbeat: the runner's own interval while
+    /// it holds a job, the dispatcher's idle pace (never faster) otherwise.
+    fn beat_every_ms(&self) -> u64 {
+        match self.holding() {
+            Some(_) => self.heartbeat_ms,
+            None => self.idle_heartbeat_ms.max(self.heartbeat_ms),
+        }
+    }
+
+    /// The connection is up and the dispatcher welcomed the hello, asking
+    /// for a heartbeat every `idle_heartbeat_ms` while idle (0: no
+    /// preference, the runner's own interval).
+    pub fn connected(&mut self, now_ms: u64, idle_heartbeat_ms: u64) {
+        if idle_heartbeat_ms > 0 {
+            self.idle_heartbeat_ms = idle_heartbeat_ms;
+        }
         self.link = Link::Up {
             since_ms: now_ms,
-            beat_at_ms: now_ms + self.heartbeat_ms,
+            beat_at_ms: now_ms + self.beat_every_ms(),
         };
         // The dispatcher recorded what the hello said before welcoming.
         if self.left.take().is_some() && self.running.is_none() {
@@ -326,6 +343,18 @@ impl Machine {
                     return;
                 }
                 self.running = Some(job);
+                // The dispatcher's clock for this job runs from the
+                // assignment: beat at the working pace from now on.
+                if let Link::Up {
+                    since_ms,
+                    beat_at_ms,
+                } = self.link
+                {
+                    self.link = Link::Up {
+                        since_ms,
+                        beat_at_ms: beat_at_ms.min(now_ms + self.heartbeat_ms),
+                    };
+                }
                 self.effects
                     .push_back(Effect::SaveMarker(Some(Marker::Running(job))));
                 self.effects.push_back(Effect::StartJob {
@@ -451,5 +480,84 @@ fn result_msg(p: &Finished) -> ClientMsg {
         report: p.report.clone(),
         output: p.output.clone(),
         info: p.info.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::JobId;
+
+    const BUSY_MS: u64 = 2_000;
+    const IDLE_MS: u64 = 15_000;
+
+    fn welcomed(now_ms: u64) -> Machine {
+        let mut m = Machine::new(
+            Saved {
+                marker: None,
+                result: None,
+            },
+            BUSY_MS,
+            7,
+            now_ms,
+        );
+        assert!(matches!(m.poll_effect(), Some(Effect::Connect { .. })));
+        m.connected(now_ms, IDLE_MS);
+        m
+    }
+
+    fn beats(m: &mut Machine) -> Vec<Option<JobRef>> {
+        std::iter::from_fn(|| m.poll_effect())
+            .filter_map(|e| match e {
+                Effect::Send(ClientMsg::Heartbeat { holding }) => Some(holding),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Idle, the runner beats at the pace the welcome asked; given a job,
+    /// within its own interval of the assignment, and at that pace until
+    /// the job is done.
+    #[test]
+    fn the_pace_follows_the_job_in_hand() {
+        let mut m = welcomed(0);
+        assert_eq!(m.poll_timeout(), Some(IDLE_MS));
+        m.handle_timeout(IDLE_MS);
+        assert_eq!(beats(&mut m), [None]);
+        assert_eq!(m.poll_timeout(), Some(2 * IDLE_MS));
+        let job = JobRef {
+            job: JobId(1),
+            attempt: 1,
+        };
+        m.message(
+            ServerMsg::Assign {
+                job,
+                commit: CommitId::from_bytes(&[1; 20]).expect("20 bytes"),
+                branch: None,
+                repository: None,
+                url: None,
+            },
+            IDLE_MS + 100,
+        );
+        assert_eq!(m.poll_timeout(), Some(IDLE_MS + 100 + BUSY_MS));
+        m.handle_timeout(IDLE_MS + 100 + BUSY_MS);
+        assert_eq!(beats(&mut m), [Some(job)]);
+        assert_eq!(m.poll_timeout(), Some(IDLE_MS + 100 + 2 * BUSY_MS));
+    }
+
+    /// A welcome without a preference (0) leaves the runner's own pace.
+    #[test]
+    fn no_idle_preference_keeps_the_runners_interval() {
+        let mut m = Machine::new(
+            Saved {
+                marker: None,
+                result: None,
+            },
+            BUSY_MS,
+            7,
+            0,
+        );
+        m.connected(0, 0);
+        assert_eq!(m.poll_timeout(), Some(BUSY_MS));
     }
 }

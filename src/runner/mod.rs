@@ -7,7 +7,8 @@ pub mod job;
 pub mod machine;
 pub mod unittest;
 
-/// `ci-runner --heartbeat-interval`'s default, in seconds. The benchmark's
-/// idle runners beat at this rate too, so its figure is what a fleet of
-/// runners left at their defaults costs the dispatcher.
+/// `ci-runner --heartbeat-interval`'s default, in seconds: the pace while
+/// the runner holds a job. Idle, it beats at the pace the dispatcher's
+/// welcome asks (`ci-dispatcher --idle-heartbeat-interval`), which the
+/// benchmark's idle runners use too.
 pub const HEARTBEAT_INTERVAL_SECS: &str = "2";

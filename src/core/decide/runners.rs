@@ -63,8 +63,11 @@ impl IdleQueue {
     }
 }
 
-/// Heartbeat deadlines, earliest first: one entry per runner in good
-/// standing, due no later than its real deadline (last heard + timeout).
+/// Heartbeat deadlines, earliest first: one live entry per runner in good
+/// standing (the one its session's `armed_ms` names), due no later than
+/// its real deadline (last heard + the timeout for a busy or an idle
+/// runner). An assignment that moves a deadline earlier arms a new entry;
+/// the old one is stale and dropped when it comes due.
 /// Hearing a runner only moves its `last_heard`, so a heartbeat costs no
 /// heap operation; an entry that comes due is checked against the session
 /// and, when the runner was heard since, armed again at its real
@@ -81,15 +84,16 @@ impl Deadlines {
         self.heap.push(Reverse((due_ms, runner)));
     }
 
-    /// An entry due at `now_ms`, taken out (the caller arms it again if
-    /// the runner was heard since).
-    pub fn pop_due(&mut self, now_ms: u64) -> Option<RunnerName> {
+    /// An entry due at `now_ms`, taken out with the time it was armed for
+    /// (the caller arms it again if the runner was heard since).
+    pub fn pop_due(&mut self, now_ms: u64) -> Option<(u64, RunnerName)> {
         match self.heap.peek() {
-            Some(Reverse((due, _))) if *due <= now_ms => self.heap.pop().map(|Reverse((_, r))| r),
+            Some(Reverse((due, _))) if *due <= now_ms => self.heap.pop().map(|Reverse(e)| e),
             _ => None,
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
     }
@@ -123,8 +127,8 @@ mod tests {
         d.arm(30, "late".into());
         d.arm(10, "early".into());
         assert_eq!(d.pop_due(5), None);
-        assert_eq!(d.pop_due(30).as_deref(), Some("early"));
-        assert_eq!(d.pop_due(30).as_deref(), Some("late"));
+        assert_eq!(d.pop_due(30), Some((10, "early".to_string())));
+        assert_eq!(d.pop_due(30), Some((30, "late".to_string())));
         assert_eq!(d.len(), 0);
     }
 }

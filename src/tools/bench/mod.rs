@@ -94,8 +94,10 @@ impl Default for BenchOptions {
             history: 1_000_000,
             history_batch: 64,
             idle_runners: 10_000,
-            idle_heartbeat: crate::util::parse_secs(crate::runner::HEARTBEAT_INTERVAL_SECS)
-                .expect("the runner's default interval parses"),
+            idle_heartbeat: crate::util::parse_secs(
+                crate::dispatcher::IDLE_HEARTBEAT_INTERVAL_SECS,
+            )
+            .expect("the default idle pace parses"),
             idle_window: Duration::from_secs(3),
             reps: 3,
             page_commits: 100_000,
