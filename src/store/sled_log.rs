@@ -955,7 +955,10 @@ mod tests {
             .collect();
         log.append(&Record::run(3, 7, &evs[..3])).unwrap();
         assert_eq!(log.last_seq(), 5);
-        log.append(&Record::run(6, 8, &evs[3..])).unwrap();
+        // Two runs stamped apart: two keys, written as one sled batch.
+        let mut two = Record::run(6, 8, &evs[3..4]);
+        two.extend(Record::run(7, 9, &evs[4..]));
+        log.append(&two).unwrap();
         assert_eq!(log.last_seq(), 7);
         log.append(&[]).unwrap();
         assert_eq!(log.last_seq(), 7);
@@ -984,9 +987,10 @@ mod tests {
         assert_eq!(seqs(4, 2), vec![4, 5]);
         assert_eq!(seqs(7, 100), vec![7]);
         assert!(seqs(8, 100).is_empty());
-        let recs = log.read(6, 1).unwrap();
+        let recs = log.read(6, 2).unwrap();
         assert_eq!(recs[0].at_ms, 8);
         assert_eq!(recs[0].event, evs[3]);
+        assert_eq!((recs[1].at_ms, &recs[1].event), (9, &evs[4]));
         let state = super::super::load_state(&log, Rebuild::FromScratch).unwrap();
         assert_eq!(state.last_seq(), 7);
         assert_eq!(state.jobs_seen() as usize, 5);
