@@ -120,3 +120,69 @@ fn http_on_a_non_loopback_address_needs_tokens_or_insecure() {
         "{err}"
     );
 }
+
+/// Runners beat at the pace the dispatcher asks while idle (told in the
+/// welcome) and at their own interval while they hold a job; an idle
+/// runner silent for longer than the heartbeat timeout is not lost, and a
+/// job given to it gets a full timeout from the assignment.
+#[test]
+fn idle_runners_beat_at_the_dispatchers_pace() {
+    let repo = TestRepo::new();
+    repo.copy_data("passing");
+    repo.copy_data("slow");
+    let sha = repo.commit(&[("SLEEP_SECS", "2")], "slow commit");
+    let d = Dispatcher::start(
+        &repo.dir("dispatcher"),
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--heartbeat-timeout",
+            "1",
+            "--idle-heartbeat-interval",
+            "2",
+        ],
+    );
+    let addr = d.addr();
+    let http = printed_http_addr(&d.proc);
+    let metric = |name: &str| -> f64 {
+        let (_, text) = http_get(&http, "/metrics", None).unwrap();
+        sample(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    let _runner = runner_with(addr, &repo, "r1", &["--heartbeat-interval", "0.1"]);
+    wait_for("the runner idle", LONG, || {
+        let (_, text) = http_get(&http, "/metrics", None)?;
+        match sample(&text, "ci_runners{state=\"idle\"}") {
+            Some(1.0) => Ok(()),
+            _ => Err(text),
+        }
+    });
+    // 4.5 s idle: about two beats at the idle pace (45 at its own), and
+    // never lost, although silent for twice the timeout between beats.
+    let before = metric("ci_heartbeats_received_total");
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_millis(4_500) {
+        assert_eq!(metric("ci_runners{state=\"lost\"}"), 0.0);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let idle_beats = metric("ci_heartbeats_received_total") - before;
+    assert!(
+        (1.0..=4.0).contains(&idle_beats),
+        "{idle_beats} heartbeats in 4.5 s idle at a 2 s pace"
+    );
+    // With a job, at its own pace; the job is never taken back.
+    let before = metric("ci_heartbeats_received_total");
+    tools_expect(
+        &["submit", "--dispatcher", addr, "--branch", "main", &sha],
+        0,
+    );
+    let results = wait_final(addr, &[&sha], LONG);
+    let r = result_for(&results, &sha).unwrap();
+    assert_eq!(r["outcome"], "pass", "{}", pretty(r));
+    assert_eq!(r["attempts"], 1, "{}", pretty(r));
+    let busy_beats = metric("ci_heartbeats_received_total") - before;
+    assert!(
+        busy_beats >= 8.0,
+        "{busy_beats} heartbeats over a 2 s job at a 0.1 s pace"
+    );
+    assert_eq!(metric("ci_heartbeat_losses_total"), 0.0);
+}

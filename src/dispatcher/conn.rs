@@ -48,6 +48,7 @@ pub(crate) struct Shared {
     pub beats: Arc<Beats>,
     pub auth: Arc<Auth>,
     pub timing: Timing,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 pub(crate) async fn serve(
@@ -97,6 +98,7 @@ async fn handshake_and_serve(
         beats,
         auth,
         timing,
+        metrics,
     } = shared;
     let nonce = auth
         .nonce()
@@ -171,6 +173,7 @@ async fn handshake_and_serve(
         conn,
         cmds,
         beats,
+        metrics,
         forward,
         sent: 0,
     };
@@ -252,6 +255,7 @@ struct Inbound<'a> {
     conn: ConnId,
     cmds: &'a flume::Sender<Cmd>,
     beats: &'a Beats,
+    metrics: &'a super::metrics::Metrics,
     forward: Option<Forward>,
     /// Frames sent as commands so far (a [`Beat`]'s place).
     sent: u64,
@@ -259,6 +263,9 @@ struct Inbound<'a> {
 
 impl Inbound<'_> {
     async fn frame(&mut self, msg: ClientMsg) -> Result<(), ProtoError> {
+        if let ClientMsg::Heartbeat { .. } = msg {
+            self.metrics.heartbeat_received();
+        }
         if let (ClientMsg::Heartbeat { holding }, Some(f)) = (&msg, self.forward.as_mut()) {
             match f.pass(*holding) {
                 Pass::Drop => return Ok(()),

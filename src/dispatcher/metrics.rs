@@ -46,6 +46,7 @@ pub struct Metrics {
     flush: Histogram,
     job_duration: Histogram,
     heartbeat_losses: Counter,
+    heartbeats: Counter,
     events: Family<Kind, Counter>,
     connections: Gauge,
     accepted: Counter,
@@ -69,6 +70,7 @@ impl Metrics {
             flush,
             job_duration,
             heartbeat_losses: Counter::default(),
+            heartbeats: Counter::default(),
             events: Family::default(),
             connections: Gauge::default(),
             accepted: Counter::default(),
@@ -96,6 +98,11 @@ impl Metrics {
             "heartbeat_losses",
             "Jobs taken back from runners that went silent or restarted (hand-backs excluded), since this process started",
             m.heartbeat_losses.clone(),
+        );
+        registry.register(
+            "heartbeats_received",
+            "Runner heartbeats read, since this process started: idle runners beat at --idle-heartbeat-interval, runners with a job at their own --heartbeat-interval",
+            m.heartbeats.clone(),
         );
         registry.register(
             "events",
@@ -133,6 +140,10 @@ impl Metrics {
 
     pub fn flushed(&self, took: Duration) {
         self.flush.observe(took.as_secs_f64());
+    }
+
+    pub fn heartbeat_received(&self) {
+        self.heartbeats.inc();
     }
 
     pub fn connection_opened(&self) {

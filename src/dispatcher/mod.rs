@@ -319,6 +319,7 @@ pub async fn start(
             beats,
             auth: auth.clone(),
             timing,
+            metrics: metrics.clone(),
         },
         cap,
         ids,
