@@ -227,9 +227,9 @@ pub enum Cmd {
         /// descriptor in this process and one in the dispatcher).
         #[arg(long, default_value_t = 10_000, value_name = "N")]
         idle_runners: usize,
-        /// Seconds between one idle runner's heartbeats [default: the pace
-        /// the dispatcher asks of idle runners by default,
-        /// ci-dispatcher --idle-heartbeat-interval].
+        /// Seconds between one idle runner's heartbeats (the default is
+        /// the pace the dispatcher asks of idle runners by default,
+        /// ci-dispatcher --idle-heartbeat-interval).
         #[arg(long, default_value = crate::dispatcher::IDLE_HEARTBEAT_INTERVAL_SECS, value_parser = parse_secs, value_name = "SECS")]
         idle_heartbeat: Duration,
         /// Seconds per CPU measurement window.

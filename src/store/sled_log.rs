@@ -730,7 +730,7 @@ impl EventLog for SledLog {
         // One key per run of records stamped alike (format 2: a batch
         // shares its `at_ms`), at most MAX_BATCH_EVENTS each, applied
         // atomically.
-        let mut batch = sled::Batch::default();
+        let mut runs: Vec<(sled::IVec, Vec<u8>)> = Vec::with_capacity(1);
         let mut seq = self.last_seq;
         let mut events = Vec::new();
         let mut i = 0;
@@ -757,11 +757,32 @@ impl EventLog for SledLog {
                 seq: start,
                 detail: e.to_string(),
             })?;
-            batch.insert(&format::key(start), value);
+            runs.push((format::key(start)[..].into(), value));
         }
-        self.events
-            .apply_batch(batch)
-            .map_err(|e| sled_write(&self.dir, e))?;
+        // Almost every append is one run (the shell stamps a batch with
+        // one clock reading), and one key is one `insert`, atomic on its
+        // own. A sled `Batch` is kept for several keys only, because
+        // `apply_batch` takes sled's global concurrency lock exclusively:
+        // it waits for the flusher's `flush`, which holds that lock shared
+        // for as long as the write and its sync take, so every append
+        // stalled behind the previous group commit's disk write (and,
+        // once taken, the lock makes every later sled call take it too).
+        // A plain `insert` takes it shared, like `flush`: the writer
+        // appends the next batch while the flusher syncs this one.
+        if runs.len() == 1 {
+            let (key, value) = runs.pop().expect("one run");
+            self.events
+                .insert(key, value)
+                .map_err(|e| sled_write(&self.dir, e))?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (key, value) in runs {
+                batch.insert(key, value);
+            }
+            self.events
+                .apply_batch(batch)
+                .map_err(|e| sled_write(&self.dir, e))?;
+        }
         self.last_seq = seq;
         self.index(records)
     }
@@ -1379,7 +1400,10 @@ mod tests {
             .collect();
         log.append(&Record::run(3, 7, &evs[..3])).unwrap();
         assert_eq!(log.last_seq(), 5);
-        log.append(&Record::run(6, 8, &evs[3..])).unwrap();
+        // Two runs stamped apart: two keys, written as one sled batch.
+        let mut two = Record::run(6, 8, &evs[3..4]);
+        two.extend(Record::run(7, 9, &evs[4..]));
+        log.append(&two).unwrap();
         assert_eq!(log.last_seq(), 7);
         log.append(&[]).unwrap();
         assert_eq!(log.last_seq(), 7);
@@ -1408,9 +1432,10 @@ mod tests {
         assert_eq!(seqs(4, 2), vec![4, 5]);
         assert_eq!(seqs(7, 100), vec![7]);
         assert!(seqs(8, 100).is_empty());
-        let recs = log.read(6, 1).unwrap();
+        let recs = log.read(6, 2).unwrap();
         assert_eq!(recs[0].at_ms, 8);
         assert_eq!(recs[0].event, evs[3]);
+        assert_eq!((recs[1].at_ms, &recs[1].event), (9, &evs[4]));
         let state = super::super::load_state(&log, Rebuild::FromScratch).unwrap();
         assert_eq!(state.last_seq(), 7);
         assert_eq!(state.jobs_seen() as usize, 5);
