@@ -17,20 +17,10 @@ fn history(dir: &Path, events: u64) -> u64 {
     state.jobs_seen()
 }
 
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 fn results(addr: &str, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["results", "--dispatcher", addr, "--json"];
     args.extend_from_slice(extra);
-    match json(&tools_expect(&args, 0)) {
+    match stdout_json(&tools_expect(&args, 0)) {
         Value::Array(rows) => rows,
         other => panic!("results --json is not an array: {other}"),
     }
@@ -111,7 +101,7 @@ fn every_job_of_a_long_history_is_served_from_disk_exactly_across_restarts() {
         .collect();
     assert_eq!(cancelled.len(), 1);
     assert_eq!(commit_of(cancelled[0]), middle);
-    let status = json(&tools_expect(
+    let status = stdout_json(&tools_expect(
         &["status", "--dispatcher", d.addr(), "--json"],
         0,
     ));

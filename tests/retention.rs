@@ -12,18 +12,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 fn pruned(addr: &str) -> Value {
-    json(&tools_expect(
+    stdout_json(&tools_expect(
         &["pruned", "--dispatcher", addr, "--json"],
         0,
     ))

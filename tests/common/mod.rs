@@ -924,6 +924,18 @@ fn try_tools_json(args: &[&str]) -> Result<String, String> {
     String::from_utf8(output.stdout).map_err(|e| format!("stdout not UTF-8: {e}"))
 }
 
+/// A finished command's stdout as JSON (panics, showing both streams, if
+/// it is not).
+pub fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// `ci-tools results --dispatcher ADDR --json`; `Err` describes what failed
 /// (the dispatcher may be restarting).
 pub fn try_results_json(addr: &str) -> Result<Vec<Value>, String> {
