@@ -117,6 +117,16 @@ fn a_size_limit_keeps_stored_outputs_under_it_and_says_what_went() {
         doc["totals"]["by_reason"]["size"]["bytes"].as_u64(),
         Some(gone_bytes)
     );
+    // `/metrics` counts the same, by reason.
+    let (_, text) = http_get(&http, "/metrics", None).unwrap();
+    for (name, want) in [
+        ("ci_outputs_pruned{reason=\"size\"} ", gone.len() as u64),
+        ("ci_outputs_pruned_bytes{reason=\"size\"} ", gone_bytes),
+        ("ci_outputs_pruned{reason=\"age\"} ", 0),
+    ] {
+        let line = text.lines().find(|l| l.starts_with(name));
+        assert_eq!(line, Some(format!("{name}{want}").as_str()), "{text}");
+    }
 
     // Readers say "pruned", never an empty output; a kept one reads.
     let oldest = &shas[0];

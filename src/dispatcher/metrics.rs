@@ -32,6 +32,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: String,
 }
@@ -54,6 +59,8 @@ pub struct Metrics {
     runners: Family<StateLabel, Gauge>,
     jobs: Family<StatusLabel, Gauge>,
     log_events: Gauge,
+    pruned: Family<ReasonLabel, Gauge>,
+    pruned_bytes: Family<ReasonLabel, Gauge>,
 }
 
 impl Metrics {
@@ -78,6 +85,8 @@ impl Metrics {
             runners: Family::default(),
             jobs: Family::default(),
             log_events: Gauge::default(),
+            pruned: Family::default(),
+            pruned_bytes: Family::default(),
         };
         registry.register(
             "log_append_seconds",
@@ -98,6 +107,16 @@ impl Metrics {
             "heartbeat_losses",
             "Jobs taken back from runners that went silent or restarted (hand-backs excluded), since this process started",
             m.heartbeat_losses.clone(),
+        );
+        registry.register(
+            "outputs_pruned",
+            "Stored test outputs removed by retention, by reason (age, size), since the log began",
+            m.pruned.clone(),
+        );
+        registry.register(
+            "outputs_pruned_bytes",
+            "Bytes of stored test outputs removed by retention, by reason, since the log began",
+            m.pruned_bytes.clone(),
         );
         registry.register(
             "heartbeats_received",
@@ -197,6 +216,13 @@ impl Metrics {
                 })
                 .set(*n as i64);
         }
+        for (reason, outputs, bytes) in &view.pruned {
+            let label = ReasonLabel {
+                reason: reason.clone(),
+            };
+            self.pruned.get_or_create(&label).set(*outputs as i64);
+            self.pruned_bytes.get_or_create(&label).set(*bytes as i64);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -251,6 +277,7 @@ mod tests {
             runners: vec![("idle".into(), 2), ("busy".into(), 1), ("lost".into(), 0)],
             jobs: vec![("pending".into(), 4), ("pass".into(), 7)],
             last_seq: 42,
+            pruned: vec![("age".into(), 3, 300), ("size".into(), 0, 0)],
         };
         let text = m.render(&view);
         for line in [
@@ -267,6 +294,9 @@ mod tests {
             "ci_connections 1",
             "ci_connections_accepted_total 1",
             "ci_log_events 42",
+            "ci_outputs_pruned{reason=\"age\"} 3",
+            "ci_outputs_pruned_bytes{reason=\"age\"} 300",
+            "ci_outputs_pruned{reason=\"size\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -263,6 +263,9 @@ pub struct MetricsView {
     pub jobs: Vec<(String, u64)>,
     /// Events in the log.
     pub last_seq: u64,
+    /// Outputs retention removed, by reason (`age`, `size`, every one
+    /// present): how many and their bytes, since the log began.
+    pub pruned: Vec<(String, u64, u64)>,
 }
 
 impl MetricsView {
@@ -298,6 +301,13 @@ impl MetricsView {
             runners: runners.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
             jobs,
             last_seq: state.last_seq(),
+            pruned: crate::core::PruneReason::ALL
+                .iter()
+                .map(|r| {
+                    let t = state.pruned(*r);
+                    (r.as_str().to_string(), t.outputs, t.bytes)
+                })
+                .collect(),
         }
     }
 }

@@ -131,6 +131,7 @@ th,td{text-align:left;padding:.3em .5em;border-bottom:1px solid #ddd;vertical-al
 th{background:#eceff1}
 code,pre{font-family:ui-monospace,monospace}
 pre#log{background:#111;color:#eee;padding:.8em;overflow:auto;max-height:70vh;white-space:pre-wrap}
+p.pruned{background:#fff8e1;border-left:4px solid #f9a825;padding:.6em .8em;color:#5d4037}
 .badge{padding:.1em .5em;border-radius:.6em;color:#fff;font-weight:600;font-size:.85em}
 .badge.outcome-pass{background:#2e7d32}.badge.outcome-fail,.badge.outcome-error{background:#c62828}
 .badge.outcome-timeout{background:#f9a825}.badge.outcome-running,.badge.outcome-pending{background:#0277bd}
