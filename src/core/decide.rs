@@ -579,25 +579,25 @@ impl Core {
         let holders: Vec<RunnerName> = self.state.holders().map(|(r, _)| r.clone()).collect();
         let due = now.mono_ms + self.config.heartbeat_timeout_ms;
         for r in holders {
-            let before = self.sessions.insert(
+            // One live deadline per runner in good standing: one judged
+            // already keeps its entry, due no later than this one.
+            let armed = self
+                .sessions
+                .get(&r)
+                .filter(|s| s.standing == Standing::Heard)
+                .map(|s| s.armed_ms);
+            self.sessions.insert(
                 r.clone(),
                 Session {
                     link: Link::Disconnected,
                     last_heard_mono_ms: now.mono_ms,
                     standing: Standing::Heard,
                     serves: Serves::Default,
-                    armed_ms: due,
+                    armed_ms: armed.unwrap_or(due),
                 },
             );
-            // One live deadline per runner in good standing: one judged
-            // already has its entry, due no later than this one.
-            match before {
-                Some(b) if b.standing == Standing::Heard => {
-                    if let Some(s) = self.sessions.get_mut(&r) {
-                        s.armed_ms = b.armed_ms;
-                    }
-                }
-                _ => self.deadlines.arm(due, r),
+            if armed.is_none() {
+                self.deadlines.arm(due, r);
             }
         }
         self.emit(step, Event::DispatcherStarted { pid }, now);
